@@ -1,0 +1,268 @@
+"""Plan, check, stream: the one conversion mechanism behind every component and layout.
+
+1. ``build_plan`` reads only names/shapes/dtypes, applies the spec's rules and checks the result against the
+   target network's parameter table; every problem is collected before anything is read or written.
+2. ``stream_plan`` reads, transforms, checks and writes one rule group (one tensor, or one fused group) at a time.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import DataError, PlanError
+from .keymaps.rules import Alias, Concat, Drop, Rename, Spec, Split, fill
+from .sources import FLOAT_DTYPES, TORCH_DTYPES, Source
+from .writers import nbytes, tensor_bytes
+
+FP16_MAX = 65504.0
+DTYPE_POLICIES = {"keep": None, "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+@dataclass
+class Group:
+    """One application of one rule: the source keys it consumes and the targets it fills."""
+
+    rule: object
+    sources: tuple[str, ...]
+    targets: tuple[str, ...]
+
+    @property
+    def op(self) -> str:
+        if isinstance(self.rule, Split):
+            return f"split({len(self.targets)}, axis={self.rule.axis})"
+        if isinstance(self.rule, Concat):
+            return f"concat(axis={self.rule.axis})"
+        return "rename" if self.sources != self.targets else "copy"
+
+
+@dataclass
+class Target:
+    name: str
+    shape: tuple[int, ...]
+    source_dtype: str
+    dtype: str
+    group: Group
+    extra: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        return nbytes(self.dtype, self.shape)
+
+
+@dataclass
+class Plan:
+    spec: str
+    component: str
+    source: str
+    groups: list[Group] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.targets)
+
+    def raise_if_problems(self) -> None:
+        if self.problems:
+            raise PlanError(self.source, self.problems)
+
+
+_INDEX = re.compile(r"\.(\d+)\.")
+
+
+def collapse(names) -> list[str]:
+    """Readable name lists: ``transformer_blocks.{n}.attn1.sr.weight [n=14..27]`` instead of 14 lines."""
+    groups: dict[str, list[int]] = {}
+    order = []
+    for name in names:
+        m = _INDEX.search(name)
+        key = _INDEX.sub(".{n}.", name, count=1) if m else name
+        if key not in groups:
+            order.append(key)
+            groups[key] = []
+        if m:
+            groups[key].append(int(m.group(1)))
+    out = []
+    for key in order:
+        idx = sorted(set(groups[key]))
+        if len(idx) <= 1:
+            out.append(key.replace("{n}", str(idx[0])) if idx else key)
+        elif idx == list(range(idx[0], idx[-1] + 1)):
+            out.append(f"{key} [n={idx[0]}..{idx[-1]}]")
+        else:
+            out.append(f"{key} [n={','.join(map(str, idx))}]")
+    return out
+
+
+def natural_key(name: str):
+    return [int(p) if p.isdigit() else p for p in name.split(".")]
+
+
+def _target_dtype(source_dtype: str, policy: str | None) -> str:
+    return policy if policy and source_dtype in FLOAT_DTYPES else source_dtype
+
+
+def build_plan(spec: Spec, source: Source, table: dict | None, extras=(), dtype: str = "keep") -> Plan:
+    """Map every source key through ``spec`` and check the result against ``table`` (name -> shape); ``None``
+    skips the network check (a backwards run, whose target is a torch layout)."""
+    policy = DTYPE_POLICIES[dtype]
+    plan = Plan(spec.name, spec.component, source.description)
+    unmapped, pending = [], {}
+    for key in sorted(source.infos, key=natural_key):
+        hit = spec.first_rule(key)
+        if hit is None:
+            unmapped.append(key)
+            continue
+        rule, pattern, fields = hit
+        if isinstance(rule, Drop):
+            plan.dropped.append((key, rule.reason))
+            continue
+        if isinstance(rule, Alias):
+            other = fill(rule.same_as, fields)
+            if other not in source.infos:
+                plan.problems.append(f"{key} duplicates {other}, which is absent")
+            elif source.infos[other].shape != source.infos[key].shape:
+                plan.problems.append(f"{key} {source.infos[key].shape} should equal {other} "
+                                     f"{source.infos[other].shape}")
+            else:
+                plan.dropped.append((key, rule.reason))
+            continue
+        gid = (id(rule), tuple(sorted(fields.items())))
+        pending.setdefault(gid, (rule, fields, {}))[2][pattern] = key
+    if unmapped:
+        plan.problems.append(f"no rule for {len(unmapped)} source tensor(s): {', '.join(collapse(unmapped))}")
+
+    filled: dict[str, str] = {}
+    for rule, fields, members in pending.values():
+        absent = [fill(p, fields) for p in rule.sources if p not in members]
+        if absent:
+            plan.problems.append(f"incomplete group for {fill(rule.targets[0], fields)}: missing {', '.join(absent)}")
+            continue
+        keys = tuple(members[p] for p in rule.sources)
+        group = Group(rule, keys, tuple(fill(t, fields) for t in rule.targets))
+        infos = [source.infos[k] for k in keys]
+        if len({i.dtype for i in infos}) > 1:
+            plan.problems.append(f"{', '.join(keys)}: mixed dtypes {[i.dtype for i in infos]}")
+            continue
+        shapes = _group_shapes(rule, [i.shape for i in infos])
+        if isinstance(shapes, str):
+            plan.problems.append(f"{', '.join(keys)}: {shapes}")
+            continue
+        plan.groups.append(group)
+        for name, shape in zip(group.targets, shapes):
+            if name in filled:
+                plan.problems.append(f"{name} filled twice: from {filled[name]} and {', '.join(keys)}")
+                continue
+            filled[name] = ", ".join(keys)
+            plan.targets.append(Target(name, shape, infos[0].dtype, _target_dtype(infos[0].dtype, policy), group,
+                                       extra=getattr(rule, "extra", False)))
+    if table is not None:
+        _check_against_table(plan, table, set(extras))
+    return plan
+
+
+def _group_shapes(rule, shapes):
+    if isinstance(rule, Split):
+        shape, n, axis = shapes[0], len(rule.targets), rule.axis
+        if len(shape) <= axis or shape[axis] % n:
+            return f"shape {shape} cannot be split in {n} along axis {axis}"
+        return [shape[:axis] + (shape[axis] // n,) + shape[axis + 1:]] * n
+    if isinstance(rule, Concat):
+        axis = rule.axis
+        rest = {s[:axis] + s[axis + 1:] for s in shapes}
+        if len(rest) > 1:
+            return f"shapes {shapes} cannot be joined along axis {axis}"
+        first = shapes[0]
+        return [first[:axis] + (sum(s[axis] for s in shapes),) + first[axis + 1:]]
+    return [shapes[0]]
+
+
+def _check_against_table(plan: Plan, table: dict, extras: set) -> None:
+    foreign, notes, wrong = [], set(), []
+    by_name = {t.name: t for t in plan.targets}
+    for t in plan.targets:
+        if t.extra:
+            if t.name not in extras:
+                foreign.append(t.name)
+            continue
+        if t.name not in table:
+            foreign.append(t.name)
+            if getattr(t.group.rule, "note", ""):
+                notes.add(t.group.rule.note)
+        elif tuple(table[t.name]) != t.shape:
+            wrong.append(f"{t.name}: {t.shape} from {', '.join(t.group.sources)}, network expects "
+                         f"{tuple(table[t.name])}")
+    if foreign:
+        msg = f"{len(foreign)} tensor(s) the network does not have: {', '.join(collapse(foreign))}"
+        plan.problems.append(msg + (f" ({'; '.join(sorted(notes))})" if notes else ""))
+    plan.problems.extend(wrong)
+    missing = [n for n in sorted(table, key=natural_key) if n not in by_name]
+    if missing:
+        plan.problems.append(f"{len(missing)} network parameter(s) missing from the source: "
+                             f"{', '.join(collapse(missing))}")
+    order = {name: i for i, name in enumerate(sorted(table, key=natural_key))}
+    plan.targets.sort(key=lambda t: (order.get(t.name, len(order)), natural_key(t.name)))
+
+
+def _apply(group: Group, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    rule = group.rule
+    if isinstance(rule, Split):
+        return [c.contiguous() for c in torch.chunk(tensors[0], len(group.targets), dim=rule.axis)]
+    if isinstance(rule, Concat):
+        return [torch.cat(tensors, dim=rule.axis)]
+    assert isinstance(rule, Rename)
+    return [tensors[0]]
+
+
+def stream_plan(plan: Plan, source: Source, writer, progress=None) -> dict[str, str]:
+    """Write every target through ``writer`` in ``plan.targets`` order; returns name -> sha256.
+
+    Targets of one group are produced together, so a fused source is read once; they are buffered only until
+    their turn in the file order (which follows the group order for every layout we write).
+    NaN/Inf in a source and fp16 overflow are collected over the whole run and raised together at the end.
+    """
+    by_group: dict[int, list[Target]] = {}
+    for t in plan.targets:
+        by_group.setdefault(id(t.group), []).append(t)
+    ready: dict[str, torch.Tensor] = {}
+    bad: list[str] = []
+    digests: dict[str, str] = {}
+    for target in plan.targets:
+        if target.name not in ready:
+            group = target.group
+            tensors = []
+            for key in group.sources:
+                tensor = source.read(key)
+                expected = source.infos[key]
+                if tuple(tensor.shape) != expected.shape or tensor.dtype != TORCH_DTYPES[expected.dtype]:
+                    raise DataError(f"{source.description}: {key} read as {tuple(tensor.shape)} {tensor.dtype}, "
+                                    f"header said {expected.shape} {expected.dtype}")
+                if expected.dtype in FLOAT_DTYPES:
+                    finite = torch.isfinite(tensor)
+                    if not bool(finite.all()):
+                        bad.append(f"{key}: {int((~finite).sum())} NaN/Inf value(s)")
+                tensors.append(tensor)
+            for t, value in zip(by_group[id(group)], _apply(group, tensors)):
+                ready[t.name] = _cast(t, value, bad)
+            del tensors
+        value = ready.pop(target.name)
+        digests[target.name] = writer.write(target.name, tensor_bytes(value))
+        if progress is not None:
+            progress(target.nbytes)
+        del value
+    if bad:
+        raise DataError(f"{plan.source}: {len(bad)} tensor(s) cannot be converted: " + "; ".join(bad))
+    return digests
+
+
+def _cast(target: Target, value: torch.Tensor, bad: list[str]) -> torch.Tensor:
+    if target.dtype == target.source_dtype:
+        return value
+    if target.dtype == "float16" and target.source_dtype in ("float32", "float64", "bfloat16"):
+        peak = float(value.abs().max()) if value.numel() else 0.0
+        if peak > FP16_MAX:
+            bad.append(f"{target.name}: |x| up to {peak:.4g} overflows fp16 (max {FP16_MAX:g})")
+    return value.to(TORCH_DTYPES[target.dtype]).contiguous()

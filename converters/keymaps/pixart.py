@@ -1,0 +1,54 @@
+"""Key maps of the PixArt-Sigma transformer.
+
+Target names are diffusers' ``PixArtTransformer2DModel`` names (our MindSpore network uses them). The original
+``PixArtMS`` layout needs renames, the fused ``qkv`` / ``kv_linear`` splits (row order q,k,v and k,v: the
+original reshapes to (B, N, 3, C) and (B, N, 2, C)), one dropped buffer and one kept extra. Names diffusers has
+no word for are ours: ``attn1.sr`` / ``attn1.sr_norm`` (KV compression) and ``attn1.q_norm`` / ``attn1.k_norm``
+(qk_norm over all channels, as the original computes it; diffusers' ``norm_q`` is per head and not the same).
+"""
+from __future__ import annotations
+
+from .rules import Drop, Rename, Spec, Split, identity
+
+Y_EMBEDDING = "caption_projection.y_embedding"
+
+KV_NOTE = "KV compression: only with kv_compress_layers in the config (--config)"
+QK_NOTE = "qk_norm: only with qk_norm=true in the config (--config)"
+
+
+def pixart_original(keep_y_embedding: bool = True) -> Spec:
+    b = "transformer_blocks.{n}"
+    y_rule = (Rename("y_embedder.y_embedding", Y_EMBEDDING, "caption-dropout embedding, kept for training",
+                     extra=True)
+              if keep_y_embedding else
+              Drop("y_embedder.y_embedding", "caption-dropout embedding dropped by --drop-y-embedding"))
+    rules = (
+        Drop("pos_embed", "fixed sin-cos buffer; recomputed for every token grid"),
+        y_rule,
+        Rename("x_embedder.proj.{p}", "pos_embed.proj.{p}"),
+        Rename("t_embedder.mlp.0.{p}", "adaln_single.emb.timestep_embedder.linear_1.{p}"),
+        Rename("t_embedder.mlp.2.{p}", "adaln_single.emb.timestep_embedder.linear_2.{p}"),
+        Rename("t_block.1.{p}", "adaln_single.linear.{p}"),
+        Rename("y_embedder.y_proj.fc1.{p}", "caption_projection.linear_1.{p}"),
+        Rename("y_embedder.y_proj.fc2.{p}", "caption_projection.linear_2.{p}"),
+        Rename("blocks.{n}.scale_shift_table", f"{b}.scale_shift_table"),
+        Split("blocks.{n}.attn.qkv.{p}", (f"{b}.attn1.to_q.{{p}}", f"{b}.attn1.to_k.{{p}}", f"{b}.attn1.to_v.{{p}}")),
+        Rename("blocks.{n}.attn.proj.{p}", f"{b}.attn1.to_out.0.{{p}}"),
+        Rename("blocks.{n}.attn.q_norm.{p}", f"{b}.attn1.q_norm.{{p}}", QK_NOTE),
+        Rename("blocks.{n}.attn.k_norm.{p}", f"{b}.attn1.k_norm.{{p}}", QK_NOTE),
+        Rename("blocks.{n}.attn.sr.{p}", f"{b}.attn1.sr.{{p}}", KV_NOTE),
+        Rename("blocks.{n}.attn.norm.{p}", f"{b}.attn1.sr_norm.{{p}}", KV_NOTE),
+        Rename("blocks.{n}.cross_attn.q_linear.{p}", f"{b}.attn2.to_q.{{p}}"),
+        Split("blocks.{n}.cross_attn.kv_linear.{p}", (f"{b}.attn2.to_k.{{p}}", f"{b}.attn2.to_v.{{p}}")),
+        Rename("blocks.{n}.cross_attn.proj.{p}", f"{b}.attn2.to_out.0.{{p}}"),
+        Rename("blocks.{n}.mlp.fc1.{p}", f"{b}.ff.net.0.proj.{{p}}"),
+        Rename("blocks.{n}.mlp.fc2.{p}", f"{b}.ff.net.2.{{p}}"),
+        Rename("final_layer.linear.{p}", "proj_out.{p}"),
+        Rename("final_layer.scale_shift_table", "scale_shift_table"),
+    )
+    return Spec("pixart_original", "transformer", rules)
+
+
+def pixart_diffusers() -> Spec:
+    """diffusers names are our names; anything the network does not have is reported by the plan."""
+    return Spec("pixart_diffusers", "transformer", (identity(),))

@@ -1,0 +1,155 @@
+"""Streaming writers of MindSpore weight files: every tensor's name, dtype and shape is known from the plan, so
+the header goes first and tensors follow one at a time; nothing but the current tensor is held in memory.
+
+- safetensors: the standard layout (8-byte header length, JSON header, raw C-order little-endian bytes), which
+  ``mindspore.load_checkpoint(path, format="safetensors")`` reads.
+- ckpt: MindSpore's protobuf ``Checkpoint``, written as one serialized message per chunk; protobuf merges
+  concatenated messages and MindSpore joins consecutive chunks with the same tag, as its own writer does.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int64": "I64",
+                      "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+CKPT_DTYPES = {"float32": "Float32", "float16": "Float16", "bfloat16": "BFloat16", "float64": "Float64",
+               "int64": "Int64", "int32": "Int32", "int16": "Int16", "int8": "Int8", "uint8": "UInt8", "bool": "Bool"}
+CKPT_CHUNK = 512 * 2**20
+ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int64": 8, "int32": 4, "int16": 2,
+            "int8": 1, "uint8": 1, "bool": 1}
+
+
+def tensor_bytes(t: torch.Tensor) -> np.ndarray:
+    """The raw bytes of a contiguous CPU tensor as a flat uint8 array (no copy; bf16 through an int16 view)."""
+    t = t.contiguous()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return t.numpy().reshape(-1).view(np.uint8)
+
+
+def nbytes(dtype: str, shape) -> int:
+    n = ITEMSIZE[dtype]
+    for d in shape:
+        n *= d
+    return n
+
+
+class _Writer:
+    def __init__(self, path: Path, entries: list[tuple[str, str, tuple[int, ...]]]):
+        self.path = Path(path)
+        self.entries = entries
+        self._next = 0
+        self._file = open(self.path, "wb")
+
+    def write(self, name: str, data: np.ndarray) -> str:
+        """Write the next tensor's bytes (must come in header order); returns their sha256."""
+        expected_name, dtype, shape = self.entries[self._next]
+        if name != expected_name or data.nbytes != nbytes(dtype, shape):
+            raise RuntimeError(f"writer got {name} ({data.nbytes} bytes), expected {expected_name} "
+                               f"({nbytes(dtype, shape)} bytes)")
+        self._next += 1
+        self._write(name, dtype, shape, data)
+        return hashlib.sha256(data).hexdigest()
+
+    def close(self) -> None:
+        if self._next != len(self.entries):
+            raise RuntimeError(f"{self.path}: {len(self.entries) - self._next} tensors were never written")
+        self._file.close()
+
+    def abort(self) -> None:
+        self._file.close()
+
+
+class SafetensorsWriter(_Writer):
+    def __init__(self, path, entries, metadata: dict[str, str] | None = None):
+        super().__init__(path, entries)
+        header, offset = {}, 0
+        for name, dtype, shape in entries:
+            size = nbytes(dtype, shape)
+            header[name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape),
+                            "data_offsets": [offset, offset + size]}
+            offset += size
+        if metadata:
+            header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        self._file.write(struct.pack("<Q", len(raw)))
+        self._file.write(raw)
+
+    def _write(self, name, dtype, shape, data):
+        self._file.write(memoryview(data))
+
+
+class CkptWriter(_Writer):
+    def __init__(self, path, entries, metadata=None):
+        super().__init__(path, entries)
+        from mindspore.train.checkpoint_pb2 import Checkpoint
+
+        self._message = Checkpoint
+
+    def _write(self, name, dtype, shape, data):
+        raw = memoryview(data)
+        for start in range(0, max(len(raw), 1), CKPT_CHUNK):
+            msg = self._message()
+            value = msg.value.add()
+            value.tag = name
+            value.tensor.dims.extend(list(shape) or [0])
+            value.tensor.tensor_type = CKPT_DTYPES[dtype]
+            value.tensor.tensor_content = bytes(raw[start:start + CKPT_CHUNK])
+            self._file.write(msg.SerializeToString())
+
+
+WRITERS = {"safetensors": SafetensorsWriter, "ckpt": CkptWriter}
+
+
+def read_safetensors_header(path: Path) -> tuple[dict, int]:
+    """(header, data start offset) of a safetensors file."""
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        return json.loads(f.read(size)), 8 + size
+
+
+def iter_file_tensors(path: Path):
+    """Yield (name, dtype, shape, sha256 of bytes) for every tensor of a weights file we wrote."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        header, start = read_safetensors_header(path)
+        names = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+        with open(path, "rb") as f:
+            for name, entry in header.items():
+                if name == "__metadata__":
+                    continue
+                begin, end = entry["data_offsets"]
+                f.seek(start + begin)
+                digest = hashlib.sha256()
+                remaining = end - begin
+                while remaining:
+                    chunk = f.read(min(remaining, 64 * 2**20))
+                    if not chunk:
+                        raise ValueError(f"{path}: truncated inside tensor {name}")
+                    digest.update(chunk)
+                    remaining -= len(chunk)
+                yield name, names[entry["dtype"]], tuple(entry["shape"]), digest.hexdigest()
+    else:
+        from mindspore.train.checkpoint_pb2 import Checkpoint
+
+        msg = Checkpoint()
+        msg.ParseFromString(path.read_bytes())
+        names = {v: k for k, v in CKPT_DTYPES.items()}
+        current, digest, meta = None, None, None
+        for value in msg.value:
+            if value.tag != current:
+                if current is not None:
+                    yield current, meta[0], meta[1], digest.hexdigest()
+                current, digest = value.tag, hashlib.sha256()
+                dims = tuple(value.tensor.dims)
+                meta = (names[value.tensor.tensor_type], () if dims == (0,) else dims)
+            digest.update(value.tensor.tensor_content)
+        if current is not None:
+            yield current, meta[0], meta[1], digest.hexdigest()
