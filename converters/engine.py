@@ -14,7 +14,7 @@ import torch
 from .errors import DataError, PlanError
 from .keymaps.rules import Alias, Concat, Drop, Rename, Spec, Split, fill
 from .sources import FLOAT_DTYPES, TORCH_DTYPES, Source
-from .writers import nbytes, tensor_bytes
+from .writers import TensorDictWriter, nbytes
 
 FP16_MAX = 65504.0
 DTYPE_POLICIES = {"keep": None, "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -224,9 +224,7 @@ def stream_plan(plan: Plan, source: Source, writer, progress=None) -> dict[str, 
     their turn in the file order (which follows the group order for every layout we write).
     NaN/Inf in a source and fp16 overflow are collected over the whole run and raised together at the end.
     """
-    by_group: dict[int, list[Target]] = {}
-    for t in plan.targets:
-        by_group.setdefault(id(t.group), []).append(t)
+    by_name = {t.name: t for t in plan.targets}
     ready: dict[str, torch.Tensor] = {}
     bad: list[str] = []
     digests: dict[str, str] = {}
@@ -245,11 +243,11 @@ def stream_plan(plan: Plan, source: Source, writer, progress=None) -> dict[str, 
                     if not bool(finite.all()):
                         bad.append(f"{key}: {int((~finite).sum())} NaN/Inf value(s)")
                 tensors.append(tensor)
-            for t, value in zip(by_group[id(group)], _apply(group, tensors)):
-                ready[t.name] = _cast(t, value, bad)
+            for name, value in zip(group.targets, _apply(group, tensors)):
+                ready[name] = _cast(by_name[name], value, bad)
             del tensors
         value = ready.pop(target.name)
-        digests[target.name] = writer.write(target.name, tensor_bytes(value))
+        digests[target.name] = writer.write(target.name, value)
         if progress is not None:
             progress(target.nbytes)
         del value
@@ -266,3 +264,17 @@ def _cast(target: Target, value: torch.Tensor, bad: list[str]) -> torch.Tensor:
         if peak > FP16_MAX:
             bad.append(f"{target.name}: |x| up to {peak:.4g} overflows fp16 (max {FP16_MAX:g})")
     return value.to(TORCH_DTYPES[target.dtype]).contiguous()
+
+
+def run_in_memory(spec: Spec, tensors: dict[str, torch.Tensor], table: dict | None = None, extras=(),
+                  dtype: str = "keep") -> dict[str, torch.Tensor]:
+    """The same plan and stream on in-memory tensors: backwards runs (``spec.inverse()``) and round trips."""
+    from .sources import DictSource
+
+    source = DictSource(tensors)
+    plan = build_plan(spec, source, table, extras, dtype)
+    plan.raise_if_problems()
+    writer = TensorDictWriter([(t.name, t.dtype, t.shape) for t in plan.targets])
+    stream_plan(plan, source, writer)
+    writer.close()
+    return writer.tensors

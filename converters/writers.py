@@ -47,8 +47,9 @@ class _Writer:
         self._next = 0
         self._file = open(self.path, "wb")
 
-    def write(self, name: str, data: np.ndarray) -> str:
-        """Write the next tensor's bytes (must come in header order); returns their sha256."""
+    def write(self, name: str, tensor: torch.Tensor) -> str:
+        """Write the next tensor (they must come in header order); returns the sha256 of its bytes."""
+        data = tensor_bytes(tensor)
         expected_name, dtype, shape = self.entries[self._next]
         if name != expected_name or data.nbytes != nbytes(dtype, shape):
             raise RuntimeError(f"writer got {name} ({data.nbytes} bytes), expected {expected_name} "
@@ -103,6 +104,34 @@ class CkptWriter(_Writer):
             value.tensor.tensor_type = CKPT_DTYPES[dtype]
             value.tensor.tensor_content = bytes(raw[start:start + CKPT_CHUNK])
             self._file.write(msg.SerializeToString())
+
+
+class TensorDictWriter(_Writer):
+    """Collects the tensors in memory: for round trips and for building torch-layout state dicts."""
+
+    def __init__(self, entries):
+        self.path = Path("<memory>")
+        self.entries = entries
+        self._next = 0
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def _write(self, name, dtype, shape, data):
+        self.tensors[name] = _from_bytes(data, dtype, shape)
+
+    def close(self):
+        if self._next != len(self.entries):
+            raise RuntimeError(f"{len(self.entries) - self._next} tensors were never written")
+
+    def abort(self):
+        pass
+
+
+def _from_bytes(data: np.ndarray, dtype: str, shape) -> torch.Tensor:
+    from .sources import TORCH_DTYPES
+
+    if dtype == "bfloat16":
+        return torch.from_numpy(data.copy().view(np.int16)).view(torch.bfloat16).reshape(shape)
+    return torch.from_numpy(data.copy()).view(TORCH_DTYPES[dtype]).reshape(shape)
 
 
 WRITERS = {"safetensors": SafetensorsWriter, "ckpt": CkptWriter}

@@ -1,0 +1,100 @@
+"""``pixart-ms convert`` and ``pixart-ms verify``."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import CheckFailed, ToolError
+
+
+def fail(exc: ToolError):
+    """One clear line on stderr, and the exit code the error carries."""
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def print_summary(result: dict) -> None:
+    if result.get("dry_run"):
+        click.echo("dry run: nothing written")
+    for comp in result["components"]:
+        click.echo(f"{comp['component']}: {comp['layout']} from {comp['source']}")
+        click.echo(f"  {comp['tensors']} tensors, {comp['values']:,} values, {_human_bytes(comp['bytes'])}, "
+                   f"dtype {'/'.join(comp['dtypes'])}")
+        for extra in comp["extras"]:
+            click.echo(f"  kept extra: {extra}")
+        for drop in comp["dropped"]:
+            click.echo(f"  dropped: {drop['key']} ({drop['reason']})")
+        for note in comp["notes"]:
+            click.echo(f"  note: {note}")
+        if result.get("dry_run"):
+            for row in comp["plan"]:
+                click.echo(f"    {row['target']} <- {', '.join(row['sources'])} [{row['op']}] "
+                           f"{tuple(row['shape'])} {row['dtype']}")
+    if "output" in result:
+        click.echo(f"wrote {result['output']} in {result['seconds']:.1f} s")
+
+
+@click.command("convert")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--component", type=click.Choice(["auto", "transformer", "text_encoder", "vae", "pipeline"]),
+              default="auto", show_default=True)
+@click.option("--config", type=click.Path(path_type=Path, dir_okay=False),
+              help="A diffusers/transformers config.json for the source (sizes the weights cannot tell).")
+@click.option("--sample-size", type=int, help="Latent sample size of an original .pth: 32/64/128/256.")
+@click.option("--dtype", type=click.Choice(["keep", "fp32", "fp16", "bf16"]), default="keep", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["safetensors", "ckpt"]), default="safetensors",
+              show_default=True)
+@click.option("--ema", is_flag=True, help="Convert the EMA weights of a training checkpoint.")
+@click.option("--drop-y-embedding", is_flag=True, help="Do not keep the original's y_embedding buffer.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
+def convert_command(src, out, component, config, sample_size, dtype, fmt, ema, drop_y_embedding, overwrite,
+                    dry_run, as_json):
+    """Convert PyTorch weights (original .pth, diffusers, transformers) to a MindSpore folder."""
+    from .convert import Options, convert
+
+    opts = Options(config=config, sample_size=sample_size, dtype=dtype, fmt=fmt, ema=ema,
+                   keep_y_embedding=not drop_y_embedding)
+    try:
+        result = convert(src, out, component, opts, overwrite=overwrite, dry_run=dry_run, progress=not as_json)
+    except ToolError as exc:
+        fail(exc)
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+    else:
+        print_summary(result)
+
+
+@click.command("verify")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def verify_command(folder, as_json):
+    """Re-check a converted folder against its manifest (files, sizes, every tensor's bytes)."""
+    from .verify import verify
+
+    try:
+        report = verify(folder)
+    except ToolError as exc:
+        fail(exc)
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+    else:
+        for comp, problems in report["components"].items():
+            click.echo(f"{comp}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
+            for p in problems:
+                click.echo(f"  {p}")
+    if not report["ok"]:
+        fail(CheckFailed(f"{folder}: verification failed"))

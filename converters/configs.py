@@ -1,0 +1,79 @@
+"""The target config of a conversion: what the source folder says, what ``--config`` / ``--sample-size`` say, and
+what the weights themselves tell. Sigma's traps are fixed explicitly in what we write
+(``use_additional_conditions: false``, an explicit ``interpolation_scale``)."""
+from __future__ import annotations
+
+from mindspore_nets.config import ConfigError
+
+from .components import COMPONENTS
+from .detect import Job, read_json
+from .errors import SourceError
+
+PIXART_HEAD_DIM = 72  # every released PixArt (XL/2) uses 16 heads of 72
+
+
+def resolve_config(job: Job, config_path=None, sample_size: int | None = None):
+    """(config object, config dict to write, notes for the summary)."""
+    component = COMPONENTS[job.component]
+    notes: list[str] = []
+    data = dict(job.source_config or {})
+    if config_path is not None:
+        data.update(read_json(config_path))
+        notes.append(f"config from {config_path}")
+    if job.component == "transformer":
+        data = _pixart_config(job, data, sample_size, notes, given=bool(job.source_config or config_path))
+    elif not data:
+        raise SourceError(f"{job.path}: a bare {job.component} weights file needs --config CONFIG.json")
+    try:
+        config = component.config_class.from_dict(data)
+    except (ConfigError, TypeError) as exc:
+        raise SourceError(f"{config_path or job.path}: {exc}") from exc
+    written = {k: v for k, v in data.items() if not k.startswith("_")}
+    written.update(config.to_dict())
+    if job.component in ("transformer", "vae"):
+        written = {"_class_name": component.class_name, **written}
+    return config, written, notes
+
+
+def _pixart_config(job: Job, data: dict, sample_size, notes, given: bool) -> dict:
+    infos = job.source.infos
+    if job.layout == "pixart_original" and not given:
+        data.update(_pixart_shapes(job))
+        notes.append(f"architecture read from the weights: {data['num_layers']} layers, hidden "
+                     f"{data['num_attention_heads'] * PIXART_HEAD_DIM}, {data['num_attention_heads']} heads of "
+                     f"{PIXART_HEAD_DIM} (pass --config if the head count differs)")
+    if sample_size is not None:
+        data["sample_size"] = sample_size
+    elif "sample_size" not in data:
+        pos = infos.get("pos_embed")
+        patch = data.get("patch_size", 2)
+        if pos is None:
+            raise SourceError(f"{job.path}: the sample size cannot be read from the weights (no pos_embed buffer); "
+                              "pass --sample-size (32/64/128/256 for 256/512/1024/2K) or --config")
+        side = round(pos.shape[-2] ** 0.5)
+        data["sample_size"] = side * patch
+        notes.append(f"sample_size {data['sample_size']} from the pos_embed buffer ({pos.shape[-2]} tokens)")
+    if data.get("interpolation_scale") is None:
+        # the original code's pe_interpolation = image_size / 512 = sample_size / 64 (0.5/1/2/4 for 256..2K)
+        data["interpolation_scale"] = data["sample_size"] / 64
+        notes.append(f"interpolation_scale {data['interpolation_scale']:g} for sample_size {data['sample_size']}")
+    if data.get("use_additional_conditions") is None:
+        data["use_additional_conditions"] = False
+    return data
+
+
+def _pixart_shapes(job: Job) -> dict:
+    infos = job.source.infos
+    try:
+        hidden, in_channels, patch, _ = infos["x_embedder.proj.weight"].shape
+        out_rows = infos["final_layer.linear.weight"].shape[0]
+        caption = infos["y_embedder.y_proj.fc1.weight"].shape[1]
+    except KeyError as exc:
+        raise SourceError(f"{job.path}: cannot read the architecture: missing {exc.args[0]}") from exc
+    depth = len({k.split(".")[1] for k in infos if k.startswith("blocks.")})
+    if hidden % PIXART_HEAD_DIM:
+        raise SourceError(f"{job.path}: hidden size {hidden} is not a multiple of {PIXART_HEAD_DIM}; "
+                          "pass --config with num_attention_heads")
+    return {"num_attention_heads": hidden // PIXART_HEAD_DIM, "attention_head_dim": PIXART_HEAD_DIM,
+            "in_channels": in_channels, "out_channels": out_rows // (patch * patch), "patch_size": patch,
+            "num_layers": depth, "caption_channels": caption, "cross_attention_dim": hidden}

@@ -1,0 +1,191 @@
+"""``convert``: source path -> MindSpore folder (config.json, weights, manifest.json), atomically.
+
+Everything is checked before the first byte moves: the output location, the layout, the config and the full
+plan against the target network. The folder is written under a temporary name beside the target and renamed
+into place only when complete, so a failed run leaves nothing at the target.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from mindspore_nets.loading import parameter_table
+
+from .components import COMPONENTS
+from .configs import resolve_config
+from .detect import Job, detect
+from .engine import Plan, build_plan, stream_plan
+from .errors import OutputError, ToolError
+from .keymaps import spec_for
+from .manifest import FORMAT_VERSION, file_entry, tensor_rows, versions, write_manifest
+from .writers import WRITERS
+
+
+@dataclass
+class ComponentResult:
+    component: str
+    layout: str
+    source: str
+    folder: Path
+    plan: Plan
+    config: dict
+    notes: list[str] = field(default_factory=list)
+    weights_file: str | None = None
+
+    def summary(self) -> dict:
+        plan = self.plan
+        return {
+            "component": self.component, "layout": self.layout, "source": self.source,
+            "folder": str(self.folder), "weights_file": self.weights_file,
+            "tensors": len([t for t in plan.targets if not t.extra]),
+            "extras": [t.name for t in plan.targets if t.extra],
+            "values": sum(_numel(t.shape) for t in plan.targets if not t.extra),
+            "bytes": plan.total_bytes,
+            "dtypes": sorted({t.dtype for t in plan.targets}),
+            "dropped": [{"key": k, "reason": r} for k, r in plan.dropped],
+            "notes": self.notes,
+        }
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+@dataclass
+class Options:
+    config: Path | None = None
+    sample_size: int | None = None
+    dtype: str = "keep"
+    fmt: str = "safetensors"
+    ema: bool = False
+    keep_y_embedding: bool = True
+
+
+def plan_job(job: Job, opts: Options):
+    """Config and checked plan for one component; raises PlanError listing every problem."""
+    config, written, notes = resolve_config(job, opts.config, opts.sample_size)
+    component = COMPONENTS[job.component]
+    net = component.network_class()
+    spec_options = {"keep_y_embedding": opts.keep_y_embedding} if job.layout == "pixart_original" else {}
+    spec = spec_for(job.layout, **spec_options)
+    table = {name: shape for name, (shape, _) in parameter_table(net, config).items()}
+    plan = build_plan(spec, job.source, table, net.EXTRA_TENSORS, opts.dtype)
+    plan.raise_if_problems()
+    return config, written, notes, plan
+
+
+def write_component(job: Job, folder: Path, opts: Options, written: dict, notes: list[str], plan: Plan,
+                    progress) -> ComponentResult:
+    component = COMPONENTS[job.component]
+    folder.mkdir(parents=True)
+    weights_name = f"{component.weights_stem}.{opts.fmt}"
+    entries = [(t.name, t.dtype, t.shape) for t in plan.targets]
+    writer = WRITERS[opts.fmt](folder / weights_name, entries, {"format": "ms", "producer": "pixart-mindspore"})
+    try:
+        digests = stream_plan(plan, job.source, writer, progress)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        job.source.close()
+    writer.close()
+    (folder / "config.json").write_text(json.dumps(written, indent=2) + "\n")
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "component": job.component,
+        "layout": plan.spec,
+        "versions": versions(),
+        "source": {"path": str(job.path), "description": plan.source,
+                   "files": [{"name": str(p), **file_entry(p)} for p in job.source.files]},
+        "dtype_policy": opts.dtype,
+        "weights_format": opts.fmt,
+        "weights_file": weights_name,
+        "config": written,
+        "files": {name: file_entry(folder / name) for name in ("config.json", weights_name)},
+        "tensors": tensor_rows(plan, digests),
+        "dropped": [{"key": k, "reason": r} for k, r in plan.dropped],
+        "notes": notes,
+    }
+    write_manifest(folder, manifest)
+    return ComponentResult(job.component, job.layout, str(job.path), folder, plan, written, notes, weights_name)
+
+
+def check_output(src: Path, out: Path, overwrite: bool) -> None:
+    src, out = Path(src).resolve(), Path(out).resolve()
+    if out == src or out in src.parents:
+        raise OutputError(f"{out}: refusing to write over the input {src}")
+    if out.exists() and not overwrite:
+        raise OutputError(f"{out}: already exists (pass --overwrite to replace it)")
+    if not out.parent.is_dir():
+        raise OutputError(f"{out.parent}: output parent folder does not exist")
+
+
+@contextmanager
+def atomic_folder(out: Path):
+    """Yield a temporary folder beside ``out``; on success it replaces ``out``, on failure it disappears."""
+    out = Path(out).resolve()
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def byte_progress(total: int, desc: str, enabled: bool):
+    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not enabled,
+               file=sys.stderr, dynamic_ncols=True)
+    return bar
+
+
+def convert(src, out, component: str = "auto", opts: Options | None = None, overwrite: bool = False,
+            dry_run: bool = False, progress: bool = True) -> dict:
+    """Convert one component (or, later, a pipeline folder). Returns a JSON-able summary."""
+    opts = opts or Options()
+    src, out = Path(src), Path(out)
+    started = time.time()
+    if not dry_run:
+        check_output(src, out, overwrite)
+    job = detect(src, component, ema=opts.ema)
+    try:
+        config, written, notes, plan = plan_job(job, opts)
+    except ToolError:
+        job.source.close()
+        raise
+    if dry_run:
+        job.source.close()
+        return {"dry_run": True, "components": [_plan_summary(job, plan, written, notes)]}
+    bar = byte_progress(plan.total_bytes, job.component, progress)
+    try:
+        with atomic_folder(out) as tmp:
+            result = write_component(job, tmp, opts, written, notes, plan, bar.update)
+    finally:
+        bar.close()
+    summary = result.summary()
+    summary["folder"] = str(out)
+    return {"output": str(out), "seconds": round(time.time() - started, 2), "components": [summary]}
+
+
+def _plan_summary(job: Job, plan: Plan, written: dict, notes: list[str]) -> dict:
+    result = ComponentResult(job.component, job.layout, str(job.path), Path("-"), plan, written, notes)
+    summary = result.summary()
+    summary["plan"] = [{"target": t.name, "sources": list(t.group.sources), "op": t.group.op,
+                        "shape": list(t.shape), "dtype": t.dtype} for t in plan.targets]
+    return summary

@@ -1,0 +1,128 @@
+"""Find what a source path is: its layout, its component, its weight files and its config.
+
+A folder is recognized by its ``config.json`` (``_class_name`` for diffusers, ``model_type`` / ``architectures``
+for transformers) and its weight files; a single file by sentinel keys in its header, the way timm sniffs formats.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SourceError
+from .sources import SafetensorsSource, Source, TorchSource
+
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+# weights files of a model folder, in order of preference: (file or index name, reader, sharded)
+FOLDER_WEIGHTS = {
+    "diffusers": ("diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.safetensors",
+                  "diffusion_pytorch_model.bin.index.json", "diffusion_pytorch_model.bin"),
+    "transformers": ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
+                     "pytorch_model.bin"),
+}
+
+# sentinel keys -> layout, checked in order against a bare weights file
+SENTINELS = (
+    ("pixart_original", ("x_embedder.proj.weight", "t_block.1.weight")),
+    ("pixart_diffusers", ("pos_embed.proj.weight", "adaln_single.linear.weight")),
+    ("t5_transformers", ("encoder.block.0.layer.0.SelfAttention.q.weight",)),
+    ("vae_diffusers", ("encoder.conv_in.weight", "decoder.conv_in.weight")),
+)
+LAYOUT_COMPONENT = {"pixart_original": "transformer", "pixart_diffusers": "transformer",
+                    "t5_transformers": "text_encoder", "vae_diffusers": "vae"}
+
+
+@dataclass
+class Job:
+    """One component to convert."""
+
+    path: Path
+    layout: str
+    source: Source
+    source_config: dict | None
+
+    @property
+    def component(self) -> str:
+        return LAYOUT_COMPONENT[self.layout]
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"{path}: cannot read JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise SourceError(f"{path}: expected a JSON object")
+    return data
+
+
+def open_weights(path: Path, ema: bool = False) -> Source:
+    """A reader for one weights file or a ``*.index.json`` of shards."""
+    path = Path(path)
+    if path.name.endswith(".index.json"):
+        from .sources import _shard_files
+
+        shards = sorted(set(_shard_files(path).values()))
+        if path.name.endswith(".safetensors.index.json"):
+            return SafetensorsSource(shards, index=path)
+        return TorchSource(shards, index=path, ema=ema)
+    if path.suffix == ".safetensors":
+        return SafetensorsSource([path])
+    if path.suffix in TORCH_SUFFIXES:
+        return TorchSource([path], ema=ema)
+    raise SourceError(f"{path}: unknown weights format (expected .safetensors, .pth, .pt, .bin or *.index.json)")
+
+
+def layout_of_config(config: dict, path: Path) -> str:
+    cls = config.get("_class_name", "")
+    archs = config.get("architectures") or []
+    if cls in ("PixArtTransformer2DModel", "Transformer2DModel"):
+        return "pixart_diffusers"
+    if cls == "AutoencoderKL":
+        return "vae_diffusers"
+    if config.get("model_type") == "t5" or any(a.startswith("T5") for a in archs):
+        return "t5_transformers"
+    raise SourceError(f"{path}: unknown layout: config.json describes {cls or config.get('model_type') or 'nothing'}"
+                      " (expected PixArtTransformer2DModel, AutoencoderKL or a T5 model)")
+
+
+def layout_of_keys(source: Source) -> str:
+    keys = set(source.infos)
+    for layout, sentinels in SENTINELS:
+        if all(k in keys for k in sentinels):
+            return layout
+    sample = ", ".join(sorted(keys)[:5]) or "no tensors"
+    raise SourceError(f"{source.description}: unknown layout: no PixArt, T5 or VAE sentinel keys (found {sample})")
+
+
+def folder_weights(folder: Path, kind: str) -> Path:
+    for name in FOLDER_WEIGHTS[kind]:
+        if (folder / name).is_file():
+            return folder / name
+    raise SourceError(f"{folder}: no weights file ({', '.join(FOLDER_WEIGHTS[kind])})")
+
+
+def detect(path, component: str = "auto", ema: bool = False) -> Job:
+    path = Path(path)
+    if not path.exists():
+        raise SourceError(f"{path}: no such file or folder")
+    if path.is_dir():
+        if (path / "model_index.json").is_file():
+            raise SourceError(f"{path}: a pipeline folder; convert it with --component pipeline (or auto)")
+        if not (path / "config.json").is_file():
+            raise SourceError(f"{path}: unknown layout: a folder without config.json or model_index.json")
+        config = read_json(path / "config.json")
+        layout = layout_of_config(config, path / "config.json")
+        kind = "transformers" if layout == "t5_transformers" else "diffusers"
+        job = Job(path, layout, open_weights(folder_weights(path, kind), ema=ema), config)
+    else:
+        source = open_weights(path, ema=ema)
+        job = Job(path, layout_of_keys(source), source, None)
+    if component not in ("auto", job.component):
+        raise SourceError(f"{path}: holds a {job.component} ({job.layout}), not a {component}")
+    return job
+
+
+def is_pipeline(path) -> bool:
+    return Path(path).is_dir() and (Path(path) / "model_index.json").is_file()

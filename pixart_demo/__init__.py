@@ -1,0 +1,1 @@
+"""``pixart-ms demo`` and the tiny random PixArt-Sigma models it (and the tests) build with diffusers."""
