@@ -21,9 +21,9 @@ from mindspore_nets.loading import parameter_table
 
 from .components import COMPONENTS
 from .configs import resolve_config
-from .detect import Job, detect
+from .detect import Job, detect, is_pipeline, read_json
 from .engine import Plan, build_plan, stream_plan
-from .errors import OutputError, ToolError
+from .errors import OutputError, PlanError, SourceError, ToolError
 from .keymaps import spec_for
 from .manifest import FORMAT_VERSION, file_entry, tensor_rows, versions, write_manifest
 from .writers import WRITERS
@@ -77,8 +77,7 @@ def plan_job(job: Job, opts: Options):
     config, written, notes = resolve_config(job, opts.config, opts.sample_size)
     component = COMPONENTS[job.component]
     net = component.network_class()
-    spec_options = {"keep_y_embedding": opts.keep_y_embedding} if job.layout == "pixart_original" else {}
-    spec = spec_for(job.layout, **spec_options)
+    spec = spec_for(job.layout, keep_y_embedding=opts.keep_y_embedding)
     table = {name: shape for name, (shape, _) in parameter_table(net, config).items()}
     plan = build_plan(spec, job.source, table, net.EXTRA_TENSORS, opts.dtype)
     plan.raise_if_problems()
@@ -157,12 +156,14 @@ def byte_progress(total: int, desc: str, enabled: bool):
 
 def convert(src, out, component: str = "auto", opts: Options | None = None, overwrite: bool = False,
             dry_run: bool = False, progress: bool = True) -> dict:
-    """Convert one component (or, later, a pipeline folder). Returns a JSON-able summary."""
+    """Convert one component, or a whole diffusers pipeline folder. Returns a JSON-able summary."""
     opts = opts or Options()
     src, out = Path(src), Path(out)
     started = time.time()
     if not dry_run:
         check_output(src, out, overwrite)
+    if component == "pipeline" or (component == "auto" and is_pipeline(src)):
+        return convert_pipeline(src, out, opts, dry_run, progress, started)
     job = detect(src, component, ema=opts.ema)
     try:
         config, written, notes, plan = plan_job(job, opts)
@@ -181,6 +182,60 @@ def convert(src, out, component: str = "auto", opts: Options | None = None, over
     summary = result.summary()
     summary["folder"] = str(out)
     return {"output": str(out), "seconds": round(time.time() - started, 2), "components": [summary]}
+
+
+PIPELINE_NETWORKS = ("transformer", "text_encoder", "vae")
+PIPELINE_COPIED = ("tokenizer", "scheduler")
+
+
+def convert_pipeline(src: Path, out: Path, opts: Options, dry_run: bool, progress: bool, started: float) -> dict:
+    """A diffusers PixArt-Sigma pipeline folder: the three networks converted, tokenizer and scheduler copied,
+    ``model_index.json`` written; every component planned (and every problem reported) before any writing."""
+    if not is_pipeline(src):
+        raise SourceError(f"{src}: not a pipeline folder (no model_index.json)")
+    if opts.config is not None:
+        raise SourceError(f"{src}: --config applies to one component; a pipeline's components carry their own")
+    index = read_json(src / "model_index.json")
+    absent = [name for name in PIPELINE_NETWORKS + PIPELINE_COPIED if not (src / name).is_dir()]
+    if absent:
+        raise SourceError(f"{src}: pipeline folder lacks {', '.join(absent)}/")
+    planned, problems = {}, []
+    for name in PIPELINE_NETWORKS:
+        job = None
+        try:
+            job = detect(src / name, name, ema=opts.ema)
+            planned[name] = (job, *plan_job(job, opts))
+        except PlanError as exc:
+            problems.extend(f"{name}: {p}" for p in exc.problems)
+        except ToolError as exc:
+            problems.append(str(exc))
+        finally:
+            if job is not None:
+                job.source.close()
+    if problems:
+        raise PlanError(str(src), problems)
+    if dry_run:
+        return {"dry_run": True, "components": [_plan_summary(job, plan, written, notes)
+                                                for job, _, written, notes, plan in planned.values()]}
+    total = sum(plan.total_bytes for *_, plan in planned.values())
+    bar = byte_progress(total, "pipeline", progress)
+    summaries = []
+    try:
+        with atomic_folder(out) as tmp:
+            tmp.mkdir()
+            for name, (job, _, written, notes, plan) in planned.items():
+                bar.set_description(name)
+                result = write_component(job, tmp / name, opts, written, notes, plan, bar.update)
+                summary = result.summary()
+                summary["folder"] = str(out / name)
+                summaries.append(summary)
+            for name in PIPELINE_COPIED:
+                shutil.copytree(src / name, tmp / name)
+            (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    finally:
+        bar.close()
+    return {"output": str(out), "seconds": round(time.time() - started, 2), "components": summaries,
+            "copied": list(PIPELINE_COPIED)}
 
 
 def _plan_summary(job: Job, plan: Plan, written: dict, notes: list[str]) -> dict:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import DataError, PlanError
-from .keymaps.rules import Alias, Concat, Drop, Rename, Spec, Split, fill
+from .keymaps.rules import Alias, Concat, Drop, Rename, Spec, Split, fill, match
 from .sources import FLOAT_DTYPES, TORCH_DTYPES, Source
 from .writers import TensorDictWriter, nbytes
 
@@ -59,6 +59,7 @@ class Plan:
     groups: list[Group] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     dropped: list[tuple[str, str]] = field(default_factory=list)
+    aliases: list[tuple[str, str]] = field(default_factory=list)  # (dropped tied copy, the key converted)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -101,8 +102,12 @@ def natural_key(name: str):
     return [int(p) if p.isdigit() else p for p in name.split(".")]
 
 
-def _target_dtype(source_dtype: str, policy: str | None) -> str:
-    return policy if policy and source_dtype in FLOAT_DTYPES else source_dtype
+def _target_dtype(name: str, source_dtype: str, policy: str | None, keep_fp32) -> str:
+    if not policy or source_dtype not in FLOAT_DTYPES:
+        return source_dtype
+    if policy == "float16" and any(match(p, name) is not None for p in keep_fp32):
+        return "float32"
+    return policy
 
 
 def build_plan(spec: Spec, source: Source, table: dict | None, extras=(), dtype: str = "keep") -> Plan:
@@ -122,14 +127,15 @@ def build_plan(spec: Spec, source: Source, table: dict | None, extras=(), dtype:
             continue
         if isinstance(rule, Alias):
             other = fill(rule.same_as, fields)
-            if other not in source.infos:
-                plan.problems.append(f"{key} duplicates {other}, which is absent")
-            elif source.infos[other].shape != source.infos[key].shape:
-                plan.problems.append(f"{key} {source.infos[key].shape} should equal {other} "
-                                     f"{source.infos[other].shape}")
-            else:
-                plan.dropped.append((key, rule.reason))
-            continue
+            if other in source.infos:
+                if source.infos[other].shape != source.infos[key].shape:
+                    plan.problems.append(f"{key} {source.infos[key].shape} should equal {other} "
+                                         f"{source.infos[other].shape}")
+                else:
+                    plan.dropped.append((key, rule.reason))
+                    plan.aliases.append((key, other))
+                continue
+            rule = Rename(rule.source, rule.target, rule.reason)  # the tied partner is absent: this one stands in
         gid = (id(rule), tuple(sorted(fields.items())))
         pending.setdefault(gid, (rule, fields, {}))[2][pattern] = key
     if unmapped:
@@ -157,7 +163,8 @@ def build_plan(spec: Spec, source: Source, table: dict | None, extras=(), dtype:
                 plan.problems.append(f"{name} filled twice: from {filled[name]} and {', '.join(keys)}")
                 continue
             filled[name] = ", ".join(keys)
-            plan.targets.append(Target(name, shape, infos[0].dtype, _target_dtype(infos[0].dtype, policy), group,
+            dtype_out = _target_dtype(name, infos[0].dtype, policy, spec.keep_fp32)
+            plan.targets.append(Target(name, shape, infos[0].dtype, dtype_out, group,
                                        extra=getattr(rule, "extra", False)))
     if table is not None:
         _check_against_table(plan, table, set(extras))
@@ -251,9 +258,24 @@ def stream_plan(plan: Plan, source: Source, writer, progress=None) -> dict[str, 
         if progress is not None:
             progress(target.nbytes)
         del value
+    for copy, kept in plan.aliases:
+        if not _equal_in_chunks(source, copy, kept):
+            bad.append(f"{copy} is not a tied copy of {kept}: their values differ, dropping it would lose data")
     if bad:
         raise DataError(f"{plan.source}: {len(bad)} tensor(s) cannot be converted: " + "; ".join(bad))
     return digests
+
+
+def _equal_in_chunks(source: Source, a: str, b: str, chunk_bytes: int = 64 * 2**20) -> bool:
+    """Byte equality of two same-shaped source tensors, compared a block of rows at a time."""
+    info = source.infos[a]
+    rows = info.shape[0] if info.shape else 1
+    step = max(1, rows * chunk_bytes // max(info.nbytes, 1))
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        if not torch.equal(source.read_rows(a, start, stop), source.read_rows(b, start, stop)):
+            return False
+    return True
 
 
 def _cast(target: Target, value: torch.Tensor, bad: list[str]) -> torch.Tensor:

@@ -53,6 +53,11 @@ class Source:
     def read(self, key: str) -> torch.Tensor:
         raise NotImplementedError
 
+    def read_rows(self, key: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of a tensor (all of a 0-d one); readers that can, read only those bytes."""
+        t = self.read(key)
+        return t[start:stop] if t.dim() else t
+
     def close(self) -> None:
         pass
 
@@ -124,6 +129,13 @@ class SafetensorsSource(Source):
             return handle.get_tensor(key).contiguous()
         except Exception as exc:
             raise SourceError(f"{info.file}: cannot read tensor {key} ({exc})") from exc
+
+    def read_rows(self, key, start, stop):
+        info = self.infos[key]
+        if not info.shape:
+            return self.read(key)
+        with self._safe_open(str(info.file), framework="pt") as f:
+            return f.get_slice(key)[start:stop].contiguous()
 
     def close(self):
         for handle in self._open.values():

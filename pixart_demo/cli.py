@@ -24,38 +24,6 @@ def _require_references():
         sys.exit(2)
 
 
-def transformer_cases(seed: int = 1):
-    """(name, hidden_states, timestep, encoder_hidden_states, mask) on a square and a non-square grid, with a
-    short prompt in the second batch row, at timesteps 999 and 1."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    cases = []
-    for h, w in ((8, 8), (6, 10)):
-        x = rng.standard_normal((2, 4, h, w)).astype(np.float32)
-        y = rng.standard_normal((2, 12, 24)).astype(np.float32)
-        mask = np.ones((2, 12), np.float32)
-        mask[1, 3:] = 0
-        cases.append((f"{h * 8}x{w * 8}px", x, np.array([999.0, 1.0], np.float32), y, mask))
-    return cases
-
-
-def torch_transformer_output(model, x, t, y, mask):
-    import torch
-
-    with torch.no_grad():
-        mask = None if mask is None else torch.from_numpy(mask)
-        return model(torch.from_numpy(x), encoder_hidden_states=torch.from_numpy(y), timestep=torch.from_numpy(t),
-                     encoder_attention_mask=mask).sample.numpy()
-
-
-def ms_transformer_output(net, x, t, y, mask):
-    import mindspore as ms
-
-    out = net(ms.Tensor(x), ms.Tensor(t), ms.Tensor(y), None if mask is None else ms.Tensor(mask))
-    return out.astype(ms.float32).asnumpy()
-
-
 @click.command("demo")
 @click.argument("workdir", required=False, type=click.Path(path_type=Path), default=Path("pixart-demo"))
 def demo_command(workdir: Path):
@@ -67,6 +35,7 @@ def demo_command(workdir: Path):
     from mindspore_nets import PixArtTransformer2D
     from parity.metrics import compare
 
+    from .checks import ms_transformer_output, torch_transformer_output, transformer_cases
     from .tiny import save_pixart_diffusers, save_pixart_original, tiny_pixart
 
     workdir = workdir.resolve()

@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 from .pixart import pixart_diffusers, pixart_original
+from .t5 import t5_transformers
+from .vae import vae_diffusers
 
-# layout -> (component, spec factory)
+# layout -> spec factory; options a factory does not take are not passed to it
 LAYOUTS = {
-    "pixart_original": ("transformer", pixart_original),
-    "pixart_diffusers": ("transformer", pixart_diffusers),
+    "pixart_original": pixart_original,
+    "pixart_diffusers": pixart_diffusers,
+    "t5_transformers": t5_transformers,
+    "vae_diffusers": vae_diffusers,
 }
 
 
-def spec_for(layout: str, **options):
-    component, factory = LAYOUTS[layout]
-    return factory(**options) if layout == "pixart_original" else factory()
+def spec_for(layout: str, keep_y_embedding: bool = True):
+    if layout == "pixart_original":
+        return pixart_original(keep_y_embedding=keep_y_embedding)
+    return LAYOUTS[layout]()

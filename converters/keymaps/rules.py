@@ -112,18 +112,22 @@ class Drop:
 
 @dataclass(frozen=True)
 class Alias:
-    """A duplicate of a tensor that another rule already converts (tied embeddings): checked equal in shape,
-    then dropped. Its inverse writes nothing either."""
+    """A tied copy of another source tensor (T5's ``encoder.embed_tokens.weight`` is ``shared.weight``). When the
+    other is present this one is checked equal to it, byte for byte, and dropped; when it is absent this one is
+    renamed to ``target`` in its place. The inverse writes only the other name, as the torch side ties on load."""
 
     source: str
     same_as: str
+    target: str
     reason: str
 
     @property
     def sources(self):
         return (self.source,)
 
-    targets = ()
+    @property
+    def targets(self):
+        return (self.target,)
 
     def inverse(self):
         return None
@@ -136,6 +140,8 @@ class Spec:
     name: str
     component: str
     rules: tuple
+    # targets that stay fp32 when the dtype policy asks for fp16 (T5's wo, as transformers keeps it)
+    keep_fp32: tuple = ()
 
     def first_rule(self, key: str):
         for rule in self.rules:
@@ -147,7 +153,7 @@ class Spec:
 
     def inverse(self) -> "Spec":
         inverted = tuple(r for r in (rule.inverse() for rule in self.rules) if r is not None)
-        return Spec(f"{self.name}-inverse", self.component, inverted)
+        return Spec(f"{self.name}-inverse", self.component, inverted, ())
 
 
 def identity(note: str = "same name on both sides") -> Rename:

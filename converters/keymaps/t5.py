@@ -1,0 +1,18 @@
+"""Key map of the T5 v1.1 encoder from transformers layouts. Our MindSpore names are transformers' names, so the
+map is the identity plus the named exceptions: the tied embedding, and the decoder of a full T5."""
+from __future__ import annotations
+
+from .rules import Alias, Drop, Spec, identity
+
+
+def t5_transformers() -> Spec:
+    rules = (
+        Alias("encoder.embed_tokens.weight", "shared.weight", "shared.weight",
+              "tied to shared.weight (one MindSpore tensor)"),
+        Drop("decoder.{path}", "decoder of an encoder-decoder T5; PixArt uses the encoder only"),
+        Drop("lm_head.weight", "language-model head of an encoder-decoder T5; PixArt uses the encoder only"),
+        identity(),
+    )
+    # transformers keeps the feed-forward output projection in fp32 when loading T5 in fp16 (it overflows)
+    return Spec("t5_transformers", "text_encoder", rules,
+                keep_fp32=("encoder.block.{n}.layer.1.DenseReluDense.wo.weight",))
