@@ -117,7 +117,9 @@ def save_tiny_pipeline(folder: Path, seed: int = 0, t5_shard: str | None = "40KB
     """A diffusers PixArt-Sigma pipeline folder of tiny random components; T5 saved sharded like the hub's.
     Returns the torch models by component name."""
     from diffusers import DPMSolverMultistepScheduler
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     folder = Path(folder)
     models = {"transformer": tiny_pixart(seed), "text_encoder": tiny_t5(seed), "vae": tiny_vae(seed)}
     models["transformer"].save_pretrained(folder / "transformer")

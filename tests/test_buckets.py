@@ -1,4 +1,4 @@
-"""mindir_export.buckets against diffusers' PixArt resolution-binning tables."""
+"""mindspore_nets.buckets against diffusers' PixArt resolution-binning tables."""
 
 import os
 import subprocess
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mindir_export import buckets
-from mindir_export.buckets import bucket_table, closest_bucket, latent_hw, parse_buckets
+from mindspore_nets.buckets import bucket_table, closest_bucket, latent_hw, parse_buckets
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,7 +149,7 @@ def test_buckets_module_is_torch_free():
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['mindspore'] = None\n"
-        "from mindir_export.buckets import closest_bucket\n"
+        "from mindspore_nets.buckets import closest_bucket\n"
         "assert closest_bucket(768, 1344, 128) == ('0.57', (768, 1344))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(REPO_ROOT), capture_output=True, text=True)

@@ -1,4 +1,4 @@
-"""parity.sampling.DPMSolverMultistep (numpy) against diffusers' DPMSolverMultistepScheduler (torch)."""
+"""mindspore_nets.scheduler.DPMSolverMultistep (numpy) against diffusers' DPMSolverMultistepScheduler (torch)."""
 
 import json
 import os
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parity.sampling import PIXART_SIGMA_SCHEDULER_CONFIG, DPMSolverMultistep
+from mindspore_nets.scheduler import PIXART_SIGMA_SCHEDULER_CONFIG, DPMSolverMultistep
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -189,7 +189,7 @@ def test_sampling_module_is_torch_free():
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['mindspore'] = None\n"
-        "import parity.sampling as s\n"
+        "import mindspore_nets.scheduler as s\n"
         "sch = s.DPMSolverMultistep(); sch.set_timesteps(3)\n"
         "import numpy as np\n"
         "x = np.ones((1, 4, 2, 2), np.float32)\n"
