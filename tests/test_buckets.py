@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mindir_export import buckets
+from mindspore_nets import buckets
 from mindspore_nets.buckets import bucket_table, closest_bucket, latent_hw, parse_buckets
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
