@@ -35,7 +35,7 @@ def demo_command(workdir: Path):
     from converters.errors import ToolError
     from converters.verify import verify
     from mindspore_nets import AutoencoderKL, PixArtTransformer2D, T5Encoder
-    from parity.metrics import compare
+    from mindspore_nets.metrics import compare
 
     from . import checks
     from .tiny import TINY_T5, TINY_VAE, save_pixart_original, save_tiny_pipeline

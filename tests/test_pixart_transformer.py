@@ -14,7 +14,7 @@ from converters.keymaps.pixart import pixart_original
 from mindspore_nets import PixArtTransformer2D
 from mindspore_nets.config import PixArtConfig
 from mindspore_nets.loading import parameter_table
-from parity.metrics import rel_l2
+from mindspore_nets.metrics import rel_l2
 from pixart_demo.checks import ms_transformer_output, torch_transformer_output, transformer_cases
 from pixart_demo.tiny import randomize_, tiny_pixart
 

@@ -1,4 +1,5 @@
-"""Comparison metrics of two arrays (``a`` ours, ``b`` the reference), numpy only."""
+"""Comparison metrics of two arrays (``a`` ours, ``b`` the reference), numpy only; shared by the parity harness,
+export validation and the demo."""
 from __future__ import annotations
 
 import numpy as np
@@ -38,3 +39,7 @@ def compare(a, b) -> dict:
         "inf": int(np.isinf(a64).sum()),
         "ref_nonfinite": int(b.size - np.isfinite(b64).sum()),
     }
+
+
+# default relative-L2 tolerances of a MindSpore computation against an fp32 torch reference, by MindSpore dtype
+TOLERANCES = {"fp32": 1e-5, "fp16": 5e-3, "bf16": 2e-2}
