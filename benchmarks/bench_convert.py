@@ -4,6 +4,7 @@ full-size synthetic checkpoints, each against a baseline run in the same invocat
 source to the same disk, and a bare ``python -c "import mindspore, torch"`` for memory).
 
     python benchmarks/bench_convert.py [--workdir DIR] [--only pixart|t5] [--keep] [--runs N] [--no-drop-caches]
+    python benchmarks/bench_convert.py --report-only    # re-render BENCHMARKS.md from the stored results
 
 Sources are built once into the work dir (default /tmp/pixart-ms-bench) and reused when complete:
 
@@ -485,13 +486,13 @@ def render(results: dict) -> str:
         "  file-backed pages (memory-mapped checkpoint pages count in RSS until they are unmapped).",
         "- \"Excess\" = peak RSS − (peak RSS of the import baseline of the same round + the largest source tensor).",
         "  A streaming conversion should keep it a small constant whatever the model size.",
-        "- Round 1 runs with cold caches (`sync; echo 3 > /proc/sys/vm/drop_caches` before every command)" if
-        m["drop_caches"] else
-        "- Page cache could not be dropped (no write access to /proc/sys/vm/drop_caches): every run is warm-ish;",
-        "  later rounds run warm, right after each other. Before every command dirty pages are flushed with `sync`"
-        if m["drop_caches"] else
-        "  `cp` runs first, then convert, then verify. Before every command dirty pages are flushed with `sync`",
-        "  (untimed), so no run pays for the previous one's writeback, and none is timed until its data is on disk.",
+        *(["- Round 1 (\"cold\") drops the page cache before every command (`sync; echo 3 >",
+            "  /proc/sys/vm/drop_caches`); later rounds (\"warm\") run right after, with whatever the cache holds."]
+          if m["drop_caches"] else
+          ["- The page cache could not be dropped (no write access to /proc/sys/vm/drop_caches): `cp` runs first,",
+           "  then convert, then verify, so the later commands may find the source in the cache."]),
+        "- Before every command dirty pages are flushed with `sync` (untimed), so no run pays for the previous",
+        "  one's writeback. Neither `cp` nor convert calls fsync: their times end when the data is in the page cache.",
         "- On this virtual machine a dropped guest page cache may still be served from the host's cache, so \"cold\"",
         "  is a lower bound on real cold-disk time.",
         "",
@@ -510,7 +511,8 @@ def render(results: dict) -> str:
         conv = next((r["rows"]["convert"] for r in bench["rounds"] if "summary" in r["rows"]["convert"]), None)
         if conv:
             c = conv["summary"]
-            lines += [f"Converted: {c['tensors']} tensors + extras {c['extras'] or 'none'}, {c['values']:,} values, "
+            extras = ", ".join(f"`{e}`" for e in c["extras"]) or "none"
+            lines += [f"Converted: {c['tensors']} tensors (+ extras: {extras}), {c['values']:,} values, "
                       f"{_gib(c['bytes'])} written, dtype {'/'.join(c['dtypes'])}; dropped by rule: "
                       f"{', '.join(f'`{d}`' for d in c['dropped']) or 'nothing'}.", ""]
         lines += ["| run | wall s | CPU s | peak RSS MiB | time vs cp | excess MiB | peak / (import + largest) "
@@ -625,6 +627,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="Keep the converted folder of the last round.")
     parser.add_argument("--runs", type=int, default=2, help="Rounds per benchmark (the first cold if possible).")
     parser.add_argument("--no-drop-caches", action="store_true", help="Never drop the page cache.")
+    parser.add_argument("--report-only", action="store_true",
+                        help="Re-write the BENCHMARKS.md section from benchmarks/results/conversion.json; run nothing.")
     parser.add_argument("--generate", nargs=2, metavar=("NAME", "DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--inspect", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -637,6 +641,10 @@ def main() -> None:
         print(json.dumps(inspect_source(args.inspect)))
         return
 
+    if args.report_only:
+        write_report(json.loads(RESULTS.read_text()))
+        print(f"wrote {REPORT}")
+        return
     if not Path(TIME).is_file():
         sys.exit(f"{TIME} not found (GNU time); install it (apt-get install time)")
     workdir = args.workdir.resolve()

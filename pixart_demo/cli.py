@@ -37,7 +37,7 @@ def demo_command(workdir: Path):
     from mindspore_nets import AutoencoderKL, PixArtTransformer2D, T5Encoder
     from mindspore_nets.metrics import compare
 
-    from . import checks
+    from parity import cases as checks
     from .tiny import TINY_T5, TINY_VAE, save_pixart_original, save_tiny_pipeline
 
     workdir = workdir.resolve()

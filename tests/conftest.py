@@ -10,7 +10,7 @@ import mindspore as ms  # noqa: E402
 import pytest  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
-from pixart_demo.tiny import save_pixart_diffusers, save_pixart_original, tiny_pixart  # noqa: E402
+from pixart_demo.tiny import save_pixart_diffusers, save_pixart_original, save_tiny_pipeline, tiny_pixart  # noqa: E402,E501
 
 
 def run_cli(*args):
@@ -51,6 +51,17 @@ def converted_pixart(pixart_diffusers_dir, pixart_pth, workdir):
         assert result.exit_code == 0, result.output
         out[name] = folder
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(workdir):
+    """A tiny diffusers pipeline folder, its conversion, and the torch models: (src, out, models)."""
+    src = workdir / "pipeline-src"
+    models = save_tiny_pipeline(src)
+    out = workdir / "pipeline-ms"
+    result = run_cli("convert", src, "-o", out)
+    assert result.exit_code == 0, result.output
+    return src, out, models
 
 
 @pytest.fixture(params=["pynative", "graph"])

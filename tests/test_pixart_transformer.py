@@ -15,7 +15,7 @@ from mindspore_nets import PixArtTransformer2D
 from mindspore_nets.config import PixArtConfig
 from mindspore_nets.loading import parameter_table
 from mindspore_nets.metrics import rel_l2
-from pixart_demo.checks import ms_transformer_output, torch_transformer_output, transformer_cases
+from parity.cases import ms_transformer_output, torch_transformer_output, transformer_cases
 from pixart_demo.tiny import randomize_, tiny_pixart
 
 from .conftest import run_cli

@@ -19,9 +19,9 @@ from mindspore_nets import AutoencoderKL, PixArtTransformer2D, T5Encoder
 from mindspore_nets.config import T5Config
 from mindspore_nets.loading import parameter_table
 from mindspore_nets.metrics import rel_l2
-from pixart_demo.checks import (ms_t5_output, ms_vae_outputs, t5_inputs, torch_t5_output, torch_vae_outputs,
+from parity.cases import (ms_t5_output, ms_vae_outputs, t5_inputs, torch_t5_output, torch_vae_outputs,
                                 vae_inputs)
-from pixart_demo.tiny import TINY_T5, TINY_VAE, save_tiny_pipeline, tiny_t5, tiny_vae
+from pixart_demo.tiny import TINY_T5, TINY_VAE, tiny_t5, tiny_vae
 
 from .conftest import run_cli
 from .test_convert_cli import assert_clean_failure
@@ -176,16 +176,6 @@ def test_vae_both_naming_generations(naming, vae_model, tmp_path, ms_mode):
     ours, ref = ms_vae_outputs(net, image, latent), torch_vae_outputs(vae_model, image, latent)
     assert rel_l2(ours[0], ref[0]) <= 1e-5 and rel_l2(ours[1], ref[1]) <= 1e-5
     assert net.scaling_factor == TINY_VAE["scaling_factor"]
-
-
-@pytest.fixture(scope="session")
-def tiny_pipeline(workdir):
-    src = workdir / "pipeline-src"
-    models = save_tiny_pipeline(src)
-    out = workdir / "pipeline-ms"
-    result = run_cli("convert", src, "-o", out)
-    assert result.exit_code == 0, result.output
-    return src, out, models
 
 
 def test_pipeline_in_one_command(tiny_pipeline):

@@ -1,0 +1,124 @@
+"""``pixart-ms export`` and ``pixart-ms infer`` (also ``python -m mindir_export.cli export|infer ...``).
+
+``infer`` imports nothing that imports torch: only this package's runtime and pipeline, numpy, sentencepiece,
+Pillow, tqdm and MindSpore (or MindSpore Lite).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GLOG_v", "3")
+
+import click  # noqa: E402
+
+from converters.cli import fail  # noqa: E402  (torch-free: click and the error classes only)
+from converters.errors import SourceError, ToolError  # noqa: E402
+
+
+def _precision_modes(values: tuple[str, ...]) -> dict:
+    modes = {}
+    for value in values:
+        component, sep, mode = value.partition("=")
+        if not sep:
+            raise SourceError(f"--precision-mode {value!r}: expected COMPONENT=MODE, e.g. transformer=enforce_origin")
+        modes[component.strip()] = mode.strip()
+    return modes
+
+
+@click.command("export")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "export_dir", required=True, type=click.Path(path_type=Path),
+              help="Export folder to create.")
+@click.option("--components", default="", help="Comma-separated: transformer,text_encoder,vae_decoder,vae_encoder "
+              "(default: every component present).")
+@click.option("--buckets", default="square", show_default=True,
+              help="Aspect-ratio buckets of the model's table: square, all, or ratios such as 1.0,0.57.")
+@click.option("--batch", type=int, default=1, show_default=True, help="Images per call (transformer B = 2N).")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="Transformer and VAE (the VAE only if fp16 stays finite).")
+@click.option("--text-encoder-dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="T5 overflows in fp16; fp32 unless asked.")
+@click.option("--gears", is_flag=True, help="One transformer graph with dynamic h, w and Lite dynamic_dims gears.")
+@click.option("--max-length", type=int, default=300, show_default=True, help="Caption tokens (300 for Sigma).")
+@click.option("--precision-mode", "precision_modes", multiple=True, metavar="COMPONENT=MODE",
+              help="Lite precision_mode for one component (default preferred_fp32; enforce_origin for fp16 graphs).")
+@click.option("--no-torch-reference", is_flag=True, help="Skip the comparison with the torch reference.")
+@click.option("--split-threshold", type=int, default=None, hidden=True,
+              help="Bytes above which MindSpore splits weights out (testing; MindSpore's is 1 GiB).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing export folder.")
+@click.option("--json", "as_json", is_flag=True, help="The manifest on stdout.")
+def export_command(out, export_dir, components, buckets, batch, dtype, text_encoder_dtype, gears, max_length,
+                   precision_modes, no_torch_reference, split_threshold, overwrite, as_json):
+    """Export a converted folder to validated MindIR graphs for MindSpore Lite."""
+    from .export import export_pipeline
+
+    def log(line):
+        click.echo(line, err=as_json)
+
+    try:
+        manifest = export_pipeline(
+            out, export_dir, log=log, components=[c.strip() for c in components.split(",") if c.strip()] or None,
+            buckets=buckets, batch=batch, dtype=dtype, text_encoder_dtype=text_encoder_dtype, gears=gears,
+            max_length=max_length, overwrite=overwrite, torch_reference=not no_torch_reference,
+            precision_modes=_precision_modes(precision_modes), split_threshold=split_threshold)
+    except ToolError as exc:
+        fail(exc)
+    if as_json:
+        click.echo(json.dumps(manifest, indent=1))
+        return
+    for note in manifest["notes"]:
+        click.echo(f"note: {note}")
+    click.echo(f"wrote {export_dir} in {manifest['seconds']:.1f} s (manifest.json, {manifest['lite']['script']})")
+
+
+@click.command("infer")
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--prompt", required=True)
+@click.option("-o", "--output", "image_path", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="PNG file to write.")
+@click.option("--negative-prompt", default="", show_default=True)
+@click.option("--height", type=int, default=None, help="Pixels; must be an exported bucket (default: square).")
+@click.option("--width", type=int, default=None)
+@click.option("--steps", type=int, default=20, show_default=True)
+@click.option("--guidance", type=float, default=4.5, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="numpy seed of the initial noise.")
+@click.option("--backend", type=click.Choice(["auto", "lite", "mindspore"]), default="auto", show_default=True,
+              help="auto: MindSpore Lite when it imports, else MindSpore GraphCell.")
+@click.option("--json", "as_json", is_flag=True)
+def infer_command(export_dir, prompt, image_path, negative_prompt, height, width, steps, guidance, seed, backend,
+                  as_json):
+    """Text to image from an export folder alone (no torch)."""
+    from .pipeline import infer
+    from .runtime import BackendError, resolve_backend
+
+    try:
+        chosen = resolve_backend(backend)
+    except BackendError as exc:
+        fail(SourceError(str(exc)))
+    click.echo(f"backend: {'MindSpore Lite' if chosen == 'lite' else 'MindSpore GraphCell'}", err=True)
+    try:
+        result = infer(export_dir, prompt, image_path, negative_prompt=negative_prompt, height=height, width=width,
+                       steps=steps, guidance=guidance, seed=seed, backend=backend, progress=not as_json)
+    except ToolError as exc:
+        fail(exc)
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+    else:
+        click.echo(f"backend used: {', '.join(result['backend'])}")
+        click.echo(f"wrote {', '.join(result['images'])} ({result['height']}x{result['width']}, bucket "
+                   f"{result['bucket']}, {steps} steps, guidance {guidance}, seed {seed})")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """MindIR export and offline inference."""
+
+
+main.add_command(export_command)
+main.add_command(infer_command)
+
+if __name__ == "__main__":
+    main()

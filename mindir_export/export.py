@@ -1,0 +1,474 @@
+"""``export``: a converted MindSpore folder -> validated MindIR graphs, Lite converter configs and a manifest.
+
+Everything that can be checked before a graph is traced is checked first (the output location, the folder, the
+components, the buckets). The export folder is written under a temporary name beside the target and renamed into
+place only when every graph has been reloaded and validated: a failed validation (exit 1) leaves nothing behind.
+
+Layout (one folder per component, like diffusers and optimum)::
+
+    EXPORT_DIR/manifest.json          everything infer needs, every file with size and sha256, every check's numbers
+    EXPORT_DIR/convert_lite.sh        the converter_lite commands for Ascend
+    EXPORT_DIR/transformer/           transformer_<bucket>.mindir (or _graph.mindir + _variables/), .cfg, config.json
+    EXPORT_DIR/text_encoder/          text_encoder.mindir, text_encoder.cfg, config.json
+    EXPORT_DIR/vae_decoder/, vae_encoder/   one graph per bucket, .cfg, the VAE's config.json
+    EXPORT_DIR/tokenizer/, scheduler/, model_index.json   copied from the converted pipeline
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from converters.convert import atomic_folder, check_output
+from converters.errors import CheckFailed, SourceError
+from converters.manifest import MANIFEST, file_entry, file_sha256
+
+from . import lite
+from .specs import (COMPONENTS, COMPUTE_DTYPE_NAMES, DEFAULT_MAX_LENGTH, SOURCE_FOLDER, ComponentSpec, GraphSpec,
+                    build_component, export_buckets, export_cell, sample_inputs, select_buckets, vae_scale_factor)
+
+FORMAT_VERSION = 1
+COPIED = ("tokenizer", "scheduler")
+
+
+@dataclass
+class ExportOptions:
+    components: list[str] | None = None  # default: every component present
+    buckets: str = "square"
+    batch: int = 1
+    dtype: str = "fp32"  # transformer and VAE; the VAE keeps fp32 if fp16 gives NaN/Inf
+    text_encoder_dtype: str = "fp32"  # T5 overflows in fp16: only on request
+    gears: bool = False
+    max_length: int = DEFAULT_MAX_LENGTH
+    overwrite: bool = False
+    torch_reference: bool = True
+    precision_modes: dict = field(default_factory=dict)  # component -> Lite precision_mode override
+    split_threshold: int | None = None  # bytes; MindSpore's is 1 GiB (lowered only to exercise the split path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# what is there to export
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"{path}: cannot read JSON ({exc})") from exc
+
+
+def source_folders(out: Path) -> dict[str, Path]:
+    """Exportable component -> converted folder, for a converted pipeline or a single-component folder."""
+    out = Path(out)
+    if not out.is_dir():
+        raise SourceError(f"{out}: not a folder")
+    if (out / "model_index.json").is_file():
+        found = {name: out / folder for name, folder in SOURCE_FOLDER.items()
+                 if (out / folder / "config.json").is_file()}
+    elif (out / MANIFEST).is_file():
+        component = read_json(out / MANIFEST).get("component")
+        found = {name: out for name, folder in SOURCE_FOLDER.items() if folder == component}
+    else:
+        raise SourceError(f"{out}: neither a converted pipeline (model_index.json) nor a converted component "
+                          f"({MANIFEST}); run `pixart-ms convert` first")
+    if not found:
+        raise SourceError(f"{out}: no exportable component found")
+    return found
+
+
+def choose_components(found: dict[str, Path], requested: list[str] | None, out: Path) -> list[str]:
+    if not requested:
+        return [c for c in COMPONENTS if c in found]
+    unknown = [c for c in requested if c not in COMPONENTS]
+    if unknown:
+        raise SourceError(f"unknown component(s) {', '.join(unknown)}; choose from {', '.join(COMPONENTS)}")
+    missing = [c for c in requested if c not in found]
+    if missing:
+        raise SourceError(f"{out}: no converted folder for {', '.join(missing)} "
+                          f"(looked for {', '.join(sorted({SOURCE_FOLDER[c] + '/' for c in missing}))})")
+    return [c for c in COMPONENTS if c in requested]
+
+
+def bucket_plan(found: dict[str, Path], spec: str) -> tuple[dict[str, tuple[int, int]], int, str]:
+    """(chosen bucket -> pixel size, VAE scale factor, how the table was chosen)."""
+    vae_config = read_json(found["vae_decoder"] / "config.json") if "vae_decoder" in found else None
+    scale = vae_scale_factor(vae_config)
+    if "transformer" in found:
+        tconfig = read_json(found["transformer"] / "config.json")
+    elif vae_config:  # a lone VAE: its pixel sample_size, whole latents
+        tconfig = {"sample_size": vae_config.get("sample_size", 1024) // scale, "patch_size": 1}
+    else:
+        return {}, scale, "none (no transformer or VAE)"
+    table, how = export_buckets(tconfig, scale)
+    try:
+        keys = select_buckets(spec, table)
+    except ValueError as exc:
+        raise SourceError(str(exc)) from None
+    return {k: table[k] for k in keys}, scale, how
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MindSpore plumbing
+
+@contextlib.contextmanager
+def graph_mode():
+    import mindspore as ms
+
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        yield
+    finally:
+        ms.set_context(mode=previous)
+
+
+@contextlib.contextmanager
+def pynative_mode():
+    import mindspore as ms
+
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        yield
+    finally:
+        ms.set_context(mode=previous)
+
+
+@contextlib.contextmanager
+def split_threshold(nbytes: int | None):
+    """Lower MindSpore's 1 GiB split-save threshold (``serialization.TOTAL_SAVE``, in KiB) for one export."""
+    import mindspore.train.serialization as serialization
+
+    if nbytes is None:
+        yield
+        return
+    saved = serialization.TOTAL_SAVE
+    serialization.TOTAL_SAVE = max(nbytes, 0) / 1024
+    try:
+        yield
+    finally:
+        serialization.TOTAL_SAVE = saved
+
+
+@contextlib.contextmanager
+def dynamic_position_embedding(net):
+    """Swap the transformer's patch embedding for the in-graph one while a gears graph is traced."""
+    from .specs import DynamicPatchEmbed
+
+    static = net.pos_embed
+    net.pos_embed = DynamicPatchEmbed(static)
+    try:
+        yield
+    finally:
+        net.pos_embed = static
+
+
+def load_network(component: str, folder: Path, dtype: str):
+    from mindspore_nets import AutoencoderKL, PixArtTransformer2D, T5Encoder
+
+    cls = {"transformer": PixArtTransformer2D, "text_encoder": T5Encoder, "vae_decoder": AutoencoderKL,
+           "vae_encoder": AutoencoderKL}[component]
+    return cls.from_pretrained(folder, dtype=dtype)
+
+
+def run_cell(cell, arrays: list[np.ndarray]) -> np.ndarray:
+    import mindspore as ms
+
+    out = cell(*[ms.Tensor(a) for a in arrays])
+    if isinstance(out, (tuple, list)):
+        if len(out) != 1:
+            raise CheckFailed(f"graph returned {len(out)} outputs, expected 1")
+        out = out[0]
+    return out.asnumpy()
+
+
+def written_files(folder: Path, stem: str) -> tuple[str, list[Path], bool]:
+    """(graph file to load, every file of the graph, split) after ``mindspore.export`` wrote ``stem``."""
+    single, graph, variables = folder / f"{stem}.mindir", folder / f"{stem}_graph.mindir", folder / f"{stem}_variables"
+    if graph.is_file() and variables.is_dir():
+        return graph.name, [graph, *sorted(p for p in variables.rglob("*") if p.is_file())], True
+    if single.is_file():
+        return single.name, [single], False
+    raise CheckFailed(f"{folder}: mindspore.export wrote neither {single.name} nor {graph.name} + {variables.name}/")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# one component
+
+def fp16_finite(component: str, folder: Path, spec: ComponentSpec) -> tuple[bool, str]:
+    """Run the fp16 eager network on every graph's validation inputs: the VAE is exported in fp16 only if all of
+    its outputs are finite."""
+    net = load_network(component, folder, "fp16")
+    cell = export_cell(component, net)
+    with pynative_mode():
+        for graph in spec.graphs:
+            out = run_cell(cell, sample_inputs(spec, graph.concrete_inputs()))
+            bad = int((~np.isfinite(out.astype(np.float64))).sum())
+            if bad:
+                return False, f"{graph.stem}: {bad} non-finite values in fp16"
+    return True, "finite in fp16 on the validation inputs"
+
+
+def export_component(spec: ComponentSpec, folder: Path, target: Path, opts: ExportOptions, log) -> dict:
+    """Export, reload and validate every graph of one component into ``target``; returns its manifest entry."""
+    import mindspore as ms
+    from mindspore import nn
+
+    from . import validate
+
+    target.mkdir(parents=True)
+    net = load_network(spec.name, folder, spec.dtype)
+    cell = export_cell(spec.name, net)
+    cases = {}  # (stem, gear) -> (inputs, eager output)
+    with pynative_mode():
+        for graph in spec.graphs:
+            for gear in graph.shapes_to_check():
+                arrays = sample_inputs(spec, graph.concrete_inputs(gear))
+                cases[graph.stem, gear] = (arrays, run_cell(cell, arrays))
+    entries = []
+    for graph in spec.graphs:
+        started = time.time()
+        with graph_mode(), split_threshold(opts.split_threshold), \
+                (dynamic_position_embedding(net) if graph.gears else contextlib.nullcontext()):
+            dummies = [ms.Tensor(shape=[None if d == -1 else d for d in t.shape], dtype=_ms_dtype(t.dtype))
+                       if graph.gears else ms.Tensor(a)
+                       for t, a in zip(graph.inputs, cases[graph.stem, graph.shapes_to_check()[0]][0])]
+            ms.export(cell, *dummies, file_name=str(target / graph.stem), file_format="MINDIR")
+        export_s = time.time() - started
+        graph_file, files, split = written_files(target, graph.stem)
+        entries.append({"graph": graph, "graph_file": graph_file, "files": files, "split": split,
+                        "export_seconds": round(export_s, 2)})
+    del cell, net
+    gc.collect()
+
+    reference, reference_note = None, None
+    if opts.torch_reference:
+        reference, reference_note = _torch_reference(folder)
+    records, problems = [], []
+    for entry in entries:
+        graph: GraphSpec = entry["graph"]
+        path = target / entry["graph_file"]
+        problems += validate.interface_problems(path, graph.inputs)
+        started = time.time()
+        with graph_mode():
+            graph_cell = nn.GraphCell(ms.load(str(path)))
+            checks = []
+            for gear in graph.shapes_to_check():
+                arrays, eager = cases[graph.stem, gear]
+                out = run_cell(graph_cell, arrays)
+                ref = validate.torch_output(spec.name, reference, arrays) if reference is not None else None
+                record, found = validate.check_output(out, graph.concrete_outputs(gear)[0], eager, ref, spec.dtype)
+                record["inputs"] = [t.to_dict() for t in graph.concrete_inputs(gear)]
+                if reference is None:
+                    record["vs_torch"] = f"unavailable ({reference_note})"
+                checks.append(record)
+                problems += [f"{graph.stem}{'' if gear is None else f' gear {list(gear)}'}: {p}" for p in found]
+        del graph_cell
+        gc.collect()
+        entry["validation"] = checks
+        entry["validate_seconds"] = round(time.time() - started, 2)
+        log(_summary_line(spec, entry))
+        records.append(entry)
+    if problems:
+        raise CheckFailed(f"{spec.name}: validation failed: " + "; ".join(problems))
+    return _component_entry(spec, records, target, folder, reference_note)
+
+
+def _ms_dtype(name: str):
+    import mindspore as ms
+
+    return {"float32": ms.float32, "float16": ms.float16, "int32": ms.int32}[name]
+
+
+def _torch_reference(folder: Path):
+    try:
+        from converters.references import ReferenceUnavailable, load_reference
+    except ImportError as exc:  # torch or diffusers not installed
+        return None, f"torch reference needs torch and diffusers/transformers: {exc}"
+    try:
+        return load_reference(folder), None
+    except ReferenceUnavailable as exc:
+        return None, str(exc)
+    except ImportError as exc:
+        return None, f"torch reference needs torch and diffusers/transformers: {exc}"
+
+
+def _summary_line(spec: ComponentSpec, entry: dict) -> str:
+    size = sum(p.stat().st_size for p in entry["files"])
+    eager = max(r["vs_eager"]["rel_l2"] for r in entry["validation"])
+    torch_values = [r["vs_torch"]["rel_l2"] for r in entry["validation"] if isinstance(r["vs_torch"], dict)]
+    torch_text = f"{max(torch_values):.2e}" if torch_values else "unavailable"
+    return (f"{entry['graph'].stem}: {spec.dtype}, {size / 2**20:.1f} MiB{' (split)' if entry['split'] else ''}, "
+            f"exported in {entry['export_seconds']:.1f} s; GraphCell vs eager rel_l2 {eager:.2e}, "
+            f"vs torch {torch_text}")
+
+
+def _component_entry(spec: ComponentSpec, records: list[dict], target: Path, folder: Path,
+                     reference_note: str | None) -> dict:
+    graphs = []
+    for entry in records:
+        graph: GraphSpec = entry["graph"]
+        graphs.append({
+            "stem": graph.stem,
+            "file": f"{spec.name}/{entry['graph_file']}",
+            "split": entry["split"],
+            "files": [f"{spec.name}/{p.relative_to(target)}" for p in entry["files"]],
+            "buckets": graph.buckets,
+            "latent_hw": list(graph.latent_hw) if graph.latent_hw else None,
+            "gears": [list(g) for g in graph.gears] if graph.gears else None,
+            "inputs": [t.to_dict() for t in graph.inputs],
+            "outputs": [t.to_dict() for t in graph.outputs],
+            "lite_config": f"{spec.name}/{graph.stem}.cfg",
+            "export_seconds": entry["export_seconds"],
+            "validate_seconds": entry["validate_seconds"],
+            "validation": entry["validation"],
+        })
+    return {"dtype": spec.dtype, "precision_mode": spec.precision_mode, "source": str(folder),
+            "torch_reference": "used" if reference_note is None else f"unavailable ({reference_note})",
+            "graphs": graphs}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the whole export
+
+def export_pipeline(out_dir, export_dir, log=print, **options) -> dict:
+    """Export a converted pipeline (or one converted component) to ``export_dir``; returns the manifest.
+
+    Options are ``ExportOptions`` fields. Raises ``SourceError``/``OutputError`` (exit 2) on bad input and
+    ``CheckFailed`` (exit 1) when a graph fails validation; nothing is left at ``export_dir`` then.
+    """
+    opts = ExportOptions(**options)
+    out, export_dir = Path(out_dir), Path(export_dir)
+    started = time.time()
+    check_output(out, export_dir, opts.overwrite)
+    if opts.batch < 1 or opts.max_length < 1:
+        raise SourceError(f"--batch and --max-length must be positive (got {opts.batch}, {opts.max_length})")
+    for name, value in (("--dtype", opts.dtype), ("--text-encoder-dtype", opts.text_encoder_dtype)):
+        if value not in COMPUTE_DTYPE_NAMES:
+            raise SourceError(f"{name} {value!r}: choose fp32 or fp16 (bf16 has no kernels on 910A/310P)")
+    found = source_folders(out)
+    components = choose_components(found, opts.components, out)
+    buckets, vae_scale, bucket_source = bucket_plan(found, opts.buckets)
+    unknown_modes = sorted(set(opts.precision_modes) - set(components))
+    if unknown_modes:
+        raise SourceError(f"precision mode given for component(s) not exported: {', '.join(unknown_modes)}")
+    bad_modes = {c: m for c, m in opts.precision_modes.items() if m not in lite.PRECISION_MODES}
+    if bad_modes:
+        raise SourceError(f"unknown Lite precision_mode(s) {bad_modes}; choose from {', '.join(lite.PRECISION_MODES)}")
+
+    configs = {c: read_json(found[c] / "config.json") for c in components}
+    tconfig = configs.get("transformer") or (read_json(found["transformer"] / "config.json")
+                                             if "transformer" in found else None)
+    if "transformer" in components and opts.gears and len({(h // vae_scale, w // vae_scale)
+                                                           for h, w in buckets.values()}) > 100:
+        raise SourceError("Lite supports at most 100 gears; choose fewer buckets")
+    notes = []
+    specs = []
+    for name in components:
+        dtype = opts.text_encoder_dtype if name == "text_encoder" else opts.dtype
+        spec = build_component(name, configs[name], dtype, opts.batch, opts.max_length, buckets, vae_scale,
+                               opts.gears and name == "transformer", precision_mode=opts.precision_modes.get(name))
+        if name == "transformer" and tconfig is not None and "text_encoder" in found:
+            d_model = read_json(found["text_encoder"] / "config.json")["d_model"]
+            if d_model != tconfig["caption_channels"]:
+                raise SourceError(f"{out}: text encoder d_model {d_model} != transformer caption_channels "
+                                  f"{tconfig['caption_channels']}")
+        if name.startswith("vae") and dtype == "fp16":
+            ok, why = fp16_finite(name, found[name], spec)
+            if not ok:
+                notes.append(f"{name}: fp16 refused ({why}); exported in fp32")
+                log(f"{name}: fp16 produced NaN/Inf ({why}); exporting in fp32")
+                spec = build_component(name, configs[name], "fp32", opts.batch, opts.max_length, buckets,
+                                       vae_scale, False, precision_mode=opts.precision_modes.get(name))
+            else:
+                notes.append(f"{name}: fp16 NaN check passed ({why})")
+        specs.append(spec)
+
+    manifest_components = {}
+    with atomic_folder(export_dir) as tmp:
+        tmp.mkdir()
+        for spec in specs:
+            manifest_components[spec.name] = export_component(spec, found[spec.name], tmp / spec.name, opts, log)
+            (tmp / spec.name / "config.json").write_bytes((found[spec.name] / "config.json").read_bytes())
+            for graph in spec.graphs:
+                lite.write_config(tmp / spec.name / f"{graph.stem}.cfg", graph, spec.precision_mode)
+        copied = []
+        for name in COPIED:
+            if (out / name).is_dir():
+                shutil.copytree(out / name, tmp / name)
+                copied.append(name)
+        if (out / "model_index.json").is_file():
+            shutil.copyfile(out / "model_index.json", tmp / "model_index.json")
+        lite.write_convert_script(tmp / lite.SCRIPT, specs)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "kind": "pixart-mindspore MindIR export",
+            "versions": _versions(),
+            "source": {"path": str(out.resolve()), "manifests": _source_manifests(out, found, components)},
+            "options": {"components": components, "buckets": opts.buckets, "batch": opts.batch, "dtype": opts.dtype,
+                        "text_encoder_dtype": opts.text_encoder_dtype, "gears": opts.gears,
+                        "max_length": opts.max_length, "torch_reference": opts.torch_reference,
+                        "split_threshold": opts.split_threshold},
+            "pipeline": _pipeline_section(opts, buckets, vae_scale, bucket_source, found, tmp, copied),
+            "components": manifest_components,
+            "lite": {"script": lite.SCRIPT, "flags": lite.CONVERTER_FLAGS},
+            "notes": notes,
+        }
+        manifest["files"] = {str(p.relative_to(tmp)): file_entry(p) for p in sorted(tmp.rglob("*"))
+                             if p.is_file() and p.name != MANIFEST}
+        manifest["seconds"] = round(time.time() - started, 2)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("pixart-mindspore", "mindspore", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _source_manifests(out: Path, found: dict[str, Path], components: list[str]) -> dict:
+    hashes = {}
+    for name in sorted({SOURCE_FOLDER[c] for c in components}):
+        folder = found[next(c for c in components if SOURCE_FOLDER[c] == name)]
+        path = folder / MANIFEST
+        hashes[name] = {"manifest_sha256": file_sha256(path) if path.is_file() else None}
+    if (out / "model_index.json").is_file():
+        hashes["model_index.json"] = {"sha256": file_sha256(out / "model_index.json")}
+    return hashes
+
+
+def _pipeline_section(opts: ExportOptions, buckets: dict, vae_scale: int, bucket_source: str,
+                      found: dict[str, Path], tmp: Path, copied: list[str]) -> dict:
+    """What ``infer`` needs besides the graphs: sizes, scaling factor, vocabulary, tokenizer and scheduler."""
+    section = {"batch": opts.batch, "cfg_batch": 2 * opts.batch, "max_length": opts.max_length,
+               "vae_scale_factor": vae_scale, "bucket_table": bucket_source,
+               "buckets": {k: {"height": h, "width": w, "latent_hw": [h // vae_scale, w // vae_scale]}
+                           for k, (h, w) in buckets.items()},
+               "text_preprocessing": "lower().strip() (diffusers PixArtSigmaPipeline, clean_caption=False)",
+               "tokenizer": "tokenizer/spiece.model" if (tmp / "tokenizer" / "spiece.model").is_file() else None,
+               "scheduler": ("scheduler/scheduler_config.json"
+                             if (tmp / "scheduler" / "scheduler_config.json").is_file() else None),
+               "copied": copied}
+    if "transformer" in found:
+        t = read_json(found["transformer"] / "config.json")
+        section.update(latent_channels=t["in_channels"], transformer_out_channels=t.get("out_channels"),
+                       caption_channels=t["caption_channels"], sample_size=t["sample_size"],
+                       patch_size=t["patch_size"])
+    if "text_encoder" in found:
+        section["vocab_size"] = read_json(found["text_encoder"] / "config.json")["vocab_size"]
+    if "vae_decoder" in found:
+        v = read_json(found["vae_decoder"] / "config.json")
+        section.update(scaling_factor=v["scaling_factor"], shift_factor=v.get("shift_factor"))
+    return section

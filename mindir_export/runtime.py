@@ -1,0 +1,119 @@
+"""One small interface over the ways to run an exported graph: ``open_graph(path, backend) -> Runner`` with
+``runner.run(*numpy arrays) -> list[numpy arrays]`` and ``runner.backend``.
+
+- ``lite``: MindSpore Lite (``mindspore_lite``), used when it imports. Target ``ascend`` when an Ascend device is
+  visible (``/dev/davinci*``), else ``cpu``. A model built from a gears graph is ``resize``d whenever the input
+  shapes change. Written against the documented Lite Python API (``Context``, ``Model.build_from_file``,
+  ``get_inputs``, ``resize``, ``set_data_from_numpy``, ``predict``, ``get_data_to_numpy``); it cannot be tested
+  here (no Lite wheel for this Python).
+- ``mindspore``: ``mindspore.load`` + ``nn.GraphCell``, on whatever device MindSpore runs.
+- ``EagerRunner``: the eager MindSpore Cell behind the same interface, so the offline loop can be compared with
+  the eager pipeline by swapping executors only.
+
+Nothing here imports torch or the converters.
+"""
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import numpy as np
+
+BACKENDS = ("auto", "lite", "mindspore")
+
+
+class BackendError(RuntimeError):
+    """The requested backend cannot be used here."""
+
+
+def lite_available() -> bool:
+    try:
+        import mindspore_lite  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str = "auto") -> str:
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "lite" if lite_available() else "mindspore"
+    if backend == "lite" and not lite_available():
+        raise BackendError("backend lite: mindspore_lite does not import here (install the MindSpore Lite wheel "
+                           "of the same version as MindSpore)")
+    return backend
+
+
+class Runner:
+    backend = "?"
+
+    def run(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        raise NotImplementedError
+
+
+class LiteRunner(Runner):
+    def __init__(self, path: Path, target: str | None = None, device_id: int = 0):
+        import mindspore_lite as mslite
+
+        self.target = target or ("ascend" if glob.glob("/dev/davinci[0-9]*") else "cpu")
+        self.backend = f"lite ({self.target})"
+        context = mslite.Context()
+        context.target = [self.target]
+        if self.target == "ascend":
+            context.ascend.device_id = device_id
+        self.model = mslite.Model()
+        self.model.build_from_file(str(path), mslite.ModelType.MINDIR, context)
+        self.inputs = self.model.get_inputs()
+
+    def run(self, *arrays):
+        shapes = [list(a.shape) for a in arrays]
+        if [list(t.shape) for t in self.inputs] != shapes:
+            self.model.resize(self.inputs, shapes)  # a gear of a dynamic_dims model
+            self.inputs = self.model.get_inputs()
+        for tensor, array in zip(self.inputs, arrays):
+            tensor.set_data_from_numpy(np.ascontiguousarray(array))
+        return [out.get_data_to_numpy() for out in self.model.predict(self.inputs)]
+
+
+class GraphCellRunner(Runner):
+    backend = "mindspore (GraphCell)"
+
+    def __init__(self, path: Path):
+        import mindspore as ms
+        from mindspore import nn
+
+        self.cell = nn.GraphCell(ms.load(str(path)))
+
+    def run(self, *arrays):
+        return _run_ms(self.cell, arrays)
+
+
+class EagerRunner(Runner):
+    """An eager MindSpore Cell (PyNative) with a graph's calling convention."""
+
+    backend = "mindspore (eager)"
+
+    def __init__(self, cell):
+        self.cell = cell
+
+    def run(self, *arrays):
+        return _run_ms(self.cell, arrays)
+
+
+def _run_ms(cell, arrays) -> list[np.ndarray]:
+    import mindspore as ms
+
+    out = cell(*[ms.Tensor(a) for a in arrays])
+    outs = out if isinstance(out, (tuple, list)) else [out]
+    return [o.asnumpy() for o in outs]
+
+
+def open_graph(path, backend: str = "auto", target: str | None = None) -> Runner:
+    """A runner for an exported (or Lite-converted) MindIR; ``path`` is the ``.mindir`` or ``_graph.mindir``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such graph file")
+    if resolve_backend(backend) == "lite":
+        return LiteRunner(path, target)
+    return GraphCellRunner(path)

@@ -1,0 +1,334 @@
+"""One export spec per component: the graph's pinned inputs and outputs (names, shapes, dtypes) generated from the
+component's config and a bucket, its tolerance, its Lite precision mode, and the thin Cell that is exported.
+
+Like optimum's ``OnnxConfig``: the spec, not the network, decides the interface of the artifact, so the runtime
+and the Lite converter config can be written from the spec alone and the exported graph is checked against it.
+
+Shapes (B = 2 x batch: classifier-free guidance runs the negative and the positive prompt in one call; N = batch):
+
+- ``transformer``: hidden_states (B, C, h, w) f32, timestep (B,) f32, encoder_hidden_states (B, L, caption_channels)
+  f32, encoder_attention_mask (B, L) f32 -> sample (B, out_channels, h, w); one graph per bucket latent size, or
+  one graph with h, w dynamic ("gears").
+- ``text_encoder``: input_ids (B, L) int32, attention_mask (B, L) int32 -> last_hidden_state (B, L, d_model).
+- ``vae_decoder``: latent (N, latent_channels, h, w) f32 -> sample (N, out_channels, H, W), one graph per bucket.
+- ``vae_encoder``: image (N, in_channels, H, W) f32 -> moments (N, 2 * latent_channels, h, w), one per bucket.
+
+Inputs are fp32 (int32 for token ids and the T5 mask) whatever the compute dtype: the networks cast inside, and the
+runtime feeds numpy fp32. Outputs come in the compute dtype.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn, ops
+
+from mindspore_nets.buckets import ASPECT_RATIO_1024_BIN, SAMPLE_SIZE_TO_RESOLUTION, bucket_table
+
+COMPONENTS = ("transformer", "text_encoder", "vae_decoder", "vae_encoder")
+# converted folder each exported component is built from
+SOURCE_FOLDER = {"transformer": "transformer", "text_encoder": "text_encoder", "vae_decoder": "vae",
+                 "vae_encoder": "vae"}
+NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32}
+COMPUTE_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16"}
+EAGER_TOLERANCE = 1e-6  # GraphCell vs the eager MindSpore network of the same dtype (relative L2)
+DEFAULT_MAX_LENGTH = 300
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]  # -1 marks a dimension that varies between Lite gears
+    dtype: str  # "float32" | "float16" | "int32"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass
+class GraphSpec:
+    """One exported MindIR: its file stem, interface, the buckets it serves and (gears only) its shape profiles."""
+
+    component: str
+    stem: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    buckets: list[str]
+    gears: list[tuple[int, ...]] | None = None  # values of the -1 dims, one tuple per gear, in input order
+    latent_hw: tuple[int, int] | None = None
+
+    def concrete_inputs(self, gear: tuple[int, ...] | None = None) -> list[TensorSpec]:
+        """The inputs with the -1 dims filled from one gear."""
+        return _fill(self.inputs, gear)
+
+    def concrete_outputs(self, gear: tuple[int, ...] | None = None) -> list[TensorSpec]:
+        return _fill(self.outputs, gear)
+
+    def shapes_to_check(self) -> list[tuple[int, ...] | None]:
+        return list(self.gears) if self.gears else [None]
+
+
+def _fill(specs: list[TensorSpec], gear) -> list[TensorSpec]:
+    if gear is None:
+        return list(specs)
+    values = iter(gear)
+    out = []
+    for spec in specs:
+        shape = tuple(next(values) if d == -1 else d for d in spec.shape)
+        out.append(TensorSpec(spec.name, shape, spec.dtype))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# buckets
+
+def vae_scale_factor(vae_config: dict | None) -> int:
+    """diffusers' ``2 ** (len(block_out_channels) - 1)`` (8 for the SDXL VAE; 8 when no VAE config is at hand)."""
+    if not vae_config:
+        return 8
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
+def export_buckets(transformer_config: dict, vae_scale: int) -> tuple[dict[str, tuple[int, int]], str]:
+    """(ratio -> (height, width) in pixels, how the table was chosen) for a transformer and VAE.
+
+    Released models (sample_size 32/64/128/256 with an 8x VAE) get diffusers' resolution-binning table, exactly.
+    Any other pair (tiny test models) gets diffusers' 1024 table scaled to ``sample_size * vae_scale`` pixels,
+    each side rounded half-up to a multiple of ``patch_size * vae_scale`` (at least one such step), so every
+    bucket gives a whole token grid. Different ratios may round to the same size; they then share one graph.
+    """
+    sample = int(transformer_config["sample_size"])
+    if vae_scale == 8 and sample in SAMPLE_SIZE_TO_RESOLUTION:
+        return bucket_table(sample), f"diffusers ASPECT_RATIO_{SAMPLE_SIZE_TO_RESOLUTION[sample]}_BIN"
+    base = sample * vae_scale
+    step = int(transformer_config.get("patch_size", 2)) * vae_scale
+
+    def snap(pixels: int) -> int:
+        return max(step, int(pixels * base / 1024 / step + 0.5) * step)
+
+    table = {key: (snap(h), snap(w)) for key, (h, w) in ASPECT_RATIO_1024_BIN.items()}
+    return table, (f"diffusers ASPECT_RATIO_1024_BIN scaled to {base}px (sample_size {sample} x vae scale "
+                   f"{vae_scale}), sides rounded to multiples of {step}px")
+
+
+def select_buckets(spec: str, table: dict[str, tuple[int, int]]) -> list[str]:
+    """``square`` (the 1.0 bucket), ``all``, or comma-separated keys spelled as in the table ("1.0,0.57")."""
+    text = spec.strip()
+    if text.lower() == "square":
+        return ["1.0"]
+    if text.lower() == "all":
+        return list(table)
+    keys = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    if not keys:
+        raise ValueError(f"empty bucket list {spec!r}: use square, all, or ratios such as 1.0,0.57")
+    unknown = [k for k in keys if k not in table]
+    if unknown:
+        raise ValueError(f"unknown bucket(s) {', '.join(unknown)}; this model's buckets: {', '.join(table)}")
+    return keys
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the exported Cells (names of construct's parameters become the graph's input names)
+
+class TransformerGraph(nn.Cell):
+    def __init__(self, net):
+        super().__init__(auto_prefix=False)
+        self.net = net
+
+    def construct(self, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask):
+        return self.net(hidden_states, timestep, encoder_hidden_states, encoder_attention_mask)
+
+
+class TextEncoderGraph(nn.Cell):
+    def __init__(self, net):
+        super().__init__(auto_prefix=False)
+        self.net = net
+
+    def construct(self, input_ids, attention_mask):
+        return self.net(input_ids, attention_mask)
+
+
+class VAEDecoderGraph(nn.Cell):
+    def __init__(self, vae):
+        super().__init__(auto_prefix=False)
+        self.cell = vae.decoder_cell()
+
+    def construct(self, latent):
+        return self.cell(latent)
+
+
+class VAEEncoderGraph(nn.Cell):
+    def __init__(self, vae):
+        super().__init__(auto_prefix=False)
+        self.cell = vae.encoder_cell()
+
+    def construct(self, image):
+        return self.cell(image)
+
+
+class DynamicPatchEmbed(nn.Cell):
+    """The transformer's patch embedding with the sin-cos position embedding computed in the graph from the
+    token grid's (dynamic) size, for a single graph serving every gear.
+
+    The static network computes the table in float64 numpy at trace time, which a dynamic shape cannot do; here it
+    is fp32 ops (same formula: w first, each axis normalised to ``base_size`` and divided by the interpolation
+    scale). The difference is a few fp32 ulps of the angles; validation measures it against the static network.
+    """
+
+    def __init__(self, patch_embed):
+        super().__init__(auto_prefix=False)
+        self.proj = patch_embed.proj
+        self.dim = patch_embed.dim
+        self.base_size = float(patch_embed.base_size)
+        self.interpolation_scale = float(patch_embed.interpolation_scale)
+        quarter = self.dim // 4
+        omega = 1.0 / 10000 ** (np.arange(quarter, dtype=np.float64) / (self.dim / 4.0))
+        self.omega = ms.Tensor(omega.astype(np.float32)).reshape(1, -1)
+
+    def _axis(self, positions):
+        angles = positions.reshape(-1, 1) * self.omega
+        return ops.concat((ops.sin(angles), ops.cos(angles)), axis=1)
+
+    def construct(self, x):
+        x = self.proj(x)
+        b, c, h, w = ops.shape(x)
+        tokens = x.reshape(b, c, -1).swapaxes(1, 2)
+        hf = ops.cast(ops.scalar_to_tensor(h), ms.float32)
+        wf = ops.cast(ops.scalar_to_tensor(w), ms.float32)
+        pos_h = ops.arange(0, h, dtype=ms.float32) * (self.base_size / self.interpolation_scale) / hf
+        pos_w = ops.arange(0, w, dtype=ms.float32) * (self.base_size / self.interpolation_scale) / wf
+        grid_h = pos_h.reshape(-1, 1) * ops.ones_like(pos_w).reshape(1, -1)
+        grid_w = ops.ones_like(pos_h).reshape(-1, 1) * pos_w.reshape(1, -1)
+        pos = ops.concat((self._axis(grid_w), self._axis(grid_h)), axis=1)
+        return (tokens.astype(ms.float32) + pos).astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# component specs
+
+@dataclass
+class ComponentSpec:
+    name: str
+    config: dict  # the converted folder's config.json
+    dtype: str  # "fp32" | "fp16": compute dtype of the exported graph
+    precision_mode: str  # Lite [ascend_context] precision_mode
+    batch: int
+    max_length: int
+    graphs: list[GraphSpec] = field(default_factory=list)
+
+    @property
+    def out_dtype(self) -> str:
+        return COMPUTE_DTYPE_NAMES[self.dtype]
+
+
+def default_precision_mode(component: str, dtype: str) -> str:
+    """Lite's default ``enforce_fp16`` is never left implicit: T5 (fp16 overflows) and every fp32 graph get
+    ``preferred_fp32``; an fp16 graph gets ``enforce_origin``, which keeps its exported fp32 islands (softmax,
+    norms, T5's ``wo``)."""
+    if component == "text_encoder" or dtype == "fp32":
+        return "preferred_fp32"
+    return "enforce_origin"
+
+
+def build_component(name: str, config: dict, dtype: str, batch: int, max_length: int,
+                    buckets: dict[str, tuple[int, int]] | None, vae_scale: int, gears: bool,
+                    caption_channels: int | None = None, precision_mode: str | None = None) -> ComponentSpec:
+    """The spec of one component with its graphs; ``buckets`` maps the chosen ratios to pixel sizes."""
+    spec = ComponentSpec(name, config, dtype, precision_mode or default_precision_mode(name, dtype), batch,
+                         max_length)
+    out = spec.out_dtype
+    n, b, length = batch, 2 * batch, max_length
+    if name == "text_encoder":
+        spec.graphs.append(GraphSpec(name, name, [TensorSpec("input_ids", (b, length), "int32"),
+                                                  TensorSpec("attention_mask", (b, length), "int32")],
+                                     [TensorSpec("last_hidden_state", (b, length, config["d_model"]), out)], []))
+        return spec
+    groups = group_by_size(buckets or {}, vae_scale)
+    if name == "transformer":
+        cin, cout = config["in_channels"], config.get("out_channels") or config["in_channels"]
+        caption = config["caption_channels"]
+
+        def io(h, w):
+            return ([TensorSpec("hidden_states", (b, cin, h, w), "float32"),
+                     TensorSpec("timestep", (b,), "float32"),
+                     TensorSpec("encoder_hidden_states", (b, length, caption), "float32"),
+                     TensorSpec("encoder_attention_mask", (b, length), "float32")],
+                    [TensorSpec("sample", (b, cout, h, w), out)])
+
+        if gears:
+            ins, outs = io(-1, -1)
+            spec.graphs.append(GraphSpec(name, f"{name}_gears", ins, outs, [k for ks in groups.values() for k in ks],
+                                         gears=[hw for hw in groups]))
+        else:
+            for (h, w), keys in groups.items():
+                ins, outs = io(h, w)
+                spec.graphs.append(GraphSpec(name, f"{name}_{keys[0]}", ins, outs, keys, latent_hw=(h, w)))
+        return spec
+    latent_ch = config["latent_channels"]
+    for (h, w), keys in groups.items():
+        if name == "vae_decoder":
+            ins = [TensorSpec("latent", (n, latent_ch, h, w), "float32")]
+            outs = [TensorSpec("sample", (n, config["out_channels"], h * vae_scale, w * vae_scale), out)]
+        elif name == "vae_encoder":
+            ins = [TensorSpec("image", (n, config["in_channels"], h * vae_scale, w * vae_scale), "float32")]
+            outs = [TensorSpec("moments", (n, 2 * latent_ch, h, w), out)]
+        else:
+            raise ValueError(f"unknown component {name!r}")
+        spec.graphs.append(GraphSpec(name, f"{name}_{keys[0]}", ins, outs, keys, latent_hw=(h, w)))
+    return spec
+
+
+def group_by_size(buckets: dict[str, tuple[int, int]], vae_scale: int) -> dict[tuple[int, int], list[str]]:
+    """Latent (h, w) -> the bucket keys of that size (ratios that round to one size share a graph)."""
+    groups: dict[tuple[int, int], list[str]] = {}
+    for key, (h, w) in buckets.items():
+        groups.setdefault((h // vae_scale, w // vae_scale), []).append(key)
+    return groups
+
+
+def export_cell(name: str, net) -> nn.Cell:
+    """The thin Cell exported for a component, wrapping the loaded MindSpore network."""
+    return {"transformer": TransformerGraph, "text_encoder": TextEncoderGraph, "vae_decoder": VAEDecoderGraph,
+            "vae_encoder": VAEEncoderGraph}[name](net)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# validation inputs: seeded, with realistic ranges (T5-like caption embeddings, padded masks, scaled latents)
+
+def sample_inputs(spec: ComponentSpec, inputs: list[TensorSpec], seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for t in inputs:
+        if t.name in ("encoder_attention_mask", "attention_mask"):
+            arrays.append(_padding_mask(t.shape, NP_DTYPES[t.dtype]))
+        elif t.name == "input_ids":
+            ids = rng.integers(3, spec.config["vocab_size"], size=t.shape)
+            mask = _padding_mask(t.shape, np.int32)
+            ids = np.where(mask > 0, ids, 0)
+            for row, length in enumerate(mask.sum(axis=1)):
+                ids[row, length - 1] = 1  # EOS
+            arrays.append(ids.astype(np.int32))
+        elif t.name == "timestep":
+            arrays.append(np.linspace(999, 1, t.shape[0]).round().astype(np.float32))
+        elif t.name == "latent":  # what the pipeline decodes: latents / scaling_factor
+            scale = spec.config.get("scaling_factor") or 1.0
+            arrays.append((rng.standard_normal(t.shape) / scale).astype(np.float32))
+        elif t.name == "image":
+            arrays.append(rng.uniform(-1, 1, size=t.shape).astype(np.float32))
+        elif t.name == "encoder_hidden_states":
+            arrays.append((rng.standard_normal(t.shape) * 0.2).astype(np.float32))
+        else:
+            arrays.append(rng.standard_normal(t.shape).astype(np.float32))
+    return arrays
+
+
+def _padding_mask(shape, dtype) -> np.ndarray:
+    """Row i keeps a different number of leading tokens: the first row 1 (an empty prompt's EOS), the last all."""
+    rows, length = shape
+    mask = np.zeros(shape, dtype)
+    for i in range(rows):
+        keep = length if i == rows - 1 else max(1, math.ceil(length * i / max(rows - 1, 1)) // 2 or 1)
+        mask[i, :keep] = 1
+    return mask

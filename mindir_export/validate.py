@@ -1,0 +1,98 @@
+"""Strict validation of an exported graph (optimum's ``validate_model_outputs``, but a miss fails the export).
+
+For every graph (and every gear of a gears graph): the MindIR's declared inputs must carry the spec's names, shapes
+and dtypes; the reloaded ``GraphCell`` must return one output of the spec's shape and dtype, finite, within
+``EAGER_TOLERANCE`` relative L2 of the eager MindSpore network of the same dtype, and within the parity tolerance
+(``TOLERANCES[dtype]``) of the fp32 torch reference when the converted folder's source is at hand.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mindspore_nets.metrics import TOLERANCES, compare
+
+from .specs import EAGER_TOLERANCE, TensorSpec
+
+# mind_ir.proto TensorProto.DataType
+PROTO_DTYPES = {1: "float32", 6: "int32", 7: "int64", 10: "float16", 16: "bfloat16", 9: "bool"}
+
+
+def graph_interface(path: Path) -> list[TensorSpec]:
+    """The inputs a MindIR file declares: name (after the graph prefix), shape (-1 dynamic), dtype."""
+    from mindspore.train.mind_ir_pb2 import ModelProto
+
+    model = ModelProto()
+    model.ParseFromString(Path(path).read_bytes())
+    specs = []
+    for value in model.graph.input:
+        tensor = value.tensor[0]
+        specs.append(TensorSpec(value.name.rsplit(":", 1)[-1], tuple(int(d) for d in tensor.dims),
+                                PROTO_DTYPES.get(tensor.data_type, f"proto-{tensor.data_type}")))
+    return specs
+
+
+def interface_problems(path: Path, expected: list[TensorSpec]) -> list[str]:
+    found = graph_interface(path)
+    if found == list(expected):
+        return []
+    return [f"{path.name}: graph inputs {[_describe(s) for s in found]} != spec {[_describe(s) for s in expected]}"]
+
+
+def _describe(spec: TensorSpec) -> str:
+    return f"{spec.name}{list(spec.shape)}:{spec.dtype}"
+
+
+def torch_output(component: str, model, arrays: list[np.ndarray]) -> np.ndarray:
+    """The fp32 torch reference's output for the graph's inputs."""
+    import torch
+
+    tensors = [torch.from_numpy(a) for a in arrays]
+    with torch.no_grad():
+        if component == "transformer":
+            x, t, y, mask = tensors
+            return model(x, encoder_hidden_states=y, timestep=t, encoder_attention_mask=mask).sample.numpy()
+        if component == "text_encoder":
+            ids, mask = tensors
+            return model(input_ids=ids.long(), attention_mask=mask.long()).last_hidden_state.numpy()
+        if component == "vae_decoder":
+            return model.decode(tensors[0]).sample.numpy()
+        if component == "vae_encoder":
+            return model.encode(tensors[0]).latent_dist.parameters.numpy()
+    raise ValueError(component)
+
+
+def check_output(graph_out: np.ndarray, expected: TensorSpec, eager: np.ndarray, reference: np.ndarray | None,
+                 dtype: str) -> tuple[dict, list[str]]:
+    """(record for the manifest, problems). ``graph_out`` is the GraphCell's output as returned (its dtype is
+    checked), ``eager`` the eager network's, ``reference`` the torch fp32 output or None."""
+    problems = []
+    record = {"shape": list(graph_out.shape), "dtype": str(graph_out.dtype),
+              "nan": int(np.isnan(graph_out.astype(np.float64)).sum()),
+              "inf": int(np.isinf(graph_out.astype(np.float64)).sum())}
+    if tuple(graph_out.shape) != tuple(expected.shape):
+        problems.append(f"output {expected.name} shape {tuple(graph_out.shape)} != spec {tuple(expected.shape)}")
+    if str(graph_out.dtype) != expected.dtype:
+        problems.append(f"output {expected.name} dtype {graph_out.dtype} != spec {expected.dtype}")
+    if record["nan"] or record["inf"]:
+        problems.append(f"output {expected.name} has {record['nan']} NaN and {record['inf']} Inf values")
+    eager_m = compare(graph_out, eager)
+    eager_m["tolerance"] = EAGER_TOLERANCE
+    eager_m["ok"] = bool(eager_m["rel_l2"] <= EAGER_TOLERANCE and str(eager.dtype) == str(graph_out.dtype))
+    record["vs_eager"] = eager_m
+    if str(eager.dtype) != str(graph_out.dtype):
+        problems.append(f"output dtype {graph_out.dtype} != eager network's {eager.dtype}")
+    if not np.isfinite(eager.astype(np.float64)).all():
+        problems.append("the eager network's output is not finite")
+    elif eager_m["rel_l2"] > EAGER_TOLERANCE:
+        problems.append(f"GraphCell vs eager MindSpore rel_l2 {eager_m['rel_l2']:.3g} > {EAGER_TOLERANCE:g}")
+    if reference is not None:
+        tol = TOLERANCES[dtype]
+        ref_m = compare(graph_out, reference)
+        ref_m["tolerance"] = tol
+        ref_m["ok"] = bool(ref_m["rel_l2"] <= tol)
+        record["vs_torch"] = ref_m
+        if not ref_m["ok"]:
+            problems.append(f"GraphCell vs torch reference rel_l2 {ref_m['rel_l2']:.3g} > {tol:g} ({dtype})")
+    return record, problems

@@ -1,0 +1,133 @@
+"""Layer-by-layer parity of converted components against their torch references.
+
+For each component: the torch reference is rebuilt from the source weights (``converters.references``), the
+MindSpore network is loaded from the converted folder, both run the same seeded cases with every tap recorded,
+and each tap gets the metrics of ``mindspore_nets.metrics.compare``. The first tap (in depth order) whose worst
+relative L2 over the cases exceeds the tolerance is named as the first divergence.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import mindspore as ms
+
+from converters.keymaps import spec_for
+from converters.references import load_reference, read_manifest
+from mindspore_nets.metrics import TOLERANCES, compare
+
+from .cases import COMPONENTS, FOLDERS, build_cases, ms_forward, torch_forward
+from .taps import mindspore_taps, pair_records, tap_paths, tied_modules, torch_taps
+
+NETWORKS = {"transformer": "PixArtTransformer2D", "text_encoder": "T5Encoder", "vae_encoder": "AutoencoderKL",
+            "vae_decoder": "AutoencoderKL"}
+
+
+def load_network(component: str, folder: Path, dtype: str):
+    """The MindSpore network in ``dtype``. bf16 on CPU is storage only (no bf16 matmul kernel): the weights are
+    rounded to bf16 and the computation runs in fp32, which is what a bf16 checkpoint means here."""
+    import mindspore_nets
+
+    cls = getattr(mindspore_nets, NETWORKS[component])
+    if dtype != "bf16" or ms.get_context("device_target") != "CPU":
+        return cls.from_pretrained(folder, dtype=dtype)
+    net = cls.from_pretrained(folder, dtype="fp32")
+    for _, param in net.parameters_and_names():
+        param.set_data(param.astype(ms.bfloat16).astype(ms.float32))
+    return net
+
+
+def components_of(out: Path, requested=None) -> dict[str, Path]:
+    """Parity component -> converted folder, for a pipeline folder or a single component folder."""
+    out = Path(out)
+    if (out / "model_index.json").is_file():
+        found = {c: out / FOLDERS[c] for c in COMPONENTS if (out / FOLDERS[c] / "manifest.json").is_file()}
+    else:
+        kind = read_manifest(out)["component"]
+        found = {c: out for c in COMPONENTS if FOLDERS[c] == kind}
+    if requested:
+        unknown = [c for c in requested if c not in found]
+        if unknown:
+            raise ValueError(f"{out}: no {', '.join(unknown)} here (available: {', '.join(found)})")
+        found = {c: found[c] for c in requested}
+    return found
+
+
+def source_of(src: Path, component: str) -> Path:
+    src = Path(src)
+    return src / FOLDERS[component] if (src / "model_index.json").is_file() else src
+
+
+def summarize(taps: list[dict], tolerance: float) -> list[dict]:
+    """One row per tap over all cases: the worst case's metrics; taps keep their depth order."""
+    rows: dict[str, dict] = {}
+    for rec in taps:
+        row = rows.get(rec["tap"])
+        if row is None or rec["rel_l2"] > row["rel_l2"]:
+            rows[rec["tap"]] = {**rec, "worst_case": rec["case"]}
+    out = []
+    for row in rows.values():
+        row = dict(row)
+        row.pop("case", None)
+        row["ok"] = row["rel_l2"] <= tolerance and not row.get("error") and not row["nan"] and not row["inf"]
+        out.append(row)
+    return out
+
+
+def run_component(component: str, folder: Path, source: Path, dtype: str, tolerance: float, reference=None,
+                  network=None, **case_options) -> dict:
+    started = time.time()
+    config = read_manifest(folder)["config"]
+    model = reference if reference is not None else load_reference(folder, source)
+    net = network if network is not None else load_network(component, folder, dtype)
+    loaded = time.time()
+    paths = tap_paths(component, [p for p, _ in net.cells_and_names()])
+    manifest = read_manifest(folder)
+    tied = tied_modules(spec_for(manifest["layout"]))
+    taps, seconds = [], {"torch": 0.0, "mindspore": 0.0}
+    cases = build_cases(component, config, **case_options)
+    for case in cases:
+        t0 = time.time()
+        with torch_taps(model, paths, tied) as t_rec:
+            t_out = torch_forward(component, model, case.arrays)
+        t1 = time.time()
+        with mindspore_taps(net, paths) as m_rec:
+            m_out = ms_forward(component, net, case.arrays)
+        t2 = time.time()
+        seconds["torch"] += t1 - t0
+        seconds["mindspore"] += t2 - t1
+        pairs = pair_records(t_rec.records + [("output", t_out)], m_rec.records + [("output", m_out)])
+        for name, ours, ref in pairs:
+            if ours is None or ref is None:
+                metrics = {"error": f"only on the {'torch' if ours is None else 'MindSpore'} side",
+                           "shape": list((ours if ours is not None else ref).shape), "rel_l2": float("inf"),
+                           "nan": 0, "inf": 0}
+            else:
+                metrics = compare(ours, ref)
+            taps.append({"tap": name, "case": case.name, **metrics})
+    summary = summarize(taps, tolerance)
+    first = next((row["tap"] for row in summary if not row["ok"]), None)
+    seconds["load"] = loaded - started
+    seconds["total"] = time.time() - started
+    return {"folder": str(folder), "source": str(source), "dtype": dtype, "tolerance": tolerance,
+            "cases": [c.name for c in cases], "taps": taps, "summary": summary, "first_failure": first,
+            "ok": first is None, "seconds": {k: round(v, 3) for k, v in seconds.items()}}
+
+
+def run_parity(src, out, components=None, dtype: str = "fp32", tolerance: float | None = None,
+               **case_options) -> dict:
+    """Parity of every requested component of ``out`` (converted from ``src``)."""
+    ms.set_context(mode=ms.PYNATIVE_MODE)  # hooks see every cell call only in PYNATIVE mode
+    tolerance = TOLERANCES[dtype] if tolerance is None else tolerance
+    found = components_of(out, components)
+    results, shared = {}, {}
+    for component, folder in found.items():
+        # the VAE encoder and decoder share one reference and one network
+        key = (str(folder), NETWORKS[component])
+        if key not in shared:
+            shared[key] = (load_reference(folder, source_of(src, component)), load_network(component, folder, dtype))
+        reference, network = shared[key]
+        results[component] = run_component(component, folder, source_of(src, component), dtype, tolerance,
+                                           reference, network, **case_options)
+    return {"source": str(src), "output": str(out), "dtype": dtype, "tolerance": tolerance,
+            "components": results, "ok": all(r["ok"] for r in results.values())}

@@ -1,0 +1,139 @@
+"""Layer taps on both sides, keyed by one correspondence.
+
+Our MindSpore cells carry the module paths of the torch reference classes (that is what makes the converted
+parameter names equal the torch names, DESIGN "MindSpore parameter names"), so a tap is one path string used on
+both sides: the list below is matched against the MindSpore network's cell tree and the very same paths are
+looked up in the torch module tree. A path missing on either side is an error, not a silent skip.
+"""
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+
+import numpy as np
+
+# component -> patterns over cell paths ({n} = a block index), in depth order
+TAPS = {
+    "transformer": (
+        "pos_embed",                                  # patch embedding + position embedding
+        "adaln_single.emb.timestep_embedder",         # timestep embedding
+        "adaln_single.linear",                        # adaLN-single modulation (6 x hidden)
+        "caption_projection",
+        "transformer_blocks.{n}.attn1",
+        "transformer_blocks.{n}.attn2",
+        "transformer_blocks.{n}.ff",
+        "transformer_blocks.{n}",
+        "proj_out",                                   # final layer (after the final modulation)
+    ),
+    "text_encoder": ("shared", "encoder.block.{n}", "encoder.final_layer_norm"),
+    "vae_encoder": ("encoder.conv_in", "encoder.down_blocks.{n}", "encoder.mid_block", "encoder.conv_out",
+                    "quant_conv"),
+    "vae_decoder": ("post_quant_conv", "decoder.conv_in", "decoder.mid_block", "decoder.up_blocks.{n}",
+                    "decoder.conv_out"),
+}
+
+
+def _pattern(p: str) -> re.Pattern:
+    return re.compile(re.escape(p).replace(r"\{n\}", r"\d+") + r"\Z")
+
+
+def tap_paths(component: str, cell_paths) -> list[str]:
+    """The tapped paths of a network, from its own cell tree, ordered as the patterns (blocks by index)."""
+    paths = list(cell_paths)
+    out = []
+    for pattern in TAPS[component]:
+        rx = _pattern(pattern)
+        found = [p for p in paths if rx.match(p)]
+        if not found:
+            raise KeyError(f"{component}: no cell matches tap {pattern!r}")
+        out.extend(found)
+    return out
+
+
+def _first_array(output):
+    """A module's output as float32 numpy: the first tensor of a tuple (T5Block returns extras in torch)."""
+    while isinstance(output, (tuple, list)):
+        output = output[0]
+    if hasattr(output, "sample"):  # diffusers output dataclasses
+        output = output.sample
+    if hasattr(output, "detach"):
+        return output.detach().float().cpu().numpy()
+    import mindspore as ms
+
+    return output.astype(ms.float32).asnumpy()
+
+
+class Recorder:
+    """Collects every tapped output in call order: ``records`` is a list of (path, array)."""
+
+    def __init__(self):
+        self.records: list[tuple[str, np.ndarray]] = []
+
+    def hook(self, path):
+        def fn(module, args, output):
+            self.records.append((path, _first_array(output)))
+
+        return fn
+
+
+def tied_modules(spec) -> dict[str, list[str]]:
+    """MindSpore cell path -> torch module paths that use the same weights under another name, read from the key
+    map's Alias rules (T5: the ``shared`` cell is called as ``encoder.embed_tokens`` in torch)."""
+    from converters.keymaps.rules import Alias
+
+    out: dict[str, list[str]] = {}
+    for rule in spec.rules:
+        if isinstance(rule, Alias):
+            out.setdefault(rule.target.rsplit(".", 1)[0], []).append(rule.source.rsplit(".", 1)[0])
+    return out
+
+
+@contextmanager
+def torch_taps(model, paths, tied: dict | None = None):
+    """Forward hooks on the torch modules of ``paths`` (and on their tied stand-ins, recorded under the path)."""
+    modules = dict(model.named_modules())
+    missing = [p for p in paths if p not in modules]
+    if missing:
+        raise KeyError(f"torch reference has no module {', '.join(missing)}")
+    rec = Recorder()
+    handles = []
+    for p in paths:
+        for name in dict.fromkeys([p, *(tied or {}).get(p, ())]):
+            if name in modules:
+                handles.append(modules[name].register_forward_hook(rec.hook(p)))
+    try:
+        yield rec
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def mindspore_taps(net, paths):
+    """Forward hooks on MindSpore cells (PYNATIVE mode, where construct runs cell by cell)."""
+    cells = dict(net.cells_and_names())
+    missing = [p for p in paths if p not in cells]
+    if missing:
+        raise KeyError(f"MindSpore network has no cell {', '.join(missing)}")
+    rec = Recorder()
+    handles = [cells[p].register_forward_hook(rec.hook(p)) for p in paths]
+    try:
+        yield rec
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def pair_records(torch_records, ms_records):
+    """Match the two call sequences by path and occurrence; a tap seen on one side only is reported."""
+    def keyed(records):
+        seen, out = {}, {}
+        for path, value in records:
+            k = seen.get(path, 0)
+            seen[path] = k + 1
+            out[path if k == 0 else f"{path}#{k}"] = value
+        return out
+
+    t, m = keyed(torch_records), keyed(ms_records)
+    order = list(t) + [k for k in m if k not in t]
+    return [(name, m.get(name), t.get(name)) for name in order]
