@@ -13,9 +13,6 @@ from pathlib import Path
 
 import click
 
-FP32_TOL = 1e-5
-FP16_TOL = 5e-3
-
 
 def _require_references():
     try:
@@ -34,11 +31,11 @@ def demo_command(workdir: Path):
     from converters.convert import Options, convert
     from converters.errors import ToolError
     from converters.verify import verify
-    from mindspore_nets import AutoencoderKL, PixArtTransformer2D, T5Encoder
-    from mindspore_nets.metrics import compare
+    from parity.harness import run_parity
+    from parity.report import markdown, write_reports
+    from parity.sampling import sampling_parity
 
-    from parity import cases as checks
-    from .tiny import TINY_T5, TINY_VAE, save_pixart_original, save_tiny_pipeline
+    from .tiny import save_pixart_original, save_tiny_pipeline
 
     workdir = workdir.resolve()
     click.echo(f"work folder: {workdir}")
@@ -69,32 +66,22 @@ def demo_command(workdir: Path):
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
 
-    rows = []  # (component, dtype, case, metrics)
-    for dtype in ("fp32", "fp16"):
-        for name, folder in (("transformer", pipeline_out / "transformer"), ("transformer (.pth)", pth_out)):
-            net = PixArtTransformer2D.from_pretrained(folder, dtype=dtype)
-            for case, x, t, y, mask in checks.transformer_cases():
-                rows.append((name, dtype, case, compare(checks.ms_transformer_output(net, x, t, y, mask),
-                                                        checks.torch_transformer_output(models["transformer"], x, t,
-                                                                                        y, mask))))
-        t5 = T5Encoder.from_pretrained(pipeline_out / "text_encoder", dtype=dtype)
-        ids, mask = checks.t5_inputs(TINY_T5["vocab_size"])
-        rows.append(("text_encoder", dtype, "padded batch", compare(checks.ms_t5_output(t5, ids, mask),
-                                                                    checks.torch_t5_output(models["text_encoder"],
-                                                                                           ids, mask))))
-        vae = AutoencoderKL.from_pretrained(pipeline_out / "vae", dtype=dtype)
-        image, latent = checks.vae_inputs(TINY_VAE)
-        ours, ref = checks.ms_vae_outputs(vae, image, latent), checks.torch_vae_outputs(models["vae"], image, latent)
-        rows.append(("vae", dtype, "encode", compare(ours[0], ref[0])))
-        rows.append(("vae", dtype, "decode", compare(ours[1], ref[1])))
-
-    tolerance = {"fp32": FP32_TOL, "fp16": FP16_TOL}
-    click.echo(f"\nMindSpore vs the torch references (relative L2; tolerance fp32 {FP32_TOL:g}, fp16 {FP16_TOL:g}):")
-    for name, dtype, case, m in rows:
-        flag = "" if m["rel_l2"] <= tolerance[dtype] else "  <-- over tolerance"
-        click.echo(f"  {name:19s} {dtype}  {case:13s} rel_l2 {m['rel_l2']:.2e}  max_abs {m['max_abs']:.2e}{flag}")
-    worst = {d: max(m["rel_l2"] for _, dt, _, m in rows if dt == d) for d in tolerance}
-    ok = all(worst[d] <= tolerance[d] for d in tolerance)
-    click.echo(f"\nworst: fp32 {worst['fp32']:.2e}, fp16 {worst['fp16']:.2e} -> {'PASS' if ok else 'FAIL'}")
+    click.echo("\nparity of the converted pipeline against the torch references (layer by layer, then sampling):")
+    report = run_parity(pipeline_src, pipeline_out, dtype="fp32")
+    report["sampling"] = sampling_parity(pipeline_src, pipeline_out, steps=10)
+    report["ok"] = report["ok"] and report["sampling"]["ok"]
+    paths = write_reports(report, workdir / "parity")
+    click.echo(markdown(report))
+    checks = [("pipeline fp32", report["ok"])]
+    for title, src, out, dtype in (("transformer from .pth, fp32", pth, pth_out, "fp32"),
+                                   ("pipeline fp16", pipeline_src, pipeline_out, "fp16")):
+        extra = run_parity(src, out, dtype=dtype)
+        worst = max(t["rel_l2"] for c in extra["components"].values() for t in c["taps"])
+        click.echo(f"{title}: worst tap rel L2 {worst:.2e} (tolerance {extra['tolerance']:g}) -> "
+                   f"{'PASS' if extra['ok'] else 'FAIL at ' + str([c['first_failure'] for c in extra['components'].values() if not c['ok']])}")
+        checks.append((title, extra["ok"]))
+    ok = all(passed for _, passed in checks)
+    click.echo(f"\nparity report: {paths['html']}")
     click.echo(f"converted pipeline: {pipeline_out}")
+    click.echo(f"demo: {'PASS' if ok else 'FAIL'}")
     sys.exit(0 if ok else 1)
