@@ -178,7 +178,8 @@ def inspect_source(path: Path) -> dict:
                 if name == "__metadata__":
                     continue
                 begin, end = entry["data_offsets"]
-                rows.append((name, tuple(entry["shape"]), entry["dtype"], end - begin))
+                dtype = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}.get(entry["dtype"], entry["dtype"])
+                rows.append((name, tuple(entry["shape"]), dtype, end - begin))
     else:
         import torch
 
@@ -192,7 +193,8 @@ def inspect_source(path: Path) -> dict:
         "values": sum(_prod(r[1]) for r in rows),
         "tensor_bytes": sum(r[3] for r in rows),
         "dtypes": sorted({r[2] for r in rows}),
-        "largest": {"name": largest[0], "shape": list(largest[1]), "dtype": largest[2], "bytes": largest[3]},
+        "largest": {"name": largest[0], "shape": list(largest[1]), "dtype": largest[2], "bytes": largest[3],
+                    "same_size": sorted(r[0] for r in rows if r[3] == largest[3] and r[0] != largest[0])},
         "files": [{"name": f.name, "bytes": f.stat().st_size} for f in files],
         "disk_bytes": sum(f.stat().st_size for f in files),
     }
@@ -200,6 +202,13 @@ def inspect_source(path: Path) -> dict:
 
 def source_path(workdir: Path, name: str) -> Path:
     return workdir / "src" / name / BENCHMARKS[name]["source"]
+
+
+def _inspect(path: Path) -> dict:
+    """``inspect_source`` in a subprocess (a .pth needs torch, which this process does not import)."""
+    done = subprocess.run([sys.executable, __file__, "--inspect", str(path)], check=True, capture_output=True,
+                          text=True)
+    return json.loads(done.stdout)
 
 
 def ensure_source(workdir: Path, name: str) -> dict:
@@ -213,8 +222,9 @@ def ensure_source(workdir: Path, name: str) -> dict:
         if all((base_dir / f["name"]).is_file() and (base_dir / f["name"]).stat().st_size == f["bytes"]
                for f in info["files"]):
             print(f"[{name}] reusing source {base}", flush=True)
-            info["generated_seconds"] = info.get("generated_seconds")
-            return info
+            fresh = _inspect(source_path(workdir, name))
+            fresh["generated_seconds"] = info.get("generated_seconds")
+            return fresh
         print(f"[{name}] source incomplete, rebuilding", flush=True)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -223,8 +233,7 @@ def ensure_source(workdir: Path, name: str) -> dict:
     target = folder if name == "pixart" else folder / T5_FOLDER
     subprocess.run([sys.executable, __file__, "--generate", name, str(target)], check=True)
     seconds = time.perf_counter() - started
-    info = json.loads(subprocess.run([sys.executable, __file__, "--inspect", str(source_path(workdir, name))],
-                                     check=True, capture_output=True, text=True).stdout)
+    info = _inspect(source_path(workdir, name))
     info["generated_seconds"] = round(seconds, 1)
     marker.write_text(json.dumps(info, indent=1) + "\n")
     print(f"[{name}] generated in {seconds:.0f} s: {info['tensors']} tensors, {info['disk_bytes'] / 2**30:.2f} GiB",
@@ -292,6 +301,13 @@ def _parse_time(path: Path) -> dict:
     return out
 
 
+def _busy_seconds() -> float:
+    """CPU seconds all processes of the machine have used since boot (not idle, not iowait), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(cmd: list[str], logs: Path, label: str) -> dict:
     """Run ``cmd`` under /usr/bin/time -v, sampling the RSS of its process tree; stdout/stderr go to ``logs``."""
     import psutil
@@ -300,6 +316,7 @@ def measure(cmd: list[str], logs: Path, label: str) -> dict:
     stem = logs / label
     time_file = stem.with_suffix(".time")
     load = os.getloadavg()[0]
+    busy0, self0 = _busy_seconds(), sum(os.times()[:2])
     started = time.perf_counter()
     with open(stem.with_suffix(".out"), "w") as out, open(stem.with_suffix(".err"), "w") as err:
         proc = subprocess.Popen([TIME, "-v", "-o", str(time_file), *cmd], stdout=out, stderr=err)
@@ -323,6 +340,8 @@ def measure(cmd: list[str], logs: Path, label: str) -> dict:
                             "shmem": sum(s.get("RssShmem", 0) for s in stats), "at_s": time.perf_counter() - started}
             time.sleep(SAMPLE_SECONDS)
     outer = time.perf_counter() - started
+    busy = _busy_seconds() - busy0
+    ours = sum(os.times()[:2]) - self0  # this sampler's own CPU
     result = {"label": label, "cmd": cmd, **_parse_time(time_file), "outer_wall_s": round(outer, 3),
               "loadavg_before": round(load, 2),
               "sampled": {"peak_tree_rss_bytes": peak["total"], "anon_at_peak_bytes": peak.get("anon", 0),
@@ -330,6 +349,8 @@ def measure(cmd: list[str], logs: Path, label: str) -> dict:
                           "peak_at_s": round(peak.get("at_s", 0.0), 2), "max_anon_bytes": max_anon,
                           "max_processes": max_procs, "samples": samples}}
     result.setdefault("exit", proc.returncode)
+    # CPU that neither the command nor this sampler used: other work on the machine that competed for the cores
+    result["other_cpu_s"] = round(max(0.0, busy - ours - result.get("user_s", 0) - result.get("sys_s", 0)), 1)
     if result["exit"] != 0:
         lines = stem.with_suffix(".err").read_text().strip().splitlines()
         result["error"] = lines[-1] if lines else f"exit {result['exit']}"
@@ -357,7 +378,7 @@ def settle(cold: bool) -> None:
         subprocess.run(["sync"], check=True)
 
 
-def run_benchmark(name: str, workdir: Path, runs: int, cold_first: bool, keep: bool) -> dict:
+def run_benchmark(name: str, workdir: Path, runs: int, cold_first: bool, keep: bool, with_trace: bool) -> dict:
     info = ensure_source(workdir, name)
     src = source_path(workdir, name)
     cli = shutil.which("pixart-ms") or "pixart-ms"
@@ -412,8 +433,23 @@ def run_benchmark(name: str, workdir: Path, runs: int, cold_first: bool, keep: b
             print(f"  {key:8s} wall {row.get('wall_s', float('nan')):8.2f} s  peak RSS "
                   f"{row.get('maxrss_bytes', 0) / MiB:8.1f} MiB  exit {row['exit']}", flush=True)
         rounds.append({"round": r, "cache": "cold" if cold else "warm", "rows": rows})
+    trace = None
+    if with_trace:
+        print(f"[{name}] traced conversion (memory and time by phase)", flush=True)
+        settle(cold_first)
+        trace_out, trace_json = workdir / "out" / f"{name}-trace", logs / "trace.json"
+        remove(trace_out)
+        done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "trace_convert_memory.py"), str(src),
+                               str(trace_out), "--json", str(trace_json)], capture_output=True, text=True)
+        (logs / "trace.out").write_text(done.stdout + done.stderr)
+        remove(trace_out)
+        if done.returncode == 0:
+            trace = json.loads(trace_json.read_text())
+            trace["cache"] = "cold" if cold_first else "warm"
+        else:
+            print(f"[{name}] trace failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}", flush=True)
     return {"name": name, "title": BENCHMARKS[name]["title"], "source": str(src), "source_info": info,
-            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "rounds": rounds,
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "rounds": rounds, "trace": trace,
             "kept_output": str(out) if keep and out.exists() else None}
 
 
@@ -493,6 +529,8 @@ def render(results: dict) -> str:
            "  then convert, then verify, so the later commands may find the source in the cache."]),
         "- Before every command dirty pages are flushed with `sync` (untimed), so no run pays for the previous",
         "  one's writeback. Neither `cp` nor convert calls fsync: their times end when the data is in the page cache.",
+        "- \"other CPU s\" is CPU time the rest of the machine used during the command (from /proc/stat, minus the",
+        "  command and this script's sampler): other work competing for the 2 cores makes that run's time unreliable.",
         "- On this virtual machine a dropped guest page cache may still be served from the host's cache, so \"cold\"",
         "  is a lower bound on real cold-disk time.",
         "",
@@ -507,7 +545,9 @@ def render(results: dict) -> str:
                   f"Source: `{bench['source']}`: {s['tensors']} tensors, {s['values']:,} values, "
                   f"{', '.join(s['dtypes'])}, {_gib(s['disk_bytes'])} on disk in {len(s['files'])} file(s). "
                   f"Largest tensor `{big['name']}` {tuple(big['shape'])} {big['dtype']}: "
-                  f"{big['bytes']:,} bytes ({big['bytes'] / MiB:.1f} MiB). Run {bench['date']}.", ""]
+                  f"{big['bytes']:,} bytes ({big['bytes'] / MiB:.1f} MiB)"
+                  + (f", as large as {', '.join(f'`{n}`' for n in big['same_size'])}" if big.get("same_size") else "")
+                  + f". Run {bench['date']}.", ""]
         conv = next((r["rows"]["convert"] for r in bench["rounds"] if "summary" in r["rows"]["convert"]), None)
         if conv:
             c = conv["summary"]
@@ -515,9 +555,9 @@ def render(results: dict) -> str:
             lines += [f"Converted: {c['tensors']} tensors (+ extras: {extras}), {c['values']:,} values, "
                       f"{_gib(c['bytes'])} written, dtype {'/'.join(c['dtypes'])}; dropped by rule: "
                       f"{', '.join(f'`{d}`' for d in c['dropped']) or 'nothing'}.", ""]
-        lines += ["| run | wall s | CPU s | peak RSS MiB | time vs cp | excess MiB | peak / (import + largest) "
-                  "| anon / file MiB at sampled peak |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += ["| run | wall s | CPU s | other CPU s | peak RSS MiB | time vs cp | excess MiB "
+                  "| peak / (import + largest) | anon / file MiB at sampled peak |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for rnd in bench["rounds"]:
             rows = rnd["rows"]
             cp_wall = rows["cp"].get("wall_s")
@@ -530,7 +570,7 @@ def render(results: dict) -> str:
                     continue
                 run = f"{label} ({rnd['cache']})"
                 if row["exit"] != 0:
-                    lines.append(f"| {run} | {row.get('wall_s', 0):.2f} | | | | | | failed: {row.get('error', '')} |")
+                    lines.append(f"| {run} | {row.get('wall_s', 0):.2f} | | | | | | | failed: {row.get('error', '')} |")
                     continue
                 rss = row["maxrss_bytes"]
                 sampled = row["sampled"]
@@ -539,12 +579,32 @@ def render(results: dict) -> str:
                 excess = f"{(rss - base) / MiB:+,.0f}" if key in ("convert", "verify", "dry_run") else ""
                 rel = f"{rss / base:.2f}" if key in ("convert", "verify", "dry_run") else ""
                 split = f"{_mib(sampled['anon_at_peak_bytes'])} / {_mib(sampled['file_at_peak_bytes'])}"
+                other = f"{row['other_cpu_s']:.1f}" if row.get("other_cpu_s") is not None else "–"
                 lines.append(f"| {run} | {row['wall_s']:.2f} | {row.get('user_s', 0) + row.get('sys_s', 0):.1f} | "
-                             f"{_mib(rss)} | {ratio} | {excess} | {rel} | {split} |")
+                             f"{other} | {_mib(rss)} | {ratio} | {excess} | {rel} | {split} |")
         lines += [""]
         notes = observations(bench)
         if notes:
             lines += [f"- {n}" for n in notes] + [""]
+        trace = bench.get("trace")
+        if trace:
+            pk = trace["peak"]
+            lines += [f"Where the time and memory go: one more conversion, traced in-process by "
+                      f"`benchmarks/trace_convert_memory.py` ({trace['cache']} cache; {trace['seconds']:.1f} s, "
+                      f"VmHWM {_mib(trace['vmhwm_bytes'])} MiB). Each phase is the innermost wrapped call; RSS is "
+                      f"sampled every 20 ms and shown at the phase's own maximum. The sampled peak, "
+                      f"{_mib(pk['rss_bytes'])} MiB ({_mib(pk['anon_bytes'])} anonymous + {_mib(pk['file_bytes'])} "
+                      f"file-backed), fell in phase \"{pk['phase']}\", {pk['at_s']:.0f} s in.", "",
+                      "| phase | seconds | max RSS MiB | anon MiB | file-backed MiB |", "|---|---:|---:|---:|---:|"]
+            for ph in sorted(trace["phases"], key=lambda p: -p["seconds"]):
+                if ph["seconds"] < 0.05 and ph["max_rss_bytes"] < pk["rss_bytes"] * 0.9:
+                    continue
+                lines.append(f"| {ph['phase']} | {ph['seconds']:.1f} | {_mib(ph['max_rss_bytes'])} | "
+                             f"{_mib(ph['anon_bytes'])} | {_mib(ph['file_bytes'])} |")
+            lines += [""]
+        history = results.get("history", {}).get(name, [])
+        if len(history) > 1:
+            lines += history_lines(history)
         out = next((r["rows"]["convert"].get("output_bytes") for r in bench["rounds"]
                     if r["rows"]["convert"].get("output_bytes")), None)
         lines += [f"Disk: source {_gib(s['disk_bytes'])}, `cp` copy {_gib(bench['rounds'][0]['rows']['cp']['output_bytes'])}"
@@ -559,6 +619,43 @@ def render(results: dict) -> str:
                 lines.append(" ".join(_quote(a) for a in _display(first[key]["cmd"])))
         lines += ["```", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def compact(bench: dict) -> dict:
+    """One invocation's headline numbers, kept across runs in the results file to show run-to-run spread."""
+    rounds = []
+    for rnd in bench["rounds"]:
+        rows = rnd["rows"]
+        rounds.append({"cache": rnd["cache"], **{f"{k}_wall_s": rows[k].get("wall_s") for k in ("cp", "convert", "verify")
+                                                 if k in rows},
+                       "convert_peak_bytes": rows["convert"].get("maxrss_bytes"),
+                       "other_cpu_s": sum(rows[k].get("other_cpu_s") or 0 for k in ("cp", "convert", "verify")
+                                          if k in rows) if "other_cpu_s" in rows["convert"] else None,
+                       "import_peak_bytes": rows["import"].get("maxrss_bytes")})
+    trace = bench.get("trace") or {}
+    return {"date": bench["date"], "rounds": rounds, "trace_vmhwm_bytes": trace.get("vmhwm_bytes"),
+            "trace_seconds": trace.get("seconds")}
+
+
+def history_lines(history: list[dict]) -> list[str]:
+    lines = ["Every recorded invocation (convert wall s / peak RSS MiB per round; the traced run's peak, which is "
+             "in-process and so comparable):", "",
+             "| date | cp s | convert s | convert peak RSS MiB | verify s | other CPU s (cp+convert+verify) "
+             "| traced run peak MiB |",
+             "|---|---|---|---|---|---|---:|"]
+    for h in history:
+        def col(key, fmt):
+            return " / ".join(fmt(r[key]) if r.get(key) is not None else "–" for r in h["rounds"])
+        lines.append(f"| {h['date']} | {col('cp_wall_s', '{:.1f}'.format)} | {col('convert_wall_s', '{:.1f}'.format)} "
+                     f"| {col('convert_peak_bytes', _mib)} | {col('verify_wall_s', '{:.1f}'.format)} | "
+                     f"{col('other_cpu_s', '{:.0f}'.format)} | "
+                     f"{_mib(h['trace_vmhwm_bytes']) if h.get('trace_vmhwm_bytes') else '–'} |")
+    peaks = [r["convert_peak_bytes"] for h in history for r in h["rounds"] if r.get("convert_peak_bytes")]
+    peaks += [h["trace_vmhwm_bytes"] for h in history if h.get("trace_vmhwm_bytes")]
+    walls = [r["convert_wall_s"] for h in history for r in h["rounds"] if r.get("convert_wall_s")]
+    lines += ["", f"Over {len(peaks)} conversions: peak RSS {_mib(min(peaks))}–{_mib(max(peaks))} MiB; over "
+                  f"{len(walls)} timed ones: {min(walls):.1f}–{max(walls):.1f} s wall.", ""]
+    return lines
 
 
 def observations(bench: dict) -> list[str]:
@@ -578,9 +675,11 @@ def observations(bench: dict) -> list[str]:
         if plan_const is not None:
             text += (f"; planning alone (dry run) costs {plan_const:+,.0f} MiB over the import baseline, streaming "
                      f"adds {stream:+,.0f} MiB over the dry run ({stream * MiB / big:.2f}x the largest tensor)")
+        libs = imp["sampled"]["file_at_peak_bytes"]
         text += (f"; at the sampled peak ({s['peak_at_s']:.0f} s in) {_mib(s['anon_at_peak_bytes'])} MiB were anonymous "
-                 f"and {_mib(s['file_at_peak_bytes'])} MiB file-backed (mapped checkpoint pages); max anonymous "
-                 f"{_mib(s['max_anon_bytes'])} MiB; {s['max_processes']} process(es).")
+                 f"and {_mib(s['file_at_peak_bytes'])} MiB file-backed ({_mib(s['file_at_peak_bytes'] - libs)} MiB "
+                 f"above the import baseline's {_mib(libs)} MiB of mapped libraries: mapped checkpoint pages); "
+                 f"max anonymous {_mib(s['max_anon_bytes'])} MiB; {s['max_processes']} process(es).")
         notes.append(text)
         if "summary" in conv and conv["summary"].get("seconds") is not None:
             notes.append(f"Round {rnd['round']}: the converter's own clock says {conv['summary']['seconds']:.1f} s of "
@@ -627,6 +726,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="Keep the converted folder of the last round.")
     parser.add_argument("--runs", type=int, default=2, help="Rounds per benchmark (the first cold if possible).")
     parser.add_argument("--no-drop-caches", action="store_true", help="Never drop the page cache.")
+    parser.add_argument("--no-trace", action="store_true",
+                        help="Skip the extra traced conversion (benchmarks/trace_convert_memory.py).")
     parser.add_argument("--report-only", action="store_true",
                         help="Re-write the BENCHMARKS.md section from benchmarks/results/conversion.json; run nothing.")
     parser.add_argument("--generate", nargs=2, metavar=("NAME", "DIR"), help=argparse.SUPPRESS)
@@ -653,7 +754,9 @@ def main() -> None:
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"benchmarks": {}}
     results["machine"] = machine(workdir, drop_ok)
     for name in [args.only] if args.only else list(BENCHMARKS):
-        results["benchmarks"][name] = run_benchmark(name, workdir, args.runs, drop_ok, args.keep)
+        bench = results["benchmarks"][name] = run_benchmark(name, workdir, args.runs, drop_ok, args.keep,
+                                                            not args.no_trace)
+        results.setdefault("history", {}).setdefault(name, []).append(compact(bench))
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=1) + "\n")
         write_report(results)

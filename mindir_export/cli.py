@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("GLOG_v", "3")
@@ -46,12 +45,16 @@ def _precision_modes(values: tuple[str, ...]) -> dict:
 @click.option("--precision-mode", "precision_modes", multiple=True, metavar="COMPONENT=MODE",
               help="Lite precision_mode for one component (default preferred_fp32; enforce_origin for fp16 graphs).")
 @click.option("--no-torch-reference", is_flag=True, help="Skip the comparison with the torch reference.")
+@click.option("--validation", type=click.Choice(["full", "proxy"]), default="full", show_default=True,
+              help="full: run every graph at its exported shapes. proxy (hosts that cannot run it at that size): "
+              "check the graph's interface and stored weights byte for byte, and run the same Cell exported at a "
+              "16x16 latent (a gears graph itself runs at 16x16).")
 @click.option("--split-threshold", type=int, default=None, hidden=True,
               help="Bytes above which MindSpore splits weights out (testing; MindSpore's is 1 GiB).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export folder.")
 @click.option("--json", "as_json", is_flag=True, help="The manifest on stdout.")
 def export_command(out, export_dir, components, buckets, batch, dtype, text_encoder_dtype, gears, max_length,
-                   precision_modes, no_torch_reference, split_threshold, overwrite, as_json):
+                   precision_modes, no_torch_reference, validation, split_threshold, overwrite, as_json):
     """Export a converted folder to validated MindIR graphs for MindSpore Lite."""
     from .export import export_pipeline
 
@@ -63,7 +66,8 @@ def export_command(out, export_dir, components, buckets, batch, dtype, text_enco
             out, export_dir, log=log, components=[c.strip() for c in components.split(",") if c.strip()] or None,
             buckets=buckets, batch=batch, dtype=dtype, text_encoder_dtype=text_encoder_dtype, gears=gears,
             max_length=max_length, overwrite=overwrite, torch_reference=not no_torch_reference,
-            precision_modes=_precision_modes(precision_modes), split_threshold=split_threshold)
+            precision_modes=_precision_modes(precision_modes), split_threshold=split_threshold,
+            validation=validation)
     except ToolError as exc:
         fail(exc)
     if as_json:

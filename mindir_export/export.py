@@ -4,6 +4,11 @@ Everything that can be checked before a graph is traced is checked first (the ou
 components, the buckets). The export folder is written under a temporary name beside the target and renamed into
 place only when every graph has been reloaded and validated: a failed validation (exit 1) leaves nothing behind.
 
+Validation of each graph: its declared inputs equal the spec; every weight it stores equals the network's, byte
+for byte; and it runs (``GraphCell``) against the in-process MindSpore network (<= 1e-6) and the torch reference
+(parity tolerance), at every exported shape (``--validation full``) or, on hosts that cannot run it at its size,
+through a proxy at a 16x16 latent (``--validation proxy``, see ``GraphSpec.validation_cases``).
+
 Layout (one folder per component, like diffusers and optimum)::
 
     EXPORT_DIR/manifest.json          everything infer needs, every file with size and sha256, every check's numbers
@@ -30,8 +35,8 @@ from converters.errors import CheckFailed, SourceError
 from converters.manifest import MANIFEST, file_entry, file_sha256
 
 from . import lite
-from .specs import (COMPONENTS, COMPUTE_DTYPE_NAMES, DEFAULT_MAX_LENGTH, SOURCE_FOLDER, ComponentSpec, GraphSpec,
-                    build_component, export_buckets, export_cell, sample_inputs, select_buckets, vae_scale_factor)
+from .specs import (COMPONENTS, COMPUTE_DTYPE_NAMES, DEFAULT_MAX_LENGTH, NP_DTYPES, SOURCE_FOLDER, ComponentSpec,
+                    GraphSpec, build_component, export_buckets, export_cell, sample_inputs, select_buckets, vae_scale_factor)
 
 FORMAT_VERSION = 1
 COPIED = ("tokenizer", "scheduler")
@@ -50,6 +55,7 @@ class ExportOptions:
     torch_reference: bool = True
     precision_modes: dict = field(default_factory=dict)  # component -> Lite precision_mode override
     split_threshold: int | None = None  # bytes; MindSpore's is 1 GiB (lowered only to exercise the split path)
+    validation: str = "full"  # "full" | "proxy" (see GraphSpec.validation_cases)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -70,6 +76,10 @@ def source_folders(out: Path) -> dict[str, Path]:
     if (out / "model_index.json").is_file():
         found = {name: out / folder for name, folder in SOURCE_FOLDER.items()
                  if (out / folder / "config.json").is_file()}
+        unconverted = sorted({f.name for f in found.values() if not (f / MANIFEST).is_file()})
+        if unconverted:
+            raise SourceError(f"{out}: {', '.join(unconverted)} not converted (no {MANIFEST}); run "
+                              "`pixart-ms convert` first")
     elif (out / MANIFEST).is_file():
         component = read_json(out / MANIFEST).get("component")
         found = {name: out for name, folder in SOURCE_FOLDER.items() if folder == component}
@@ -211,83 +221,114 @@ def written_files(folder: Path, stem: str) -> tuple[str, list[Path], bool]:
 # ----------------------------------------------------------------------------------------------------------------
 # one component
 
-def fp16_finite(component: str, folder: Path, spec: ComponentSpec) -> tuple[bool, str]:
+def fp16_finite(component: str, folder: Path, spec: ComponentSpec, mode: str) -> tuple[bool, str]:
     """Run the fp16 eager network on every graph's validation inputs: the VAE is exported in fp16 only if all of
     its outputs are finite."""
     net = load_network(component, folder, "fp16")
     cell = export_cell(component, net)
     with pynative_mode():
         for graph in spec.graphs:
-            out = run_cell(cell, sample_inputs(spec, graph.concrete_inputs()))
-            bad = int((~np.isfinite(out.astype(np.float64))).sum())
-            if bad:
-                return False, f"{graph.stem}: {bad} non-finite values in fp16"
+            for case in graph.validation_cases(mode, spec.vae_scale):
+                out = run_cell(cell, sample_inputs(spec, case.inputs))
+                bad = int((~np.isfinite(out.astype(np.float64))).sum())
+                if bad:
+                    return False, f"{graph.stem} ({case.label}): {bad} non-finite values in fp16"
     return True, "finite in fp16 on the validation inputs"
 
 
 def export_component(spec: ComponentSpec, folder: Path, target: Path, opts: ExportOptions, log) -> dict:
     """Export, reload and validate every graph of one component into ``target``; returns its manifest entry."""
-    import mindspore as ms
-    from mindspore import nn
-
     from . import validate
 
     target.mkdir(parents=True)
     net = load_network(spec.name, folder, spec.dtype)
     cell = export_cell(spec.name, net)
-    cases = {}  # (stem, gear) -> (inputs, in-process MindSpore output)
     entries = []
     for graph in spec.graphs:
+        cases = graph.validation_cases(opts.validation, spec.vae_scale)
         with dynamic_position_embedding(net) if graph.gears else contextlib.nullcontext():
-            with reference_mode(spec.dtype):
-                for gear in graph.shapes_to_check():
-                    arrays = sample_inputs(spec, graph.concrete_inputs(gear))
-                    cases[graph.stem, gear] = (arrays, run_cell(cell, arrays))
+            with reference_mode(spec.dtype):  # the in-process MindSpore reference of every case
+                references = []
+                for case in cases:
+                    arrays = sample_inputs(spec, case.inputs)
+                    references.append((arrays, run_cell(cell, arrays)))
             started = time.time()
-            with graph_mode(), split_threshold(opts.split_threshold):
-                dummies = [ms.Tensor(shape=[None if d == -1 else d for d in t.shape], dtype=_ms_dtype(t.dtype))
-                           if graph.gears else ms.Tensor(a)
-                           for t, a in zip(graph.inputs, cases[graph.stem, graph.shapes_to_check()[0]][0])]
-                ms.export(cell, *dummies, file_name=str(target / graph.stem), file_format="MINDIR")
+            export_graph(cell, graph.inputs, target / graph.stem, opts.split_threshold)
             export_s = time.time() - started
-        graph_file, files, split = written_files(target, graph.stem)
+            graph_file, files, split = written_files(target, graph.stem)
+            problems = validate.interface_problems(target / graph_file, graph.inputs)
+            n_weights, weight_problems = validate.weight_problems(target / graph_file, cell)
+            problems += weight_problems
+            proxies = {}
+            for i, case in enumerate(cases):
+                if not case.runs_artifact:  # the same Cell at the proxy size, outside the export folder
+                    where = target.parent / f".proxy-{graph.stem}-{i}"  # removed once it has run
+                    shutil.rmtree(where, ignore_errors=True)
+                    where.mkdir()
+                    export_graph(cell, case.inputs, where / graph.stem, opts.split_threshold)
+                    proxies[i] = where
         entries.append({"graph": graph, "graph_file": graph_file, "files": files, "split": split,
-                        "export_seconds": round(export_s, 2)})
+                        "export_seconds": round(export_s, 2), "cases": cases, "references": references,
+                        "proxies": proxies, "problems": problems,
+                        "weights": {"stored": n_weights, "identical_to_network": not weight_problems}})
     del cell, net
     gc.collect()
 
     reference, reference_note = None, None
     if opts.torch_reference:
         reference, reference_note = _torch_reference(folder)
-    records, problems = [], []
+    problems = []
     for entry in entries:
         graph: GraphSpec = entry["graph"]
-        path = target / entry["graph_file"]
-        problems += validate.interface_problems(path, graph.inputs)
+        problems += [f"{graph.stem}: {p}" for p in entry.pop("problems")]
         started = time.time()
-        with graph_mode():
-            graph_cell = nn.GraphCell(ms.load(str(path)))
-            checks = []
-            for gear in graph.shapes_to_check():
-                arrays, eager = cases[graph.stem, gear]
-                out = run_cell(graph_cell, arrays)
-                ref = validate.torch_output(spec.name, reference, arrays) if reference is not None else None
-                record, found = validate.check_output(out, graph.concrete_outputs(gear)[0], eager, ref, spec.dtype)
-                record["vs_eager"]["reference"] = REFERENCE_KIND[spec.dtype]
-                record["inputs"] = [t.to_dict() for t in graph.concrete_inputs(gear)]
-                if reference is None:
-                    record["vs_torch"] = f"unavailable ({reference_note})"
-                checks.append(record)
-                problems += [f"{graph.stem}{'' if gear is None else f' gear {list(gear)}'}: {p}" for p in found]
-        del graph_cell
-        gc.collect()
+        checks = []
+        for i, case in enumerate(entry["cases"]):
+            where = entry["proxies"].get(i)
+            path = target / entry["graph_file"] if where is None else written_path(where, graph.stem)
+            arrays, eager = entry["references"][i]
+            with graph_mode():
+                out = run_cell(_graph_cell(path), arrays)
+            gc.collect()
+            if where is not None:
+                shutil.rmtree(where, ignore_errors=True)
+            ref = validate.torch_output(spec.name, reference, arrays) if reference is not None else None
+            record, found = validate.check_output(out, case.outputs[0], eager, ref, spec.dtype)
+            record["vs_eager"]["reference"] = REFERENCE_KIND[spec.dtype]
+            record["case"] = case.label
+            record["ran"] = "the exported graph" if where is None else "proxy: the same Cell exported at this size"
+            record["inputs"] = [t.to_dict() for t in case.inputs]
+            if reference is None:
+                record["vs_torch"] = f"unavailable ({reference_note})"
+            checks.append(record)
+            problems += [f"{graph.stem} ({case.label}): {p}" for p in found]
         entry["validation"] = checks
         entry["validate_seconds"] = round(time.time() - started, 2)
         log(_summary_line(spec, entry))
-        records.append(entry)
     if problems:
         raise CheckFailed(f"{spec.name}: validation failed: " + "; ".join(problems))
-    return _component_entry(spec, records, target, folder, reference_note)
+    return _component_entry(spec, entries, target, folder, reference_note)
+
+
+def export_graph(cell, inputs, file_stem: Path, threshold: int | None) -> None:
+    """``mindspore.export`` in GRAPH mode; -1 dims become ``None`` (a dynamic-shape input for Lite gears)."""
+    import mindspore as ms
+
+    with graph_mode(), split_threshold(threshold):
+        dummies = [ms.Tensor(shape=[None if d == -1 else d for d in t.shape], dtype=_ms_dtype(t.dtype))
+                   if -1 in t.shape else ms.Tensor(np.zeros(t.shape, NP_DTYPES[t.dtype])) for t in inputs]
+        ms.export(cell, *dummies, file_name=str(file_stem), file_format="MINDIR")
+
+
+def written_path(folder: Path, stem: str) -> Path:
+    return folder / written_files(folder, stem)[0]
+
+
+def _graph_cell(path: Path):
+    import mindspore as ms
+    from mindspore import nn
+
+    return nn.GraphCell(ms.load(str(path)))
 
 
 def _ms_dtype(name: str):
@@ -298,12 +339,12 @@ def _ms_dtype(name: str):
 
 def _torch_reference(folder: Path):
     try:
-        from converters.references import ReferenceUnavailable, load_reference
+        from converters.references import load_reference
     except ImportError as exc:  # torch or diffusers not installed
         return None, f"torch reference needs torch and diffusers/transformers: {exc}"
     try:
         return load_reference(folder), None
-    except ReferenceUnavailable as exc:
+    except SourceError as exc:  # ReferenceUnavailable, or a source that no longer reads
         return None, str(exc)
     except ImportError as exc:
         return None, f"torch reference needs torch and diffusers/transformers: {exc}"
@@ -337,6 +378,7 @@ def _component_entry(spec: ComponentSpec, records: list[dict], target: Path, fol
             "lite_config": f"{spec.name}/{graph.stem}.cfg",
             "export_seconds": entry["export_seconds"],
             "validate_seconds": entry["validate_seconds"],
+            "weights": entry["weights"],
             "validation": entry["validation"],
         })
     return {"dtype": spec.dtype, "precision_mode": spec.precision_mode, "source": str(folder),
@@ -359,6 +401,8 @@ def export_pipeline(out_dir, export_dir, log=print, **options) -> dict:
     check_output(out, export_dir, opts.overwrite)
     if opts.batch < 1 or opts.max_length < 1:
         raise SourceError(f"--batch and --max-length must be positive (got {opts.batch}, {opts.max_length})")
+    if opts.validation not in ("full", "proxy"):
+        raise SourceError(f"--validation {opts.validation!r}: choose full or proxy")
     for name, value in (("--dtype", opts.dtype), ("--text-encoder-dtype", opts.text_encoder_dtype)):
         if value not in COMPUTE_DTYPE_NAMES:
             raise SourceError(f"{name} {value!r}: choose fp32 or fp16 (bf16 has no kernels on 910A/310P)")
@@ -373,8 +417,6 @@ def export_pipeline(out_dir, export_dir, log=print, **options) -> dict:
         raise SourceError(f"unknown Lite precision_mode(s) {bad_modes}; choose from {', '.join(lite.PRECISION_MODES)}")
 
     configs = {c: read_json(found[c] / "config.json") for c in components}
-    tconfig = configs.get("transformer") or (read_json(found["transformer"] / "config.json")
-                                             if "transformer" in found else None)
     if "transformer" in components and opts.gears and len({(h // vae_scale, w // vae_scale)
                                                            for h, w in buckets.values()}) > 100:
         raise SourceError("Lite supports at most 100 gears; choose fewer buckets")
@@ -384,13 +426,13 @@ def export_pipeline(out_dir, export_dir, log=print, **options) -> dict:
         dtype = opts.text_encoder_dtype if name == "text_encoder" else opts.dtype
         spec = build_component(name, configs[name], dtype, opts.batch, opts.max_length, buckets, vae_scale,
                                opts.gears and name == "transformer", precision_mode=opts.precision_modes.get(name))
-        if name == "transformer" and tconfig is not None and "text_encoder" in found:
+        if name == "transformer" and "text_encoder" in found:
             d_model = read_json(found["text_encoder"] / "config.json")["d_model"]
-            if d_model != tconfig["caption_channels"]:
+            if d_model != configs[name]["caption_channels"]:
                 raise SourceError(f"{out}: text encoder d_model {d_model} != transformer caption_channels "
-                                  f"{tconfig['caption_channels']}")
+                                  f"{configs[name]['caption_channels']}")
         if name.startswith("vae") and dtype == "fp16":
-            ok, why = fp16_finite(name, found[name], spec)
+            ok, why = fp16_finite(name, found[name], spec, opts.validation)
             if not ok:
                 notes.append(f"{name}: fp16 refused ({why}); exported in fp32")
                 log(f"{name}: fp16 produced NaN/Inf ({why}); exporting in fp32")
@@ -424,6 +466,7 @@ def export_pipeline(out_dir, export_dir, log=print, **options) -> dict:
             "options": {"components": components, "buckets": opts.buckets, "batch": opts.batch, "dtype": opts.dtype,
                         "text_encoder_dtype": opts.text_encoder_dtype, "gears": opts.gears,
                         "max_length": opts.max_length, "torch_reference": opts.torch_reference,
+                        "validation": opts.validation,
                         "split_threshold": opts.split_threshold},
             "pipeline": _pipeline_section(opts, buckets, vae_scale, bucket_source, found, tmp, copied),
             "components": manifest_components,
@@ -483,3 +526,25 @@ def _pipeline_section(opts: ExportOptions, buckets: dict, vae_scale: int, bucket
         v = read_json(found["vae_decoder"] / "config.json")
         section.update(scaling_factor=v["scaling_factor"], shift_factor=v.get("shift_factor"))
     return section
+
+
+def export_and_infer(converted_dir, work_dir, prompt: str = "a small red fox in the snow", steps: int = 10,
+                     buckets: str = "1.0,0.57", log=print) -> dict:
+    """The demo's last act: export a converted pipeline (fp32, default 300 tokens), generate one image from the
+    export folder alone, and compare it with the same loop on the eager MindSpore networks.
+
+    Returns {"export_dir", "image", "bucket", "psnr_vs_eager", "backend"}; raises like ``export_pipeline``.
+    """
+    from .pipeline import Request, eager_pipeline, infer, psnr
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    export_dir, image = work_dir / "export", work_dir / "offline.png"
+    export_pipeline(converted_dir, export_dir, log=log, buckets=buckets, overwrite=True)
+    result = infer(export_dir, prompt, image, steps=steps, progress=False)
+    from PIL import Image
+
+    offline = np.asarray(Image.open(image))
+    eager = eager_pipeline(export_dir, converted_dir)(Request(prompt, steps=steps), progress=False)[0]
+    return {"export_dir": str(export_dir), "image": str(image), "bucket": result["bucket"],
+            "psnr_vs_eager": psnr(offline, eager), "backend": result["backend"]}

@@ -94,6 +94,11 @@ class OfflinePipeline:
             if name not in self.manifest["components"] and name not in self.overrides:
                 raise InferError(f"{self.dir}: the export has no {name} (exported: "
                                  f"{', '.join(self.manifest['components']) or 'nothing'}); re-export with it")
+            if name not in self.overrides:
+                for graph in self.manifest["components"][name]["graphs"]:
+                    for rel in graph.get("files") or [graph["file"]]:  # a split graph: its variables too
+                        if not (self.dir / rel).is_file():
+                            raise InferError(f"{self.dir / rel}: {name} graph missing from the export")
         tokenizer = self.p.get("tokenizer")
         if not tokenizer or not (self.dir / tokenizer).is_file():
             raise InferError(f"{self.dir}: missing tokenizer/spiece.model (the export copies the pipeline's "
@@ -140,10 +145,10 @@ class OfflinePipeline:
         graph = self.graph_for(component, bucket)
         key = (component, graph["stem"])
         if key not in self._cache:
-            path = self.lite_file(graph) or self.dir / graph["file"]
-            if not path.is_file():
-                raise InferError(f"{path}: graph file missing from the export")
             try:
+                path = self.lite_file(graph) or self.dir / graph["file"]
+                if not path.is_file():
+                    raise InferError(f"{path}: graph file missing from the export")
                 self._cache[key] = open_graph(path, self.backend)
             except BackendError as exc:
                 raise InferError(str(exc)) from None
@@ -249,3 +254,9 @@ def eager_pipeline(export_dir, converted_dir) -> OfflinePipeline:
     return OfflinePipeline(export_dir, runners={"transformer": EagerRunner(transformer),
                                                 "text_encoder": EagerRunner(t5),
                                                 "vae_decoder": EagerRunner(vae.decoder_cell())})
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of two uint8 images in dB (inf when identical)."""
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)

@@ -69,6 +69,57 @@ class GraphSpec:
     def shapes_to_check(self) -> list[tuple[int, ...] | None]:
         return list(self.gears) if self.gears else [None]
 
+    def validation_cases(self, mode: str, vae_scale: int) -> list["Case"]:
+        """What validation runs. ``full``: the artifact at every exported shape (each gear). ``proxy``, for hosts
+        that cannot run the graph at its size (MindSpore's CPU graph runtime keeps every intermediate tensor:
+        about 1.2 GB per XL/2 block at 512x512 already): a gears graph runs at a small latent size, a static one
+        is exported once more at that size from the same Cell and that copy runs; the artifact's interface and
+        stored weights are still checked byte for byte."""
+        if mode == "full" or (self.latent_hw is None and not self.gears):
+            return [Case(f"gear {list(g)}" if g else "exported shape", self.concrete_inputs(g),
+                         self.concrete_outputs(g), True) for g in self.shapes_to_check()]
+        if mode != "proxy":
+            raise ValueError(f"unknown validation mode {mode!r}")
+        if self.gears:
+            small = min(self.gears, key=lambda g: g[0] * g[1])
+            small = tuple(min(d, PROXY_LATENT) for d in small)
+            return [Case(f"proxy {small[0]}x{small[1]} latent (gears graph)", self.concrete_inputs(small),
+                         self.concrete_outputs(small), True)]
+        h, w = self.latent_hw
+        small = (min(h, PROXY_LATENT), min(w, PROXY_LATENT))
+        if small == (h, w):
+            return self.validation_cases("full", vae_scale)
+        resize = _resizer(self.latent_hw, small, vae_scale)
+        return [Case(f"proxy {small[0]}x{small[1]} latent (same Cell exported at that size)",
+                     [resize(t) for t in self.inputs], [resize(t) for t in self.outputs], False)]
+
+
+PROXY_LATENT = 16  # latent side of proxy validation (a multiple of every patch size in use)
+
+
+@dataclass
+class Case:
+    label: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    runs_artifact: bool  # False: a proxy graph exported from the same Cell at a smaller size
+
+
+def _resizer(latent_from: tuple[int, int], latent_to: tuple[int, int], scale: int):
+    """Replace the spatial dims of 4-D specs: latent-sized ones by ``latent_to``, pixel-sized ones by it x scale."""
+    pixel_from = (latent_from[0] * scale, latent_from[1] * scale)
+
+    def resize(spec: TensorSpec) -> TensorSpec:
+        if len(spec.shape) != 4:
+            return spec
+        if tuple(spec.shape[2:]) == tuple(latent_from):
+            return TensorSpec(spec.name, (*spec.shape[:2], *latent_to), spec.dtype)
+        if tuple(spec.shape[2:]) == pixel_from:
+            return TensorSpec(spec.name, (*spec.shape[:2], latent_to[0] * scale, latent_to[1] * scale), spec.dtype)
+        return spec
+
+    return resize
+
 
 def _fill(specs: list[TensorSpec], gear) -> list[TensorSpec]:
     if gear is None:
@@ -216,6 +267,7 @@ class ComponentSpec:
     precision_mode: str  # Lite [ascend_context] precision_mode
     batch: int
     max_length: int
+    vae_scale: int = 8
     graphs: list[GraphSpec] = field(default_factory=list)
 
     @property
@@ -237,7 +289,7 @@ def build_component(name: str, config: dict, dtype: str, batch: int, max_length:
                     caption_channels: int | None = None, precision_mode: str | None = None) -> ComponentSpec:
     """The spec of one component with its graphs; ``buckets`` maps the chosen ratios to pixel sizes."""
     spec = ComponentSpec(name, config, dtype, precision_mode or default_precision_mode(name, dtype), batch,
-                         max_length)
+                         max_length, vae_scale)
     out = spec.out_dtype
     n, b, length = batch, 2 * batch, max_length
     if name == "text_encoder":

@@ -96,3 +96,35 @@ def check_output(graph_out: np.ndarray, expected: TensorSpec, eager: np.ndarray,
         if not ref_m["ok"]:
             problems.append(f"GraphCell vs torch reference rel_l2 {ref_m['rel_l2']:.3g} > {tol:g} ({dtype})")
     return record, problems
+
+
+def weight_problems(path: Path, cell) -> tuple[int, list[str]]:
+    """(parameters checked, problems): every parameter stored in the MindIR (inline, or in ``_variables/`` for a
+    split graph) must be a parameter of ``cell`` with byte-identical values."""
+    from mindspore.train.mind_ir_pb2 import ModelProto
+
+    path = Path(path)
+    model = ModelProto()
+    model.ParseFromString(path.read_bytes())
+    params = cell.parameters_dict()  # keyed by Parameter.name, as mindspore.export stores them
+    problems, handles = [], {}
+    try:
+        for proto in model.graph.parameter:
+            name = proto.name.rsplit(":", 1)[-1]
+            if name not in params:
+                problems.append(f"{path.name}: stores {name}, which the network does not have")
+                continue
+            if proto.HasField("external_data") and proto.external_data.location:
+                where = path.parent / proto.external_data.location
+                if where not in handles:
+                    handles[where] = open(where, "rb")
+                handles[where].seek(proto.external_data.offset)
+                stored = handles[where].read(proto.external_data.length)
+            else:
+                stored = proto.raw_data
+            if stored != params[name].asnumpy().tobytes():
+                problems.append(f"{path.name}: {name} differs from the network's weights")
+    finally:
+        for handle in handles.values():
+            handle.close()
+    return len(model.graph.parameter), problems

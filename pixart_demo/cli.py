@@ -31,6 +31,7 @@ def demo_command(workdir: Path):
     from converters.convert import Options, convert
     from converters.errors import ToolError
     from converters.verify import verify
+    from mindir_export.export import export_and_infer
     from parity.harness import run_parity
     from parity.report import markdown, write_reports
     from parity.sampling import sampling_parity
@@ -80,6 +81,15 @@ def demo_command(workdir: Path):
         click.echo(f"{title}: worst tap rel L2 {worst:.2e} (tolerance {extra['tolerance']:g}) -> "
                    f"{'PASS' if extra['ok'] else 'FAIL at ' + str([c['first_failure'] for c in extra['components'].values() if not c['ok']])}")
         checks.append((title, extra["ok"]))
+    click.echo("\nexport to MindIR (validated) and offline text-to-image from the exported artifacts alone:")
+    try:
+        offline = export_and_infer(pipeline_out, workdir / "offline", log=click.echo)
+    except ToolError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    click.echo(f"offline image: {offline['image']} (PSNR vs the eager MindSpore pipeline "
+               f"{offline['psnr_vs_eager']:.1f} dB, backend {', '.join(offline['backend'])})")
+    checks.append(("offline image equals eager MindSpore (PSNR >= 60 dB)", offline["psnr_vs_eager"] >= 60))
     ok = all(passed for _, passed in checks)
     click.echo(f"\nparity report: {paths['html']}")
     click.echo(f"converted pipeline: {pipeline_out}")

@@ -16,3 +16,6 @@ def test_demo_passes(tmp_path):
     report = json.loads((tmp_path / "demo" / "parity" / "parity.json").read_text())
     assert report["ok"] and report["sampling"]["final_latent_rel_l2"] <= 1e-4
     assert max(t["rel_l2"] for c in report["components"].values() for t in c["taps"]) <= 1e-5
+    image = tmp_path / "demo" / "offline" / "offline.png"
+    assert image.is_file() and f"offline image: {image}" in result.stdout
+    assert (tmp_path / "demo" / "offline" / "export" / "manifest.json").is_file()
