@@ -41,11 +41,25 @@ def nbytes(dtype: str, shape) -> int:
 
 
 class _Writer:
+    """Writes a file front to back once; ``file_sha256`` / ``size`` describe the whole file when closed (hashed
+    while writing, so the manifest needs no second read of a multi-GB file)."""
+
     def __init__(self, path: Path, entries: list[tuple[str, str, tuple[int, ...]]]):
         self.path = Path(path)
         self.entries = entries
         self._next = 0
         self._file = open(self.path, "wb")
+        self._digest = hashlib.sha256()
+        self.size = 0
+
+    def _emit(self, data) -> None:
+        self._file.write(data)
+        self._digest.update(data)
+        self.size += len(data)
+
+    @property
+    def file_sha256(self) -> str:
+        return self._digest.hexdigest()
 
     def write(self, name: str, tensor: torch.Tensor) -> str:
         """Write the next tensor (they must come in header order); returns the sha256 of its bytes."""
@@ -80,11 +94,11 @@ class SafetensorsWriter(_Writer):
             header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)
-        self._file.write(struct.pack("<Q", len(raw)))
-        self._file.write(raw)
+        self._emit(struct.pack("<Q", len(raw)))
+        self._emit(raw)
 
     def _write(self, name, dtype, shape, data):
-        self._file.write(memoryview(data))
+        self._emit(memoryview(data))
 
 
 class CkptWriter(_Writer):
@@ -103,7 +117,7 @@ class CkptWriter(_Writer):
             value.tensor.dims.extend(list(shape) or [0])
             value.tensor.tensor_type = CKPT_DTYPES[dtype]
             value.tensor.tensor_content = bytes(raw[start:start + CKPT_CHUNK])
-            self._file.write(msg.SerializeToString())
+            self._emit(msg.SerializeToString())
 
 
 class TensorDictWriter(_Writer):
