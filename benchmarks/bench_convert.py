@@ -4,6 +4,7 @@ full-size synthetic checkpoints, each against a baseline run in the same invocat
 source to the same disk, and a bare ``python -c "import mindspore, torch"`` for memory).
 
     python benchmarks/bench_convert.py [--workdir DIR] [--only pixart|t5] [--keep] [--runs N] [--no-drop-caches]
+                                       [--no-wait-quiet] [--no-trace]
     python benchmarks/bench_convert.py --report-only    # re-render BENCHMARKS.md from the stored results
 
 Sources are built once into the work dir (default /tmp/pixart-ms-bench) and reused when complete:
@@ -17,8 +18,12 @@ Sources are built once into the work dir (default /tmp/pixart-ms-bench) and reus
 Every measured command runs in a fresh process under ``/usr/bin/time -v`` (wall time, CPU time, peak RSS =
 ``ru_maxrss``, the largest single process of the tree) while this script samples the RSS of the whole process tree
 from ``/proc/PID/status`` every 50 ms (RssAnon / RssFile at the sampled peak show where the memory is). The first
-round runs with cold caches when ``/proc/sys/vm/drop_caches`` is writable, the next rounds warm. Results go to
-``benchmarks/results/conversion.json`` and the ``## Conversion`` section of ``BENCHMARKS.md``.
+round runs with cold caches when ``/proc/sys/vm/drop_caches`` is writable, the next rounds warm. Before each command
+the script waits (up to 120 s) for the rest of the machine to go quiet, and records the CPU time other processes used
+during it (from /proc/stat: other sessions may be invisible to ps). One more conversion per benchmark runs under
+``benchmarks/trace_convert_memory.py`` for time and memory by phase. Results go to
+``benchmarks/results/conversion.json`` (with a history of invocations, each tagged with the converter's commit) and
+the ``## Conversion`` section of ``BENCHMARKS.md`` (other sections are kept).
 
 This parent process imports neither torch nor MindSpore: generators and inspectors run as subprocesses of this
 same file (``--generate``, ``--inspect``).
@@ -48,6 +53,7 @@ SEED = 0
 STD = 0.02
 SHARD_BYTES = 2 * 10**9  # "about 2 GB" per T5 shard, as transformers' max_shard_size="2GB"
 SAMPLE_SECONDS = 0.05
+WAIT_QUIET = True  # --no-wait-quiet turns it off
 
 PIXART_FILE = "PixArt-Sigma-XL-2-1024-MS.pth"
 T5_FOLDER = "text_encoder"
@@ -308,12 +314,28 @@ def _busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+IDLE_CORES = 0.25  # "quiet": the rest of the machine uses less than a quarter of a core
+IDLE_WAIT_MAX = 120.0
+
+
+def wait_quiet(max_wait: float = IDLE_WAIT_MAX) -> float:
+    """Wait (up to ``max_wait`` s) until the machine has been quiet for 2 s; returns the seconds waited. Processes
+    of other sessions may be invisible to ps (another PID namespace) but show in /proc/stat."""
+    started = time.perf_counter()
+    while True:
+        busy0 = _busy_seconds()
+        time.sleep(2.0)
+        if (_busy_seconds() - busy0) / 2.0 < IDLE_CORES or time.perf_counter() - started > max_wait:
+            return round(time.perf_counter() - started - 2.0, 1)
+
+
 def measure(cmd: list[str], logs: Path, label: str) -> dict:
     """Run ``cmd`` under /usr/bin/time -v, sampling the RSS of its process tree; stdout/stderr go to ``logs``."""
     import psutil
 
     logs.mkdir(parents=True, exist_ok=True)
     stem = logs / label
+    waited = wait_quiet() if WAIT_QUIET else None
     time_file = stem.with_suffix(".time")
     load = os.getloadavg()[0]
     busy0, self0 = _busy_seconds(), sum(os.times()[:2])
@@ -343,6 +365,7 @@ def measure(cmd: list[str], logs: Path, label: str) -> dict:
     busy = _busy_seconds() - busy0
     ours = sum(os.times()[:2]) - self0  # this sampler's own CPU
     result = {"label": label, "cmd": cmd, **_parse_time(time_file), "outer_wall_s": round(outer, 3),
+              "waited_for_quiet_s": waited,
               "loadavg_before": round(load, 2),
               "sampled": {"peak_tree_rss_bytes": peak["total"], "anon_at_peak_bytes": peak.get("anon", 0),
                           "file_at_peak_bytes": peak.get("file", 0), "shmem_at_peak_bytes": peak.get("shmem", 0),
@@ -378,9 +401,22 @@ def settle(cold: bool) -> None:
         subprocess.run(["sync"], check=True)
 
 
+CODE_PATHS = ("converters", "mindspore_nets", "pixart_ms.py")
+
+
+def code_version() -> str:
+    """The commit of the converter code measured, with ``+dirty`` when it has uncommitted changes."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    commit = git("log", "-1", "--format=%h", "--", *CODE_PATHS) or "unknown"
+    return commit + ("+dirty" if git("status", "--porcelain", "--", *CODE_PATHS) else "")
+
+
 def run_benchmark(name: str, workdir: Path, runs: int, cold_first: bool, keep: bool, with_trace: bool) -> dict:
     info = ensure_source(workdir, name)
     src = source_path(workdir, name)
+    version_at_start = code_version()
     cli = shutil.which("pixart-ms") or "pixart-ms"
     logs = workdir / "logs" / name
     shutil.rmtree(logs, ignore_errors=True)
@@ -437,6 +473,8 @@ def run_benchmark(name: str, workdir: Path, runs: int, cold_first: bool, keep: b
     if with_trace:
         print(f"[{name}] traced conversion (memory and time by phase)", flush=True)
         settle(cold_first)
+        if WAIT_QUIET:
+            wait_quiet()
         trace_out, trace_json = workdir / "out" / f"{name}-trace", logs / "trace.json"
         remove(trace_out)
         done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "trace_convert_memory.py"), str(src),
@@ -448,7 +486,11 @@ def run_benchmark(name: str, workdir: Path, runs: int, cold_first: bool, keep: b
             trace["cache"] = "cold" if cold_first else "warm"
         else:
             print(f"[{name}] trace failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}", flush=True)
-    return {"name": name, "title": BENCHMARKS[name]["title"], "source": str(src), "source_info": info,
+    version = code_version()
+    if version != version_at_start:
+        version = f"changed during the run: {version_at_start} -> {version}"
+        print(f"[{name}] WARNING: converter code {version}", flush=True)
+    return {"name": name, "title": BENCHMARKS[name]["title"], "code": version, "source": str(src), "source_info": info,
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "rounds": rounds, "trace": trace,
             "kept_output": str(out) if keep and out.exists() else None}
 
@@ -531,6 +573,8 @@ def render(results: dict) -> str:
         "  one's writeback. Neither `cp` nor convert calls fsync: their times end when the data is in the page cache.",
         "- \"other CPU s\" is CPU time the rest of the machine used during the command (from /proc/stat, minus the",
         "  command and this script's sampler): other work competing for the 2 cores makes that run's time unreliable.",
+        "  Other sessions' processes may be invisible to `ps` here, so before each command the script waits (up to",
+        "  120 s) until the machine has used less than a quarter of a core for 2 s.",
         "- On this virtual machine a dropped guest page cache may still be served from the host's cache, so \"cold\"",
         "  is a lower bound on real cold-disk time.",
         "",
@@ -547,7 +591,7 @@ def render(results: dict) -> str:
                   f"Largest tensor `{big['name']}` {tuple(big['shape'])} {big['dtype']}: "
                   f"{big['bytes']:,} bytes ({big['bytes'] / MiB:.1f} MiB)"
                   + (f", as large as {', '.join(f'`{n}`' for n in big['same_size'])}" if big.get("same_size") else "")
-                  + f". Run {bench['date']}.", ""]
+                  + f". Run {bench['date']}, converter code at {bench.get('code', '?')}.", ""]
         conv = next((r["rows"]["convert"] for r in bench["rounds"] if "summary" in r["rows"]["convert"]), None)
         if conv:
             c = conv["summary"]
@@ -633,28 +677,30 @@ def compact(bench: dict) -> dict:
                                           if k in rows) if "other_cpu_s" in rows["convert"] else None,
                        "import_peak_bytes": rows["import"].get("maxrss_bytes")})
     trace = bench.get("trace") or {}
-    return {"date": bench["date"], "rounds": rounds, "trace_vmhwm_bytes": trace.get("vmhwm_bytes"),
+    return {"date": bench["date"], "code": bench.get("code"), "rounds": rounds, "trace_vmhwm_bytes": trace.get("vmhwm_bytes"),
             "trace_seconds": trace.get("seconds")}
 
 
 def history_lines(history: list[dict]) -> list[str]:
     lines = ["Every recorded invocation (convert wall s / peak RSS MiB per round; the traced run's peak, which is "
              "in-process and so comparable):", "",
-             "| date | cp s | convert s | convert peak RSS MiB | verify s | other CPU s (cp+convert+verify) "
-             "| traced run peak MiB |",
-             "|---|---|---|---|---|---|---:|"]
+             "| date | converter | cp s | convert s | convert peak RSS MiB | verify s | other CPU s "
+             "(cp+convert+verify) | traced run peak MiB |",
+             "|---|---|---|---|---|---|---|---:|"]
     for h in history:
         def col(key, fmt):
             return " / ".join(fmt(r[key]) if r.get(key) is not None else "–" for r in h["rounds"])
-        lines.append(f"| {h['date']} | {col('cp_wall_s', '{:.1f}'.format)} | {col('convert_wall_s', '{:.1f}'.format)} "
+        lines.append(f"| {h['date']} | {h.get('code') or '?'} | {col('cp_wall_s', '{:.1f}'.format)} | {col('convert_wall_s', '{:.1f}'.format)} "
                      f"| {col('convert_peak_bytes', _mib)} | {col('verify_wall_s', '{:.1f}'.format)} | "
                      f"{col('other_cpu_s', '{:.0f}'.format)} | "
                      f"{_mib(h['trace_vmhwm_bytes']) if h.get('trace_vmhwm_bytes') else '–'} |")
-    peaks = [r["convert_peak_bytes"] for h in history for r in h["rounds"] if r.get("convert_peak_bytes")]
-    peaks += [h["trace_vmhwm_bytes"] for h in history if h.get("trace_vmhwm_bytes")]
-    walls = [r["convert_wall_s"] for h in history for r in h["rounds"] if r.get("convert_wall_s")]
-    lines += ["", f"Over {len(peaks)} conversions: peak RSS {_mib(min(peaks))}–{_mib(max(peaks))} MiB; over "
-                  f"{len(walls)} timed ones: {min(walls):.1f}–{max(walls):.1f} s wall.", ""]
+    current = [h for h in history if h.get("code") == history[-1].get("code")]
+    peaks = [r["convert_peak_bytes"] for h in current for r in h["rounds"] if r.get("convert_peak_bytes")]
+    peaks += [h["trace_vmhwm_bytes"] for h in current if h.get("trace_vmhwm_bytes")]
+    walls = [r["convert_wall_s"] for h in current for r in h["rounds"] if r.get("convert_wall_s")]
+    lines += ["", f"With the converter at {history[-1].get('code')}: over {len(peaks)} conversions peak RSS "
+                  f"{_mib(min(peaks))}–{_mib(max(peaks))} MiB; over {len(walls)} timed ones "
+                  f"{min(walls):.1f}–{max(walls):.1f} s wall.", ""]
     return lines
 
 
@@ -702,19 +748,21 @@ def _quote(a: str) -> str:
     return f'"{a}"' if " " in a or "," in a else a
 
 
-def write_report(results: dict) -> None:
-    section = render(results)
-    if REPORT.is_file():
-        text = REPORT.read_text()
-        pattern = re.compile(rf"^{re.escape(SECTION)}\s*$.*?(?=^## |\Z)", re.S | re.M)
-        if pattern.search(text):
-            text = pattern.sub(lambda _: section + "\n", text, count=1)
-        else:
-            text = text.rstrip() + "\n\n" + section
+def write_section(section: str, heading: str) -> None:
+    """Replace (or append) the ``heading`` section of BENCHMARKS.md; every benchmark script writes its own."""
+    text = REPORT.read_text() if REPORT.is_file() else (
+        "# Benchmarks\n\nFull-size runs of pixart-mindspore on one machine; each section is written by its "
+        "script in `benchmarks/`.\n")
+    pattern = re.compile(rf"^{re.escape(heading)}\s*$.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1)
     else:
-        text = ("# Benchmarks\n\nFull-size runs of pixart-mindspore on one machine; each section is written by its "
-                "script in `benchmarks/`.\n\n" + section)
+        text = text.rstrip() + "\n\n" + section
     REPORT.write_text(text.rstrip() + "\n")
+
+
+def write_report(results: dict) -> None:
+    write_section(render(results), SECTION)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -726,6 +774,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="Keep the converted folder of the last round.")
     parser.add_argument("--runs", type=int, default=2, help="Rounds per benchmark (the first cold if possible).")
     parser.add_argument("--no-drop-caches", action="store_true", help="Never drop the page cache.")
+    parser.add_argument("--no-wait-quiet", action="store_true",
+                        help="Do not wait (up to 120 s) for the rest of the machine to go quiet before each command.")
     parser.add_argument("--no-trace", action="store_true",
                         help="Skip the extra traced conversion (benchmarks/trace_convert_memory.py).")
     parser.add_argument("--report-only", action="store_true",
@@ -748,6 +798,8 @@ def main() -> None:
         return
     if not Path(TIME).is_file():
         sys.exit(f"{TIME} not found (GNU time); install it (apt-get install time)")
+    global WAIT_QUIET
+    WAIT_QUIET = not args.no_wait_quiet
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     drop_ok = not args.no_drop_caches and can_drop_caches()

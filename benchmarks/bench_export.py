@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -166,12 +165,7 @@ def render(results: dict) -> str:
 
 
 def write_report(results: dict) -> None:
-    section = render(results)
-    text = REPORT.read_text() if REPORT.is_file() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\s*$.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section + "\n", text, count=1) if pattern.search(text) else \
-        text.rstrip() + "\n\n" + section
-    REPORT.write_text(text.rstrip() + "\n")
+    bench_convert.write_section(render(results), SECTION)
 
 
 def main() -> None:

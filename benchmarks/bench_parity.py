@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_convert import REPORT, machine, measure, remove  # noqa: E402
+from bench_convert import machine, measure, remove, write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "parity.json"
@@ -96,13 +96,6 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(section: str) -> None:
-    text = REPORT.read_text() if REPORT.is_file() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\s*$.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section + "\n", text, count=1) if pattern.search(text) else \
-        text.rstrip() + "\n\n" + section
-    REPORT.write_text(text.rstrip() + "\n")
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -138,7 +131,7 @@ def main() -> None:
         tap.pop("dtype", None)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1, default=float) + "\n")
-    write_section(render(results))
+    write_section(render(results), SECTION)
     print(render(results))
     if not args.keep:
         remove(work)

@@ -258,6 +258,7 @@ def stream_plan(plan: Plan, source: Source, writer, progress=None) -> dict[str, 
         if progress is not None:
             progress(target.nbytes)
         del value
+    source.close()  # the alias check reads its own row blocks; drop the stream's mapped pages first
     for copy, kept in plan.aliases:
         if not _equal_in_chunks(source, copy, kept):
             bad.append(f"{copy} is not a tied copy of {kept}: their values differ, dropping it would lose data")

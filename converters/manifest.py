@@ -7,7 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from .writers import iter_file_tensors
+from .writers import hash_weights_file
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -58,7 +58,8 @@ def write_manifest(folder: Path, manifest: dict) -> None:
 
 
 def verify_folder(folder) -> list[str]:
-    """Problems found in one converted component folder (empty when it is intact)."""
+    """Problems found in one converted component folder (empty when it is intact). The weights file is read once:
+    its whole-file hash and every tensor's hash come from the same pass."""
     folder = Path(folder)
     path = folder / MANIFEST
     try:
@@ -66,32 +67,35 @@ def verify_folder(folder) -> list[str]:
     except (OSError, ValueError) as exc:
         return [f"{path}: unreadable manifest ({exc})"]
     problems = []
+    weights_name = manifest["weights_file"]
+    weights = folder / weights_name
     for name, entry in manifest.get("files", {}).items():
         f = folder / name
         if not f.is_file():
             problems.append(f"{f}: missing")
-            continue
-        if f.stat().st_size != entry["size"]:
+        elif f.stat().st_size != entry["size"]:
             problems.append(f"{f}: size {f.stat().st_size} != manifest {entry['size']}")
-        elif file_sha256(f) != entry["sha256"]:
+        elif name != weights_name and file_sha256(f) != entry["sha256"]:
             problems.append(f"{f}: sha256 differs from the manifest")
-    weights = folder / manifest["weights_file"]
     if not weights.is_file():
         return problems
+    try:
+        file_hash, _, tensors = hash_weights_file(weights)
+    except Exception as exc:  # a damaged file: report it rather than crash
+        return problems + [f"{weights}: unreadable ({exc})"]
+    if file_hash != manifest["files"][weights_name]["sha256"]:
+        problems.append(f"{weights}: sha256 differs from the manifest")
     expected = {row["name"]: row for row in manifest["tensors"]}
     seen = set()
-    try:
-        for name, dtype, shape, sha in iter_file_tensors(weights):
-            seen.add(name)
-            row = expected.get(name)
-            if row is None:
-                problems.append(f"{weights.name}: tensor {name} is not in the manifest")
-            elif (dtype, list(shape), sha) != (row["dtype"], row["shape"], row["sha256"]):
-                problems.append(f"{weights.name}: tensor {name} differs from the manifest "
-                                f"({dtype} {list(shape)} vs {row['dtype']} {row['shape']}"
-                                f"{', bytes differ' if sha != row['sha256'] else ''})")
-    except Exception as exc:  # a damaged file: report it rather than crash
-        problems.append(f"{weights}: unreadable ({exc})")
+    for name, dtype, shape, sha in tensors:
+        seen.add(name)
+        row = expected.get(name)
+        if row is None:
+            problems.append(f"{weights.name}: tensor {name} is not in the manifest")
+        elif (dtype, list(shape), sha) != (row["dtype"], row["shape"], row["sha256"]):
+            problems.append(f"{weights.name}: tensor {name} differs from the manifest "
+                            f"({dtype} {list(shape)} vs {row['dtype']} {row['shape']}"
+                            f"{', bytes differ' if sha != row['sha256'] else ''})")
     for name in sorted(set(expected) - seen):
         problems.append(f"{weights.name}: tensor {name} listed in the manifest is missing")
     return problems

@@ -63,8 +63,6 @@ def _known(cls, config: dict) -> dict:
 def load_reference(folder, source=None):
     """(torch module in eval mode, fp32) for a converted component folder, from ``source`` or the source path its
     manifest records. Raises ReferenceUnavailable when that cannot be done."""
-    import torch
-
     manifest = read_manifest(folder)
     component = manifest["component"]
     src = Path(source) if source is not None else Path(manifest["source"]["path"])

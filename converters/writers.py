@@ -158,41 +158,63 @@ def read_safetensors_header(path: Path) -> tuple[dict, int]:
         return json.loads(f.read(size)), 8 + size
 
 
-def iter_file_tensors(path: Path):
-    """Yield (name, dtype, shape, sha256 of bytes) for every tensor of a weights file we wrote."""
+def hash_weights_file(path: Path) -> tuple[str, int, list[tuple[str, str, tuple[int, ...], str]]]:
+    """One sequential read of a weights file we wrote: (sha256 of the file, its size, and (name, dtype, shape,
+    sha256 of the tensor's bytes) for every tensor)."""
     path = Path(path)
+    file_digest = hashlib.sha256()
+    tensors = []
     if path.suffix == ".safetensors":
-        header, start = read_safetensors_header(path)
         names = {v: k for k, v in SAFETENSORS_DTYPES.items()}
         with open(path, "rb") as f:
-            for name, entry in header.items():
-                if name == "__metadata__":
-                    continue
-                begin, end = entry["data_offsets"]
-                f.seek(start + begin)
+            head = f.read(8)
+            (size,) = struct.unpack("<Q", head)
+            raw = f.read(size)
+            file_digest.update(head)
+            file_digest.update(raw)
+            header = json.loads(raw)
+            entries = sorted((e["data_offsets"], k, e) for k, e in header.items() if k != "__metadata__")
+            position = 0
+            for (begin, end), name, entry in entries:
+                if begin < position:
+                    raise ValueError(f"{path}: tensor {name} overlaps the previous one")
+                file_digest.update(_read_exactly(f, begin - position, path, name))
                 digest = hashlib.sha256()
                 remaining = end - begin
                 while remaining:
-                    chunk = f.read(min(remaining, 64 * 2**20))
-                    if not chunk:
-                        raise ValueError(f"{path}: truncated inside tensor {name}")
+                    chunk = _read_exactly(f, min(remaining, 64 * 2**20), path, name)
                     digest.update(chunk)
+                    file_digest.update(chunk)
                     remaining -= len(chunk)
-                yield name, names[entry["dtype"]], tuple(entry["shape"]), digest.hexdigest()
-    else:
-        from mindspore.train.checkpoint_pb2 import Checkpoint
+                position = end
+                tensors.append((name, names[entry["dtype"]], tuple(entry["shape"]), digest.hexdigest()))
+            while tail := f.read(64 * 2**20):
+                file_digest.update(tail)
+        return file_digest.hexdigest(), path.stat().st_size, tensors
+    from mindspore.train.checkpoint_pb2 import Checkpoint
 
-        msg = Checkpoint()
-        msg.ParseFromString(path.read_bytes())
-        names = {v: k for k, v in CKPT_DTYPES.items()}
-        current, digest, meta = None, None, None
-        for value in msg.value:
-            if value.tag != current:
-                if current is not None:
-                    yield current, meta[0], meta[1], digest.hexdigest()
-                current, digest = value.tag, hashlib.sha256()
-                dims = tuple(value.tensor.dims)
-                meta = (names[value.tensor.tensor_type], () if dims == (0,) else dims)
-            digest.update(value.tensor.tensor_content)
-        if current is not None:
-            yield current, meta[0], meta[1], digest.hexdigest()
+    data = path.read_bytes()
+    file_digest.update(data)
+    msg = Checkpoint()
+    msg.ParseFromString(data)
+    del data
+    names = {v: k for k, v in CKPT_DTYPES.items()}
+    current, digest, meta = None, None, None
+    for value in msg.value:
+        if value.tag != current:
+            if current is not None:
+                tensors.append((current, meta[0], meta[1], digest.hexdigest()))
+            current, digest = value.tag, hashlib.sha256()
+            dims = tuple(value.tensor.dims)
+            meta = (names[value.tensor.tensor_type], () if dims == (0,) else dims)
+        digest.update(value.tensor.tensor_content)
+    if current is not None:
+        tensors.append((current, meta[0], meta[1], digest.hexdigest()))
+    return file_digest.hexdigest(), path.stat().st_size, tensors
+
+
+def _read_exactly(f, n: int, path: Path, name: str) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise ValueError(f"{path}: truncated inside tensor {name}")
+    return data
