@@ -150,9 +150,9 @@ def atomic_folder(out: Path):
 
 
 def byte_progress(total: int, desc: str, enabled: bool):
-    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not enabled,
-               file=sys.stderr, dynamic_ncols=True)
-    return bar
+    # redrawn at most every 5 s when stderr is a log file rather than a terminal
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not enabled,
+                file=sys.stderr, dynamic_ncols=True, mininterval=0.2 if sys.stderr.isatty() else 5.0)
 
 
 def convert(src, out, component: str = "auto", opts: Options | None = None, overwrite: bool = False,

@@ -17,7 +17,7 @@ from converters.references import load_reference, read_manifest
 from mindspore_nets.metrics import TOLERANCES, compare
 
 from .cases import COMPONENTS, FOLDERS, build_cases, ms_forward, torch_forward
-from .taps import mindspore_taps, pair_records, tap_paths, tied_modules, torch_taps
+from .taps import mindspore_taps, tap_paths, tied_modules, torch_taps
 
 NETWORKS = {"transformer": "PixArtTransformer2D", "text_encoder": "T5Encoder", "vae_encoder": "AutoencoderKL",
             "vae_decoder": "AutoencoderKL"}
@@ -89,22 +89,29 @@ def run_component(component: str, folder: Path, source: Path, dtype: str, tolera
     for case in cases:
         t0 = time.time()
         with torch_taps(model, paths, tied) as t_rec:
-            t_out = torch_forward(component, model, case.arrays)
+            t_rec.add("output", torch_forward(component, model, case.arrays))
+        reference = dict(t_rec.records)
+        del t_rec
+        order = list(reference)
+        found: dict[str, dict] = {}
+
+        def measure(key, ours):
+            ref = reference.pop(key, None)
+            found[key] = (compare(ours, ref) if ref is not None else
+                          {"error": "only on the MindSpore side", "shape": list(ours.shape), "rel_l2": float("inf"),
+                           "nan": 0, "inf": 0})
+
         t1 = time.time()
-        with mindspore_taps(net, paths) as m_rec:
-            m_out = ms_forward(component, net, case.arrays)
+        with mindspore_taps(net, paths, consume=measure) as m_rec:
+            m_rec.add("output", ms_forward(component, net, case.arrays))
         t2 = time.time()
         seconds["torch"] += t1 - t0
         seconds["mindspore"] += t2 - t1
-        pairs = pair_records(t_rec.records + [("output", t_out)], m_rec.records + [("output", m_out)])
-        for name, ours, ref in pairs:
-            if ours is None or ref is None:
-                metrics = {"error": f"only on the {'torch' if ours is None else 'MindSpore'} side",
-                           "shape": list((ours if ours is not None else ref).shape), "rel_l2": float("inf"),
-                           "nan": 0, "inf": 0}
-            else:
-                metrics = compare(ours, ref)
-            taps.append({"tap": name, "case": case.name, **metrics})
+        for key, ref in reference.items():  # taps the MindSpore side never produced
+            found[key] = {"error": "only on the torch side", "shape": list(ref.shape), "rel_l2": float("inf"),
+                          "nan": 0, "inf": 0}
+        for key in order + [k for k in found if k not in order]:
+            taps.append({"tap": key, "case": case.name, **found[key]})
     summary = summarize(taps, tolerance)
     first = next((row["tap"] for row in summary if not row["ok"]), None)
     seconds["load"] = loaded - started

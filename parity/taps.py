@@ -64,14 +64,29 @@ def _first_array(output):
 
 
 class Recorder:
-    """Collects every tapped output in call order: ``records`` is a list of (path, array)."""
+    """Collects every tapped output in call order as (key, array); a path called again gets ``#k`` keys.
 
-    def __init__(self):
+    With ``consume`` the array is handed to ``consume(key, array)`` at once instead of being kept: the second side
+    of a comparison is measured against the first while it runs, so only one side's taps are ever held (at
+    1024x1024 one side's block outputs alone are about 4 GiB)."""
+
+    def __init__(self, consume=None):
         self.records: list[tuple[str, np.ndarray]] = []
+        self.consume = consume
+        self._seen: dict[str, int] = {}
+
+    def add(self, path, value):
+        k = self._seen.get(path, 0)
+        self._seen[path] = k + 1
+        key = path if k == 0 else f"{path}#{k}"
+        if self.consume is None:
+            self.records.append((key, value))
+        else:
+            self.consume(key, value)
 
     def hook(self, path):
         def fn(module, args, output):
-            self.records.append((path, _first_array(output)))
+            self.add(path, _first_array(output))
 
         return fn
 
@@ -89,13 +104,13 @@ def tied_modules(spec) -> dict[str, list[str]]:
 
 
 @contextmanager
-def torch_taps(model, paths, tied: dict | None = None):
+def torch_taps(model, paths, tied: dict | None = None, consume=None):
     """Forward hooks on the torch modules of ``paths`` (and on their tied stand-ins, recorded under the path)."""
     modules = dict(model.named_modules())
     missing = [p for p in paths if p not in modules]
     if missing:
         raise KeyError(f"torch reference has no module {', '.join(missing)}")
-    rec = Recorder()
+    rec = Recorder(consume)
     handles = []
     for p in paths:
         for name in dict.fromkeys([p, *(tied or {}).get(p, ())]):
@@ -109,31 +124,16 @@ def torch_taps(model, paths, tied: dict | None = None):
 
 
 @contextmanager
-def mindspore_taps(net, paths):
+def mindspore_taps(net, paths, consume=None):
     """Forward hooks on MindSpore cells (PYNATIVE mode, where construct runs cell by cell)."""
     cells = dict(net.cells_and_names())
     missing = [p for p in paths if p not in cells]
     if missing:
         raise KeyError(f"MindSpore network has no cell {', '.join(missing)}")
-    rec = Recorder()
+    rec = Recorder(consume)
     handles = [cells[p].register_forward_hook(rec.hook(p)) for p in paths]
     try:
         yield rec
     finally:
         for h in handles:
             h.remove()
-
-
-def pair_records(torch_records, ms_records):
-    """Match the two call sequences by path and occurrence; a tap seen on one side only is reported."""
-    def keyed(records):
-        seen, out = {}, {}
-        for path, value in records:
-            k = seen.get(path, 0)
-            seen[path] = k + 1
-            out[path if k == 0 else f"{path}#{k}"] = value
-        return out
-
-    t, m = keyed(torch_records), keyed(ms_records)
-    order = list(t) + [k for k in m if k not in t]
-    return [(name, m.get(name), t.get(name)) for name in order]
