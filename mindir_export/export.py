@@ -126,23 +126,12 @@ def bucket_plan(found: dict[str, Path], spec: str) -> tuple[dict[str, tuple[int,
 # MindSpore plumbing
 
 @contextlib.contextmanager
-def graph_mode():
+def execution_mode(graph: bool):
+    """MindSpore's GRAPH (``graph=True``) or PYNATIVE mode for the block, restored afterwards."""
     import mindspore as ms
 
     previous = ms.get_context("mode")
-    ms.set_context(mode=ms.GRAPH_MODE)
-    try:
-        yield
-    finally:
-        ms.set_context(mode=previous)
-
-
-@contextlib.contextmanager
-def pynative_mode():
-    import mindspore as ms
-
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.PYNATIVE_MODE)
+    ms.set_context(mode=ms.GRAPH_MODE if graph else ms.PYNATIVE_MODE)
     try:
         yield
     finally:
@@ -157,7 +146,7 @@ def reference_mode(dtype: str):
     in GRAPH mode in this process. MindSpore's CPU fp16 kernels round differently in PyNative and graph mode
     (about 5e-4 relative on the tiny transformer, with or without export); the graph-mode run isolates what
     the export itself changes, which must be nothing (<= 1e-6)."""
-    return pynative_mode() if dtype == "fp32" else graph_mode()
+    return execution_mode(graph=dtype != "fp32")
 
 
 @contextlib.contextmanager
@@ -226,7 +215,7 @@ def fp16_finite(component: str, folder: Path, spec: ComponentSpec, mode: str) ->
     its outputs are finite."""
     net = load_network(component, folder, "fp16")
     cell = export_cell(component, net)
-    with pynative_mode():
+    with execution_mode(graph=False):
         for graph in spec.graphs:
             for case in graph.validation_cases(mode, spec.vae_scale):
                 out = run_cell(cell, sample_inputs(spec, case.inputs))
@@ -287,7 +276,7 @@ def export_component(spec: ComponentSpec, folder: Path, target: Path, opts: Expo
             where = entry["proxies"].get(i)
             path = target / entry["graph_file"] if where is None else written_path(where, graph.stem)
             arrays, eager = entry["references"][i]
-            with graph_mode():
+            with execution_mode(graph=True):
                 out = run_cell(_graph_cell(path), arrays)
             gc.collect()
             if where is not None:
@@ -314,7 +303,7 @@ def export_graph(cell, inputs, file_stem: Path, threshold: int | None) -> None:
     """``mindspore.export`` in GRAPH mode; -1 dims become ``None`` (a dynamic-shape input for Lite gears)."""
     import mindspore as ms
 
-    with graph_mode(), split_threshold(threshold):
+    with execution_mode(graph=True), split_threshold(threshold):
         dummies = [ms.Tensor(shape=[None if d == -1 else d for d in t.shape], dtype=_ms_dtype(t.dtype))
                    if -1 in t.shape else ms.Tensor(np.zeros(t.shape, NP_DTYPES[t.dtype])) for t in inputs]
         ms.export(cell, *dummies, file_name=str(file_stem), file_format="MINDIR")

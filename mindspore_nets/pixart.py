@@ -51,6 +51,12 @@ def sincos_pos_embed(dim: int, grid_h: int, grid_w: int, base_size: int, interpo
     return np.concatenate([axis_embed(ww), axis_embed(hh)], axis=1).astype(np.float32)
 
 
+def split_heads(x, heads: int, head_dim: int):
+    """(B, N, heads*head_dim) -> (B, heads, N, head_dim)."""
+    b, n, _ = x.shape
+    return x.reshape(b, n, heads, head_dim).swapaxes(1, 2)
+
+
 class PatchEmbed(nn.Cell):
     """Conv patchify plus the sin-cos position embedding of the actual token grid (added in fp32)."""
 
@@ -142,8 +148,7 @@ class SelfAttention(nn.Cell):
             self.sr_norm = LayerNorm(dim, eps=1e-5, dtype=dtype)
 
     def _heads(self, x):
-        b, n, _ = x.shape
-        return x.reshape(b, n, self.heads, self.head_dim).swapaxes(1, 2)
+        return split_heads(x, self.heads, self.head_dim)
 
     def _compress(self, x, h, w):
         b, n, c = x.shape
@@ -181,8 +186,7 @@ class CrossAttention(nn.Cell):
         self.to_out = nn.CellList([Linear(dim, dim, dtype=dtype)])
 
     def _heads(self, x):
-        b, n, _ = x.shape
-        return x.reshape(b, n, self.heads, self.head_dim).swapaxes(1, 2)
+        return split_heads(x, self.heads, self.head_dim)
 
     def construct(self, x, context, bias):
         b, n, c = x.shape
