@@ -76,7 +76,7 @@ def build_cases(component: str, config: dict, *, height=None, width=None, bucket
 def torch_forward(component: str, model, a: dict) -> np.ndarray:
     import torch
 
-    t = {k: torch.from_numpy(v) for k, v in a.items()}
+    t = {k: None if v is None else torch.from_numpy(v) for k, v in a.items()}
     with torch.no_grad():
         if component == "transformer":
             return model(t["hidden_states"], encoder_hidden_states=t["encoder_hidden_states"], timestep=t["timestep"],
@@ -93,8 +93,9 @@ def ms_forward(component: str, net, a: dict) -> np.ndarray:
     import mindspore as ms
 
     if component == "transformer":
+        mask = a["encoder_attention_mask"]
         out = net(ms.Tensor(a["hidden_states"]), ms.Tensor(a["timestep"]), ms.Tensor(a["encoder_hidden_states"]),
-                  ms.Tensor(a["encoder_attention_mask"]))
+                  None if mask is None else ms.Tensor(mask))
     elif component == "text_encoder":
         out = net(ms.Tensor(a["input_ids"], ms.int32), ms.Tensor(a["attention_mask"]))
     elif component == "vae_encoder":
@@ -119,19 +120,15 @@ def transformer_cases(seed: int = 1):
 
 
 def torch_transformer_output(model, x, t, y, mask):
-    import torch
-
-    with torch.no_grad():
-        mask = None if mask is None else torch.from_numpy(mask)
-        return model(torch.from_numpy(x), encoder_hidden_states=torch.from_numpy(y), timestep=torch.from_numpy(t),
-                     encoder_attention_mask=mask).sample.numpy()
+    return torch_forward("transformer", model, _transformer_arrays(x, t, y, mask))
 
 
 def ms_transformer_output(net, x, t, y, mask):
-    import mindspore as ms
+    return ms_forward("transformer", net, _transformer_arrays(x, t, y, mask))
 
-    out = net(ms.Tensor(x), ms.Tensor(t), ms.Tensor(y), None if mask is None else ms.Tensor(mask))
-    return out.astype(ms.float32).asnumpy()
+
+def _transformer_arrays(x, t, y, mask) -> dict:
+    return {"hidden_states": x, "timestep": t, "encoder_hidden_states": y, "encoder_attention_mask": mask}
 
 
 def t5_inputs(vocab_size: int, batch: int = 2, length: int = 12, short: int = 5, seed: int = 2):
@@ -146,17 +143,11 @@ def t5_inputs(vocab_size: int, batch: int = 2, length: int = 12, short: int = 5,
 
 
 def torch_t5_output(model, ids, mask):
-    import torch
-
-    with torch.no_grad():
-        return model(input_ids=torch.from_numpy(ids).long(),
-                     attention_mask=torch.from_numpy(mask).long()).last_hidden_state.float().numpy()
+    return torch_forward("text_encoder", model, {"input_ids": ids, "attention_mask": mask})
 
 
 def ms_t5_output(net, ids, mask):
-    import mindspore as ms
-
-    return net(ms.Tensor(ids, ms.int32), ms.Tensor(mask)).astype(ms.float32).asnumpy()
+    return ms_forward("text_encoder", net, {"input_ids": ids, "attention_mask": mask})
 
 
 def vae_inputs(config, size: int = 32, seed: int = 3):
@@ -170,16 +161,9 @@ def vae_inputs(config, size: int = 32, seed: int = 3):
 
 def torch_vae_outputs(model, image, latent):
     """(encoder moments after quant_conv, decoded image)."""
-    import torch
-
-    with torch.no_grad():
-        moments = model.encode(torch.from_numpy(image)).latent_dist.parameters.numpy()
-        decoded = model.decode(torch.from_numpy(latent)).sample.numpy()
-    return moments, decoded
+    return (torch_forward("vae_encoder", model, {"image": image}),
+            torch_forward("vae_decoder", model, {"latent": latent}))
 
 
 def ms_vae_outputs(net, image, latent):
-    import mindspore as ms
-
-    return (net.encode(ms.Tensor(image)).astype(ms.float32).asnumpy(),
-            net.decode(ms.Tensor(latent)).astype(ms.float32).asnumpy())
+    return ms_forward("vae_encoder", net, {"image": image}), ms_forward("vae_decoder", net, {"latent": latent})
