@@ -83,3 +83,27 @@ def load_reference(folder, source=None):
     if component == "text_encoder":
         model.tie_weights()
     return model.float().eval()
+
+
+# the inputs of each component's forward, in the order of the exported graphs' signatures
+FORWARD_INPUTS = {"transformer": ("hidden_states", "timestep", "encoder_hidden_states", "encoder_attention_mask"),
+                  "text_encoder": ("input_ids", "attention_mask"), "vae_encoder": ("image",),
+                  "vae_decoder": ("latent",)}
+
+
+def torch_forward(component: str, model, a: dict):
+    """One forward of a torch reference on numpy inputs named as in ``FORWARD_INPUTS`` -> fp32 numpy output.
+    Shared by the parity harness and export validation."""
+    import torch
+
+    t = {k: None if v is None else torch.from_numpy(v) for k, v in a.items()}
+    with torch.no_grad():
+        if component == "transformer":
+            return model(t["hidden_states"], encoder_hidden_states=t["encoder_hidden_states"], timestep=t["timestep"],
+                         encoder_attention_mask=t["encoder_attention_mask"]).sample.numpy()
+        if component == "text_encoder":
+            return model(input_ids=t["input_ids"].long(),
+                         attention_mask=t["attention_mask"].long()).last_hidden_state.float().numpy()
+        if component == "vae_encoder":
+            return model.encode(t["image"]).latent_dist.parameters.numpy()
+        return model.decode(t["latent"]).sample.numpy()

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.convert import atomic_folder, check_output
+from converters.detect import read_json
 from converters.errors import CheckFailed, SourceError
 from converters.manifest import MANIFEST, file_entry, file_sha256
 
@@ -60,13 +61,6 @@ class ExportOptions:
 
 # ----------------------------------------------------------------------------------------------------------------
 # what is there to export
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise SourceError(f"{path}: cannot read JSON ({exc})") from exc
-
 
 def source_folders(out: Path) -> dict[str, Path]:
     """Exportable component -> converted folder, for a converted pipeline or a single-component folder."""

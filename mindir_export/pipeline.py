@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.errors import ToolError
+from mindspore_nets.metrics import psnr as metrics_psnr
 
 from .runtime import BackendError, EagerRunner, Runner, open_graph, resolve_backend
 
@@ -257,6 +258,5 @@ def eager_pipeline(export_dir, converted_dir) -> OfflinePipeline:
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Peak signal-to-noise ratio of two uint8 images in dB (inf when identical)."""
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+    """PSNR in dB of two uint8 images."""
+    return metrics_psnr(a, b, peak=255.0)

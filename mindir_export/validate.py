@@ -45,22 +45,10 @@ def _describe(spec: TensorSpec) -> str:
 
 
 def torch_output(component: str, model, arrays: list[np.ndarray]) -> np.ndarray:
-    """The fp32 torch reference's output for the graph's inputs."""
-    import torch
+    """The fp32 torch reference's output for the graph's inputs (given in the graph's order)."""
+    from converters.references import FORWARD_INPUTS, torch_forward
 
-    tensors = [torch.from_numpy(a) for a in arrays]
-    with torch.no_grad():
-        if component == "transformer":
-            x, t, y, mask = tensors
-            return model(x, encoder_hidden_states=y, timestep=t, encoder_attention_mask=mask).sample.numpy()
-        if component == "text_encoder":
-            ids, mask = tensors
-            return model(input_ids=ids.long(), attention_mask=mask.long()).last_hidden_state.numpy()
-        if component == "vae_decoder":
-            return model.decode(tensors[0]).sample.numpy()
-        if component == "vae_encoder":
-            return model.encode(tensors[0]).latent_dist.parameters.numpy()
-    raise ValueError(component)
+    return torch_forward(component, model, dict(zip(FORWARD_INPUTS[component], arrays)))
 
 
 def check_output(graph_out: np.ndarray, expected: TensorSpec, eager: np.ndarray, reference: np.ndarray | None,

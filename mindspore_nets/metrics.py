@@ -41,5 +41,11 @@ def compare(a, b) -> dict:
     }
 
 
+def psnr(a, b, peak: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB of two images whose values span [0, peak] (inf when identical)."""
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if mse == 0 else float(10 * np.log10(peak**2 / mse))
+
+
 # default relative-L2 tolerances of a MindSpore computation against an fp32 torch reference, by MindSpore dtype
 TOLERANCES = {"fp32": 1e-5, "fp16": 5e-3, "bf16": 2e-2}

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from converters.references import torch_forward  # noqa: F401  (one forward per component, shared)
 from mindspore_nets.buckets import bucket_table
 
 COMPONENTS = ("transformer", "text_encoder", "vae_encoder", "vae_decoder")
@@ -71,22 +72,6 @@ def build_cases(component: str, config: dict, *, height=None, width=None, bucket
         z = rng.standard_normal((1, config["latent_channels"], hh // scale, ww // scale)).astype(np.float32)
         return [Case(f"{hh // scale}x{ww // scale} latent", {"latent": z})]
     raise ValueError(component)
-
-
-def torch_forward(component: str, model, a: dict) -> np.ndarray:
-    import torch
-
-    t = {k: None if v is None else torch.from_numpy(v) for k, v in a.items()}
-    with torch.no_grad():
-        if component == "transformer":
-            return model(t["hidden_states"], encoder_hidden_states=t["encoder_hidden_states"], timestep=t["timestep"],
-                         encoder_attention_mask=t["encoder_attention_mask"]).sample.numpy()
-        if component == "text_encoder":
-            return model(input_ids=t["input_ids"].long(),
-                         attention_mask=t["attention_mask"].long()).last_hidden_state.float().numpy()
-        if component == "vae_encoder":
-            return model.encode(t["image"]).latent_dist.parameters.numpy()
-        return model.decode(t["latent"]).sample.numpy()
 
 
 def ms_forward(component: str, net, a: dict) -> np.ndarray:

@@ -8,22 +8,15 @@ channels are dropped. Reported: per-step latent relative L2, final latent relati
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 
 from converters.references import load_reference
-from mindspore_nets.metrics import rel_l2
+from mindspore_nets.metrics import psnr, rel_l2
 from mindspore_nets.scheduler import DPMSolverMultistep
 
 SAMPLING_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2, "bf16": 1e-1}
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two images in [0, 1]."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
 def to_image(decoded: np.ndarray) -> np.ndarray:
