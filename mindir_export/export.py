@@ -32,6 +32,7 @@ import numpy as np
 
 from converters.convert import atomic_folder, check_output
 from converters.detect import read_json
+from mindspore_nets.loading import load_network
 from converters.errors import CheckFailed, SourceError
 from converters.manifest import MANIFEST, file_entry, file_sha256
 
@@ -170,14 +171,6 @@ def dynamic_position_embedding(net):
         yield
     finally:
         net.pos_embed = static
-
-
-def load_network(component: str, folder: Path, dtype: str):
-    from mindspore_nets import AutoencoderKL, PixArtTransformer2D, T5Encoder
-
-    cls = {"transformer": PixArtTransformer2D, "text_encoder": T5Encoder, "vae_decoder": AutoencoderKL,
-           "vae_encoder": AutoencoderKL}[component]
-    return cls.from_pretrained(folder, dtype=dtype)
 
 
 def run_cell(cell, arrays: list[np.ndarray]) -> np.ndarray:

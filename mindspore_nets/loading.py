@@ -110,3 +110,23 @@ class PretrainedMixin:
         net.extra_tensors = load_into(net, tensors, cls.EXTRA_TENSORS, where=str(path))
         net.set_train(False)
         return net
+
+
+# the network of each component that parity and export work on (the VAE serves its encoder and decoder)
+NETWORKS = {"transformer": "PixArtTransformer2D", "text_encoder": "T5Encoder", "vae_encoder": "AutoencoderKL",
+            "vae_decoder": "AutoencoderKL"}
+
+
+def load_network(component: str, folder, dtype: str):
+    """The converted ``folder``'s MindSpore network in ``dtype``. bf16 on CPU is storage only (no bf16 matmul
+    kernel): the weights are rounded to bf16 and the computation runs in fp32, which is what a bf16 checkpoint
+    means here."""
+    import mindspore_nets
+
+    cls = getattr(mindspore_nets, NETWORKS[component])
+    if dtype != "bf16" or ms.get_context("device_target") != "CPU":
+        return cls.from_pretrained(folder, dtype=dtype)
+    net = cls.from_pretrained(folder, dtype="fp32")
+    for _, param in net.parameters_and_names():
+        param.set_data(param.astype(ms.bfloat16).astype(ms.float32))
+    return net

@@ -14,28 +14,11 @@ import mindspore as ms
 
 from converters.keymaps import spec_for
 from converters.references import load_reference, read_manifest
+from mindspore_nets.loading import NETWORKS, load_network  # noqa: F401  (load_network: re-exported)
 from mindspore_nets.metrics import TOLERANCES, compare
 
 from .cases import COMPONENTS, FOLDERS, build_cases, ms_forward, torch_forward
 from .taps import mindspore_taps, tap_paths, tied_modules, torch_taps
-
-NETWORKS = {"transformer": "PixArtTransformer2D", "text_encoder": "T5Encoder", "vae_encoder": "AutoencoderKL",
-            "vae_decoder": "AutoencoderKL"}
-
-
-def load_network(component: str, folder: Path, dtype: str):
-    """The MindSpore network in ``dtype``. bf16 on CPU is storage only (no bf16 matmul kernel): the weights are
-    rounded to bf16 and the computation runs in fp32, which is what a bf16 checkpoint means here."""
-    import mindspore_nets
-
-    cls = getattr(mindspore_nets, NETWORKS[component])
-    if dtype != "bf16" or ms.get_context("device_target") != "CPU":
-        return cls.from_pretrained(folder, dtype=dtype)
-    net = cls.from_pretrained(folder, dtype="fp32")
-    for _, param in net.parameters_and_names():
-        param.set_data(param.astype(ms.bfloat16).astype(ms.float32))
-    return net
-
 
 def components_of(out: Path, requested=None) -> dict[str, Path]:
     """Parity component -> converted folder, for a pipeline folder or a single component folder."""
