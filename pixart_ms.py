@@ -1,10 +1,9 @@
 """The ``pixart-ms`` command: a click group of the packages' commands."""
 from __future__ import annotations
 
-import os
+from pixart_core.cli import quiet_mindspore
 
-# MindSpore logs every warning to stderr by default (GLOG_v=2); keep the CLI's output readable
-os.environ.setdefault("GLOG_v", "3")
+quiet_mindspore()  # before anything imports MindSpore
 
 import click  # noqa: E402
 

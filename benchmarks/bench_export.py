@@ -54,9 +54,7 @@ def generate(folder: Path) -> None:
 
 
 def export_cli() -> list[str]:
-    """``pixart-ms export`` once it is wired into the CLI, else the same command through its module."""
-    probe = subprocess.run(["pixart-ms", "export", "--help"], capture_output=True)
-    return ["pixart-ms", "export"] if probe.returncode == 0 else [sys.executable, "-m", "mindir_export.cli", "export"]
+    return ["pixart-ms", "export"]
 
 
 def free_gib() -> float:

@@ -2,18 +2,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 
-from .errors import CheckFailed, ToolError
-
-
-def fail(exc: ToolError):
-    """One clear line on stderr, and the exit code the error carries."""
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(exc.exit_code)
+from pixart_core import registry
+from pixart_core.cli import fail
+from pixart_core.errors import CheckFailed, ToolError
 
 
 def _human_bytes(n: int) -> str:
@@ -48,7 +43,7 @@ def print_summary(result: dict) -> None:
 @click.command("convert")
 @click.argument("src", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output folder.")
-@click.option("--component", type=click.Choice(["auto", "transformer", "text_encoder", "vae", "pipeline"]),
+@click.option("--component", type=click.Choice(["auto", *registry.COMPONENTS, "pipeline"]),
               default="auto", show_default=True)
 @click.option("--config", type=click.Path(path_type=Path, dir_okay=False),
               help="A diffusers/transformers config.json for the source (sizes the weights cannot tell).")

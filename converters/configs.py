@@ -1,41 +1,41 @@
 """The target config of a conversion: what the source folder says, what ``--config`` / ``--sample-size`` say, and
-what the weights themselves tell. Sigma's traps are fixed explicitly in what we write
-(``use_additional_conditions: false``, an explicit ``interpolation_scale``)."""
+what the weights themselves tell (a component's ``config_from_source`` hook in the registry). Sigma's traps are
+fixed explicitly in what we write (``use_additional_conditions: false``, an explicit ``interpolation_scale``)."""
 from __future__ import annotations
 
-from mindspore_nets.config import ConfigError
+from pixart_core import registry
+from pixart_core.errors import ConfigError, SourceError
 
-from .components import COMPONENTS
 from .detect import Job, read_json
-from .errors import SourceError
 
 PIXART_HEAD_DIM = 72  # every released PixArt (XL/2) uses 16 heads of 72
 
 
 def resolve_config(job: Job, config_path=None, sample_size: int | None = None):
     """(config object, config dict to write, notes for the summary)."""
-    component = COMPONENTS[job.component]
+    component = registry.component(job.component)
     notes: list[str] = []
     data = dict(job.source_config or {})
     if config_path is not None:
         data.update(read_json(config_path))
         notes.append(f"config from {config_path}")
-    if job.component == "transformer":
-        data = _pixart_config(job, data, sample_size, notes, given=bool(job.source_config or config_path))
+    if component.config_from_source:
+        data = registry.load(component.config_from_source)(job, data, sample_size, notes,
+                                                           given=bool(job.source_config or config_path))
     elif not data:
-        raise SourceError(f"{job.path}: a bare {job.component} weights file needs --config CONFIG.json")
+        raise SourceError(f"{job.path}: {component.needs_config}")
     try:
-        config = component.config_class.from_dict(data)
+        config = component.config_type().from_dict(data)
     except (ConfigError, TypeError) as exc:
         raise SourceError(f"{config_path or job.path}: {exc}") from exc
     written = {k: v for k, v in data.items() if not k.startswith("_")}
     written.update(config.to_dict())
-    if job.component in ("transformer", "vae"):
+    if component.writes_class_name:
         written = {"_class_name": component.class_name, **written}
     return config, written, notes
 
 
-def _pixart_config(job: Job, data: dict, sample_size, notes, given: bool) -> dict:
+def pixart_config(job: Job, data: dict, sample_size, notes, given: bool) -> dict:
     infos = job.source.infos
     if job.layout == "pixart_original" and not given:
         data.update(_pixart_shapes(job))

@@ -17,15 +17,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mindspore_nets.loading import parameter_table
+from pixart_core import dtypes, registry
+from pixart_core.components import PIPELINE_COPIED
+from pixart_core.errors import OutputError, PlanError, SourceError, ToolError
+from pixart_core.manifests import file_entry
+from pixart_core.stamps import versions
 
-from .components import COMPONENTS
 from .configs import resolve_config
 from .detect import Job, detect, is_pipeline, read_json
 from .engine import Plan, build_plan, stream_plan
-from .errors import OutputError, PlanError, SourceError, ToolError
 from .keymaps import spec_for
-from .manifest import FORMAT_VERSION, file_entry, tensor_rows, versions, write_manifest
+from .manifest import FORMAT_VERSION, tensor_rows, write_manifest
 from .writers import WRITERS
 
 
@@ -47,19 +49,12 @@ class ComponentResult:
             "folder": str(self.folder), "weights_file": self.weights_file,
             "tensors": len([t for t in plan.targets if not t.extra]),
             "extras": [t.name for t in plan.targets if t.extra],
-            "values": sum(_numel(t.shape) for t in plan.targets if not t.extra),
+            "values": sum(dtypes.numel(t.shape) for t in plan.targets if not t.extra),
             "bytes": plan.total_bytes,
             "dtypes": sorted({t.dtype for t in plan.targets}),
             "dropped": [{"key": k, "reason": r} for k, r in plan.dropped],
             "notes": self.notes,
         }
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 @dataclass
@@ -74,19 +69,20 @@ class Options:
 
 def plan_job(job: Job, opts: Options):
     """Config and checked plan for one component; raises PlanError listing every problem."""
+    from mindspore_nets.loading import parameter_table
+
     config, written, notes = resolve_config(job, opts.config, opts.sample_size)
-    component = COMPONENTS[job.component]
-    net = component.network_class()
+    component = registry.component(job.component)
     spec = spec_for(job.layout, keep_y_embedding=opts.keep_y_embedding)
-    table = {name: shape for name, (shape, _) in parameter_table(net, config).items()}
-    plan = build_plan(spec, job.source, table, net.EXTRA_TENSORS, opts.dtype)
+    table = {name: shape for name, (shape, _) in parameter_table(component.network_class(), config).items()}
+    plan = build_plan(spec, job.source, table, component.extras, opts.dtype, component.keep_fp32)
     plan.raise_if_problems()
     return config, written, notes, plan
 
 
 def write_component(job: Job, folder: Path, opts: Options, written: dict, notes: list[str], plan: Plan,
                     progress) -> ComponentResult:
-    component = COMPONENTS[job.component]
+    component = registry.component(job.component)
     folder.mkdir(parents=True)
     weights_name = f"{component.weights_stem}.{opts.fmt}"
     entries = [(t.name, t.dtype, t.shape) for t in plan.targets]
@@ -104,7 +100,7 @@ def write_component(job: Job, folder: Path, opts: Options, written: dict, notes:
         "format_version": FORMAT_VERSION,
         "component": job.component,
         "layout": plan.spec,
-        "versions": versions(),
+        "versions": versions("mindspore", "torch", "safetensors"),
         "source": {"path": str(job.path), "description": plan.source,
                    "files": [{"name": str(p), **file_entry(p)} for p in job.source.files]},
         "dtype_policy": opts.dtype,
@@ -185,10 +181,6 @@ def convert(src, out, component: str = "auto", opts: Options | None = None, over
     return {"output": str(out), "seconds": round(time.time() - started, 2), "components": [summary]}
 
 
-PIPELINE_NETWORKS = ("transformer", "text_encoder", "vae")
-PIPELINE_COPIED = ("tokenizer", "scheduler")
-
-
 def convert_pipeline(src: Path, out: Path, opts: Options, dry_run: bool, progress: bool, started: float) -> dict:
     """A diffusers PixArt-Sigma pipeline folder: the three networks converted, tokenizer and scheduler copied,
     ``model_index.json`` written; every component planned (and every problem reported) before any writing."""
@@ -197,11 +189,11 @@ def convert_pipeline(src: Path, out: Path, opts: Options, dry_run: bool, progres
     if opts.config is not None:
         raise SourceError(f"{src}: --config applies to one component; a pipeline's components carry their own")
     index = read_json(src / "model_index.json")
-    absent = [name for name in PIPELINE_NETWORKS + PIPELINE_COPIED if not (src / name).is_dir()]
+    absent = [name for name in tuple(registry.COMPONENTS) + PIPELINE_COPIED if not (src / name).is_dir()]
     if absent:
         raise SourceError(f"{src}: pipeline folder lacks {', '.join(absent)}/")
     planned, problems = {}, []
-    for name in PIPELINE_NETWORKS:
+    for name in tuple(registry.COMPONENTS):
         job = None
         try:
             job = detect(src / name, name, ema=opts.ema)

@@ -1,7 +1,7 @@
 """Find what a source path is: its layout, its component, its weight files and its config.
 
-A folder is recognized by its ``config.json`` (``_class_name`` for diffusers, ``model_type`` / ``architectures``
-for transformers) and its weight files; a single file by sentinel keys in its header, the way timm sniffs formats.
+A folder is recognized by its ``config.json`` (each layout's ``config_match`` in the registry) and its weight
+files; a single file by sentinel keys in its header, the way timm sniffs formats.
 """
 from __future__ import annotations
 
@@ -9,28 +9,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SourceError
-from .sources import SafetensorsSource, Source, TorchSource
+from pixart_core import registry
+from pixart_core.errors import SourceError
+
+from .sources import SafetensorsSource, Source, TorchSource, shard_files
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
-
-# weights files of a model folder, in order of preference: (file or index name, reader, sharded)
-FOLDER_WEIGHTS = {
-    "diffusers": ("diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.safetensors",
-                  "diffusion_pytorch_model.bin.index.json", "diffusion_pytorch_model.bin"),
-    "transformers": ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
-                     "pytorch_model.bin"),
-}
-
-# sentinel keys -> layout, checked in order against a bare weights file
-SENTINELS = (
-    ("pixart_original", ("x_embedder.proj.weight", "t_block.1.weight")),
-    ("pixart_diffusers", ("pos_embed.proj.weight", "adaln_single.linear.weight")),
-    ("t5_transformers", ("encoder.block.0.layer.0.SelfAttention.q.weight",)),
-    ("vae_diffusers", ("encoder.conv_in.weight", "decoder.conv_in.weight")),
-)
-LAYOUT_COMPONENT = {"pixart_original": "transformer", "pixart_diffusers": "transformer",
-                    "t5_transformers": "text_encoder", "vae_diffusers": "vae"}
 
 
 @dataclass
@@ -44,7 +28,7 @@ class Job:
 
     @property
     def component(self) -> str:
-        return LAYOUT_COMPONENT[self.layout]
+        return registry.LAYOUT_COMPONENT[self.layout]
 
 
 def read_json(path: Path) -> dict:
@@ -61,9 +45,7 @@ def open_weights(path: Path, ema: bool = False) -> Source:
     """A reader for one weights file or a ``*.index.json`` of shards."""
     path = Path(path)
     if path.name.endswith(".index.json"):
-        from .sources import _shard_files
-
-        shards = sorted(set(_shard_files(path).values()))
+        shards = sorted(set(shard_files(path).values()))
         if path.name.endswith(".safetensors.index.json"):
             return SafetensorsSource(shards, index=path)
         return TorchSource(shards, index=path, ema=ema)
@@ -75,32 +57,29 @@ def open_weights(path: Path, ema: bool = False) -> Source:
 
 
 def layout_of_config(config: dict, path: Path) -> str:
+    for layout in registry.LAYOUTS.values():
+        if layout.config_match is not None and layout.config_match(config):
+            return layout.name
     cls = config.get("_class_name", "")
-    archs = config.get("architectures") or []
-    if cls in ("PixArtTransformer2DModel", "Transformer2DModel"):
-        return "pixart_diffusers"
-    if cls == "AutoencoderKL":
-        return "vae_diffusers"
-    if config.get("model_type") == "t5" or any(a.startswith("T5") for a in archs):
-        return "t5_transformers"
     raise SourceError(f"{path}: unknown layout: config.json describes {cls or config.get('model_type') or 'nothing'}"
                       " (expected PixArtTransformer2DModel, AutoencoderKL or a T5 model)")
 
 
 def layout_of_keys(source: Source) -> str:
     keys = set(source.infos)
-    for layout, sentinels in SENTINELS:
-        if all(k in keys for k in sentinels):
-            return layout
+    for layout in registry.LAYOUTS.values():
+        if layout.sentinels and all(k in keys for k in layout.sentinels):
+            return layout.name
     sample = ", ".join(sorted(keys)[:5]) or "no tensors"
     raise SourceError(f"{source.description}: unknown layout: no PixArt, T5 or VAE sentinel keys (found {sample})")
 
 
-def folder_weights(folder: Path, kind: str) -> Path:
-    for name in FOLDER_WEIGHTS[kind]:
+def folder_weights(folder: Path, layout: str) -> Path:
+    names = registry.layout(layout).folder_weights
+    for name in names:
         if (folder / name).is_file():
             return folder / name
-    raise SourceError(f"{folder}: no weights file ({', '.join(FOLDER_WEIGHTS[kind])})")
+    raise SourceError(f"{folder}: no weights file ({', '.join(names)})")
 
 
 def detect(path, component: str = "auto", ema: bool = False) -> Job:
@@ -114,8 +93,7 @@ def detect(path, component: str = "auto", ema: bool = False) -> Job:
             raise SourceError(f"{path}: unknown layout: a folder without config.json or model_index.json")
         config = read_json(path / "config.json")
         layout = layout_of_config(config, path / "config.json")
-        kind = "transformers" if layout == "t5_transformers" else "diffusers"
-        job = Job(path, layout, open_weights(folder_weights(path, kind), ema=ema), config)
+        job = Job(path, layout, open_weights(folder_weights(path, layout), ema=ema), config)
     else:
         source = open_weights(path, ema=ema)
         job = Job(path, layout_of_keys(source), source, None)

@@ -3,38 +3,15 @@ written bytes), the files with their sizes and hashes, the source files, version
 ``verify_folder`` re-checks all of it against what is on disk."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
+from pixart_core.errors import SourceError
+from pixart_core.manifests import MANIFEST, file_sha256, read_manifest
+
 from .writers import hash_weights_file
 
-MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-
-
-def file_sha256(path: Path, chunk: int = 16 * 2**20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_entry(path: Path) -> dict:
-    return {"size": path.stat().st_size, "sha256": file_sha256(path)}
-
-
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("pixart-mindspore", "mindspore", "torch", "safetensors"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def tensor_rows(plan, digests: dict) -> list[dict]:
@@ -61,11 +38,10 @@ def verify_folder(folder) -> list[str]:
     """Problems found in one converted component folder (empty when it is intact). The weights file is read once:
     its whole-file hash and every tensor's hash come from the same pass."""
     folder = Path(folder)
-    path = folder / MANIFEST
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        return [f"{path}: unreadable manifest ({exc})"]
+        manifest = read_manifest(folder, "converted")
+    except SourceError as exc:
+        return [str(exc)]
     problems = []
     weights_name = manifest["weights_file"]
     weights = folder / weights_name
@@ -81,7 +57,7 @@ def verify_folder(folder) -> list[str]:
         return problems
     try:
         file_hash, _, tensors = hash_weights_file(weights)
-    except Exception as exc:  # a damaged file: report it rather than crash
+    except (OSError, ValueError, SourceError, KeyError, TypeError) as exc:  # a damaged file: report, not crash
         return problems + [f"{weights}: unreadable ({exc})"]
     if file_hash != manifest["files"][weights_name]["sha256"]:
         problems.append(f"{weights}: sha256 differs from the manifest")

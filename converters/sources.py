@@ -1,31 +1,28 @@
-"""Lazy readers of source checkpoints: names, shapes and dtypes from headers; bytes one tensor at a time.
+"""Lazy readers of source checkpoints: names, shapes and dtypes from headers; bytes one tensor at a time, as numpy
+arrays (bfloat16 through ``ml_dtypes``).
 
-Formats: safetensors (single file or sharded with an ``*.index.json``), torch pickles (``.pth`` / ``.bin``, single
-or sharded) read only through ``torch.load(weights_only=True, mmap=True)``, and in-memory dicts (round trips).
-Mapped pages count in the process's RSS, so readers re-open their files after ``REOPEN_BYTES`` have been read:
-peak memory stays at the largest tensor plus a constant whatever the checkpoint's size.
+Formats: safetensors (single file or sharded with an ``*.index.json``), parsed here with numpy only (no torch);
+torch pickles (``.pth`` / ``.bin``, single or sharded) read only through ``torch.load(weights_only=True, mmap=True)``;
+and in-memory dicts of numpy arrays or torch tensors (round trips, references). Mapped pages count in the process's
+RSS, so the torch reader re-opens its files after ``REOPEN_BYTES`` have been read: peak memory stays at the largest
+tensor plus a constant whatever the checkpoint's size.
 """
 from __future__ import annotations
 
 import json
 import pickle
+import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from .errors import SourceError
+from pixart_core import dtypes
+from pixart_core.errors import SourceError
 
 REOPEN_BYTES = 256 * 2**20
-
-TORCH_DTYPE_NAMES = {
-    torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64",
-    torch.int64: "int64", torch.int32: "int32", torch.int16: "int16", torch.int8: "int8", torch.uint8: "uint8",
-    torch.bool: "bool",
-}
-TORCH_DTYPES = {name: dtype for dtype, name in TORCH_DTYPE_NAMES.items()}
-FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
 
 
 @dataclass(frozen=True)
@@ -34,128 +31,220 @@ class TensorInfo:
     shape: tuple[int, ...]
     dtype: str
     file: Path | None
+    offset: int = 0  # safetensors: absolute byte offset of the data in ``file``
 
     @property
     def nbytes(self) -> int:
-        n = TORCH_DTYPES[self.dtype].itemsize
-        for d in self.shape:
-            n *= d
-        return n
+        return dtypes.nbytes(self.dtype, self.shape)
 
 
 class Source:
-    """Base: ``infos`` maps key -> TensorInfo; ``read(key)`` returns a contiguous CPU torch tensor."""
+    """Base: ``infos`` maps key -> TensorInfo; ``read(key)`` returns a contiguous numpy array."""
 
     files: list[Path]
     infos: dict[str, TensorInfo]
     description: str
 
-    def read(self, key: str) -> torch.Tensor:
+    def read(self, key: str) -> np.ndarray:
         raise NotImplementedError
 
-    def read_rows(self, key: str, start: int, stop: int) -> torch.Tensor:
+    def read_rows(self, key: str, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of a tensor (all of a 0-d one); readers that can, read only those bytes."""
         t = self.read(key)
-        return t[start:stop] if t.dim() else t
+        return t[start:stop] if t.ndim else t
 
     def close(self) -> None:
         pass
 
 
+def torch_to_numpy(tensor) -> np.ndarray:
+    """A contiguous CPU torch tensor as a numpy array sharing its memory (bfloat16 through an int16 view)."""
+    import torch
+
+    tensor = tensor.detach().contiguous()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(dtypes.numpy_dtype("bfloat16"))
+    return tensor.numpy()
+
+
+def numpy_to_torch(array: np.ndarray):
+    import torch
+
+    array = np.ascontiguousarray(array)
+    if array.dtype == dtypes.numpy_dtype("bfloat16"):
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
 class DictSource(Source):
-    def __init__(self, tensors: dict[str, torch.Tensor], description: str = "in-memory tensors"):
+    """In-memory tensors (numpy arrays, or torch tensors including meta ones for planning only)."""
+
+    def __init__(self, tensors: dict, description: str = "in-memory tensors"):
         self.tensors = tensors
         self.files = []
         self.description = description
-        self.infos = {k: TensorInfo(k, tuple(v.shape), TORCH_DTYPE_NAMES[v.dtype], None) for k, v in tensors.items()}
+        self.infos = {k: TensorInfo(k, tuple(v.shape), _dtype_name(v), None) for k, v in tensors.items()}
 
     def read(self, key):
-        return self.tensors[key].contiguous()
+        value = self.tensors[key]
+        return np.ascontiguousarray(value) if isinstance(value, np.ndarray) else torch_to_numpy(value)
 
 
-def _shard_files(index_path: Path) -> dict[str, Path]:
+def _dtype_name(value) -> str:
+    if isinstance(value, np.ndarray):
+        return dtypes.name_of_numpy(value.dtype)
+    name = dtypes.name_of_torch(value.dtype)
+    if name is None:
+        raise SourceError(f"unsupported dtype {value.dtype}")
+    return name
+
+
+def shard_files(index_path: Path) -> dict[str, Path]:
     """key -> shard path from a ``*.index.json`` whose shards must all exist."""
     try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        weight_map = json.loads(Path(index_path).read_text())["weight_map"]
+        files = {str(key): Path(index_path).parent / str(name) for key, name in weight_map.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise SourceError(f"{index_path}: not a readable shard index ({exc})") from exc
-    files = {key: index_path.parent / name for key, name in weight_map.items()}
-    missing = sorted({str(p.name) for p in files.values() if not p.is_file()})
+    missing = sorted({p.name for p in files.values() if not p.is_file()})
     if missing:
         raise SourceError(f"{index_path}: shard files missing: {', '.join(missing)}")
     return files
 
 
-class SafetensorsSource(Source):
-    def __init__(self, paths: list[Path], index: Path | None = None):
-        from safetensors import safe_open
+def check_index(index: Path, infos: dict[str, TensorInfo]) -> None:
+    """The index and the shards must agree on every key's file."""
+    expected = shard_files(index)
+    disagree = sorted(k for k in set(expected) | set(infos)
+                      if k not in infos or k not in expected or infos[k].file != expected[k])
+    if disagree:
+        raise SourceError(f"{index}: index and shards disagree on {len(disagree)} tensors, "
+                          f"e.g. {', '.join(disagree[:4])}")
 
-        self._safe_open = safe_open
+
+def add_info(infos: dict, info: TensorInfo) -> None:
+    if info.key in infos:
+        raise SourceError(f"{info.file}: tensor {info.key} also in {infos[info.key].file.name}")
+    infos[info.key] = info
+
+
+def _no_duplicates(pairs):
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"duplicate entry {key!r}")
+        seen[key] = value
+    return seen
+
+
+def read_safetensors_header(path: Path) -> tuple[dict, int]:
+    """(header, data start offset) of a safetensors file; every structural problem is a SourceError."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) != 8:
+                raise ValueError("shorter than its 8-byte header length")
+            (length,) = struct.unpack("<Q", head)
+            if length > min(MAX_HEADER, size - 8):
+                raise ValueError(f"header length {length} runs past the end of the file ({size} bytes)")
+            header = json.loads(f.read(length), object_pairs_hook=_no_duplicates)
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SourceError(f"{path}: not a readable safetensors file ({exc})") from exc
+    if not isinstance(header, dict):
+        raise SourceError(f"{path}: not a readable safetensors file (header is not a JSON object)")
+    return header, 8 + length
+
+
+def safetensors_infos(path: Path) -> dict[str, TensorInfo]:
+    """Every tensor of a safetensors file, with its dtype, shape and byte range checked against the file."""
+    header, start = read_safetensors_header(path)
+    data_size = Path(path).stat().st_size - start
+    infos, ranges = {}, []
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            code, shape, (begin, end) = entry["dtype"], tuple(int(d) for d in entry["shape"]), entry["data_offsets"]
+            begin, end = int(begin), int(end)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SourceError(f"{path}: tensor {key}: malformed header entry ({exc})") from None
+        dtype = dtypes.from_safetensors(code)
+        if dtype is None:
+            raise SourceError(f"{path}: tensor {key} has unsupported dtype {code}")
+        if any(d < 0 for d in shape) or not 0 <= begin <= end <= data_size:
+            raise SourceError(f"{path}: tensor {key}: byte range {begin}..{end} outside the data ({data_size} bytes)")
+        if end - begin != dtypes.nbytes(dtype, shape):
+            raise SourceError(f"{path}: tensor {key}: {end - begin} bytes for shape {list(shape)} {dtype} "
+                              f"({dtypes.nbytes(dtype, shape)} expected)")
+        ranges.append((begin, end, key))
+        infos[key] = TensorInfo(key, shape, dtype, Path(path), start + begin)
+    ranges.sort()
+    for (b1, e1, k1), (b2, e2, k2) in zip(ranges, ranges[1:]):
+        if b2 < e1:
+            raise SourceError(f"{path}: tensors {k1} and {k2} overlap in the file")
+    return infos
+
+
+class SafetensorsSource(Source):
+    """safetensors read with numpy alone: each tensor's byte range is read into a fresh array (no mapped pages
+    accumulate in RSS)."""
+
+    def __init__(self, paths: list[Path], index: Path | None = None):
         self.files = list(paths)
         self.description = str(index or paths[0])
         self.infos = {}
         for path in self.files:
-            try:
-                with safe_open(str(path), framework="pt") as f:
-                    for key in f.keys():
-                        sl = f.get_slice(key)
-                        dtype = _safetensors_dtype(sl.get_dtype(), path, key)
-                        if key in self.infos:
-                            raise SourceError(f"{path}: tensor {key} also in {self.infos[key].file.name}")
-                        self.infos[key] = TensorInfo(key, tuple(sl.get_shape()), dtype, path)
-            except SourceError:
-                raise
-            except Exception as exc:  # safetensors raises SafetensorError / OSError for damaged files
-                raise SourceError(f"{path}: not a readable safetensors file ({exc})") from exc
+            for info in safetensors_infos(path).values():
+                add_info(self.infos, info)
         if index is not None:
-            expected = _shard_files(index)
-            disagree = sorted(k for k in set(expected) | set(self.infos)
-                              if k not in self.infos or k not in expected or self.infos[k].file != expected[k])
-            if disagree:
-                raise SourceError(f"{index}: index and shards disagree on {len(disagree)} tensors, "
-                                  f"e.g. {', '.join(disagree[:4])}")
+            check_index(index, self.infos)
         self._open = {}
-        self._read_since_open = 0
+
+    def _handle(self, path: Path):
+        handle = self._open.get(path)
+        if handle is None:
+            handle = self._open[path] = open(path, "rb")
+        return handle
+
+    def _read_range(self, info: TensorInfo, offset: int, shape) -> np.ndarray:
+        out = np.empty(shape, dtypes.numpy_dtype(info.dtype))
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        try:
+            f = self._handle(info.file)
+            f.seek(offset)
+            got = f.readinto(view)
+        except OSError as exc:
+            raise SourceError(f"{info.file}: cannot read tensor {info.key} ({exc})") from exc
+        if got != len(view):
+            raise SourceError(f"{info.file}: truncated inside tensor {info.key}")
+        return out
 
     def read(self, key):
         info = self.infos[key]
-        if self._read_since_open > REOPEN_BYTES:
-            self.close()
-        handle = self._open.get(info.file)
-        if handle is None:
-            handle = self._open[info.file] = self._safe_open(str(info.file), framework="pt").__enter__()
-        self._read_since_open += info.nbytes
-        try:
-            return handle.get_tensor(key).contiguous()
-        except Exception as exc:
-            raise SourceError(f"{info.file}: cannot read tensor {key} ({exc})") from exc
+        return self._read_range(info, info.offset, info.shape)
 
     def read_rows(self, key, start, stop):
         info = self.infos[key]
         if not info.shape:
             return self.read(key)
-        with self._safe_open(str(info.file), framework="pt") as f:
-            return f.get_slice(key)[start:stop].contiguous()
+        stop = min(stop, info.shape[0])
+        row = dtypes.nbytes(info.dtype, info.shape[1:])
+        return self._read_range(info, info.offset + start * row, (stop - start, *info.shape[1:]))
 
     def close(self):
         for handle in self._open.values():
-            handle.__exit__(None, None, None)
+            handle.close()
         self._open = {}
-        self._read_since_open = 0
-
-
-_ST_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64",
-              "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
-
-
-def _safetensors_dtype(name: str, path: Path, key: str) -> str:
-    if name not in _ST_DTYPES:
-        raise SourceError(f"{path}: tensor {key} has unsupported dtype {name}")
-    return _ST_DTYPES[name]
 
 
 def _torch_load(path: Path) -> dict:
     """``torch.load`` restricted to tensors and containers, memory-mapped; every failure is a SourceError."""
+    import torch
+
     if not zipfile.is_zipfile(path):
         raise SourceError(f"{path}: not a torch zip checkpoint (truncated, or the legacy pre-1.6 format, "
                           "which cannot be memory-mapped; re-save it with a current torch)")
@@ -165,11 +254,11 @@ def _torch_load(path: Path) -> dict:
         first = str(exc).strip().splitlines()
         detail = next((line for line in first if "GLOBAL" in line or "Unsupported" in line), first[0] if first else "")
         raise SourceError(f"{path}: refused: the pickle asks for more than tensors ({detail.strip()})") from exc
-    except Exception as exc:
+    except Exception as exc:  # torch raises RuntimeError/KeyError/EOFError/zipfile errors for damaged archives
         raise SourceError(f"{path}: cannot read torch checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
-def select_state_dict(obj, path: Path, ema: bool) -> dict[str, torch.Tensor]:
+def select_state_dict(obj, path: Path, ema: bool) -> dict:
     """The weights inside a training checkpoint: ``state_dict`` (or the top level); with ``ema``,
     ``state_dict_ema`` or ``ema``."""
     if not isinstance(obj, dict):
@@ -187,6 +276,8 @@ def select_state_dict(obj, path: Path, ema: bool) -> dict[str, torch.Tensor]:
 
 class TorchSource(Source):
     def __init__(self, paths: list[Path], index: Path | None = None, ema: bool = False):
+        import torch
+
         self.files = list(paths)
         self.ema = ema
         self.description = str(index or paths[0])
@@ -196,19 +287,13 @@ class TorchSource(Source):
             for key, value in state.items():
                 if not isinstance(value, torch.Tensor):
                     raise SourceError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
-                if value.dtype not in TORCH_DTYPE_NAMES:
+                name = dtypes.name_of_torch(value.dtype)
+                if name is None:
                     raise SourceError(f"{path}: tensor {key} has unsupported dtype {value.dtype}")
-                if key in self.infos:
-                    raise SourceError(f"{path}: tensor {key} also in {self.infos[key].file.name}")
-                self.infos[key] = TensorInfo(key, tuple(value.shape), TORCH_DTYPE_NAMES[value.dtype], path)
+                add_info(self.infos, TensorInfo(key, tuple(value.shape), name, path))
             del state
         if index is not None:
-            expected = _shard_files(index)
-            disagree = sorted(k for k in set(expected) | set(self.infos)
-                              if k not in self.infos or k not in expected or self.infos[k].file != expected[k])
-            if disagree:
-                raise SourceError(f"{index}: index and shards disagree on {len(disagree)} tensors, "
-                                  f"e.g. {', '.join(disagree[:4])}")
+            check_index(index, self.infos)
         self._state = {}
         self._read_since_open = 0
 
@@ -224,7 +309,7 @@ class TorchSource(Source):
             state = self._state[info.file] = self._load(info.file)
         self._read_since_open += info.nbytes
         try:
-            return state[key].contiguous()
+            return torch_to_numpy(state[key])
         except Exception as exc:  # a truncated storage surfaces only when its pages are touched
             raise SourceError(f"{info.file}: cannot read tensor {key} ({exc})") from exc
 

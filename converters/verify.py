@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import SourceError
-from .manifest import MANIFEST, verify_folder
+from pixart_core.errors import SourceError
+from pixart_core.manifests import MANIFEST
+
+from .manifest import verify_folder
 
 
 def verify(folder) -> dict:

@@ -14,30 +14,17 @@ import struct
 from pathlib import Path
 
 import numpy as np
-import torch
 
-SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int64": "I64",
-                      "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
-CKPT_DTYPES = {"float32": "Float32", "float16": "Float16", "bfloat16": "BFloat16", "float64": "Float64",
-               "int64": "Int64", "int32": "Int32", "int16": "Int16", "int8": "Int8", "uint8": "UInt8", "bool": "Bool"}
+from pixart_core import dtypes
+
+from .sources import read_safetensors_header
+
 CKPT_CHUNK = 512 * 2**20
-ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int64": 8, "int32": 4, "int16": 2,
-            "int8": 1, "uint8": 1, "bool": 1}
 
 
-def tensor_bytes(t: torch.Tensor) -> np.ndarray:
-    """The raw bytes of a contiguous CPU tensor as a flat uint8 array (no copy; bf16 through an int16 view)."""
-    t = t.contiguous()
-    if t.dtype == torch.bfloat16:
-        t = t.view(torch.int16)
-    return t.numpy().reshape(-1).view(np.uint8)
-
-
-def nbytes(dtype: str, shape) -> int:
-    n = ITEMSIZE[dtype]
-    for d in shape:
-        n *= d
-    return n
+def tensor_bytes(array: np.ndarray) -> np.ndarray:
+    """The raw bytes of an array as a flat uint8 array (no copy when it is contiguous)."""
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
 
 
 class _Writer:
@@ -61,13 +48,13 @@ class _Writer:
     def file_sha256(self) -> str:
         return self._digest.hexdigest()
 
-    def write(self, name: str, tensor: torch.Tensor) -> str:
+    def write(self, name: str, array: np.ndarray) -> str:
         """Write the next tensor (they must come in header order); returns the sha256 of its bytes."""
-        data = tensor_bytes(tensor)
+        data = tensor_bytes(array)
         expected_name, dtype, shape = self.entries[self._next]
-        if name != expected_name or data.nbytes != nbytes(dtype, shape):
+        if name != expected_name or data.nbytes != dtypes.nbytes(dtype, shape):
             raise RuntimeError(f"writer got {name} ({data.nbytes} bytes), expected {expected_name} "
-                               f"({nbytes(dtype, shape)} bytes)")
+                               f"({dtypes.nbytes(dtype, shape)} bytes)")
         self._next += 1
         self._write(name, dtype, shape, data)
         return hashlib.sha256(data).hexdigest()
@@ -86,8 +73,8 @@ class SafetensorsWriter(_Writer):
         super().__init__(path, entries)
         header, offset = {}, 0
         for name, dtype, shape in entries:
-            size = nbytes(dtype, shape)
-            header[name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape),
+            size = dtypes.nbytes(dtype, shape)
+            header[name] = {"dtype": dtypes.get(dtype).safetensors, "shape": list(shape),
                             "data_offsets": [offset, offset + size]}
             offset += size
         if metadata:
@@ -115,22 +102,22 @@ class CkptWriter(_Writer):
             value = msg.value.add()
             value.tag = name
             value.tensor.dims.extend(list(shape) or [0])
-            value.tensor.tensor_type = CKPT_DTYPES[dtype]
+            value.tensor.tensor_type = dtypes.get(dtype).ckpt
             value.tensor.tensor_content = bytes(raw[start:start + CKPT_CHUNK])
             self._emit(msg.SerializeToString())
 
 
 class TensorDictWriter(_Writer):
-    """Collects the tensors in memory: for round trips and for building torch-layout state dicts."""
+    """Collects the arrays in memory: for round trips and for building torch-layout state dicts."""
 
     def __init__(self, entries):
         self.path = Path("<memory>")
         self.entries = entries
         self._next = 0
-        self.tensors: dict[str, torch.Tensor] = {}
+        self.tensors: dict[str, np.ndarray] = {}
 
     def _write(self, name, dtype, shape, data):
-        self.tensors[name] = _from_bytes(data, dtype, shape)
+        self.tensors[name] = data.copy().view(dtypes.numpy_dtype(dtype)).reshape(shape)
 
     def close(self):
         if self._next != len(self.entries):
@@ -140,39 +127,19 @@ class TensorDictWriter(_Writer):
         pass
 
 
-def _from_bytes(data: np.ndarray, dtype: str, shape) -> torch.Tensor:
-    from .sources import TORCH_DTYPES
-
-    if dtype == "bfloat16":
-        return torch.from_numpy(data.copy().view(np.int16)).view(torch.bfloat16).reshape(shape)
-    return torch.from_numpy(data.copy()).view(TORCH_DTYPES[dtype]).reshape(shape)
-
-
 WRITERS = {"safetensors": SafetensorsWriter, "ckpt": CkptWriter}
-
-
-def read_safetensors_header(path: Path) -> tuple[dict, int]:
-    """(header, data start offset) of a safetensors file."""
-    with open(path, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        return json.loads(f.read(size)), 8 + size
 
 
 def hash_weights_file(path: Path) -> tuple[str, int, list[tuple[str, str, tuple[int, ...], str]]]:
     """One sequential read of a weights file we wrote: (sha256 of the file, its size, and (name, dtype, shape,
-    sha256 of the tensor's bytes) for every tensor)."""
+    sha256 of the tensor's bytes) for every tensor). Raises ValueError for a damaged file."""
     path = Path(path)
     file_digest = hashlib.sha256()
     tensors = []
     if path.suffix == ".safetensors":
-        names = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+        header, start = read_safetensors_header(path)
         with open(path, "rb") as f:
-            head = f.read(8)
-            (size,) = struct.unpack("<Q", head)
-            raw = f.read(size)
-            file_digest.update(head)
-            file_digest.update(raw)
-            header = json.loads(raw)
+            file_digest.update(f.read(start))
             entries = sorted((e["data_offsets"], k, e) for k, e in header.items() if k != "__metadata__")
             position = 0
             for (begin, end), name, entry in entries:
@@ -187,18 +154,22 @@ def hash_weights_file(path: Path) -> tuple[str, int, list[tuple[str, str, tuple[
                     file_digest.update(chunk)
                     remaining -= len(chunk)
                 position = end
-                tensors.append((name, names[entry["dtype"]], tuple(entry["shape"]), digest.hexdigest()))
+                tensors.append((name, dtypes.from_safetensors(entry["dtype"]), tuple(entry["shape"]),
+                                digest.hexdigest()))
             while tail := f.read(64 * 2**20):
                 file_digest.update(tail)
         return file_digest.hexdigest(), path.stat().st_size, tensors
+    from google.protobuf.message import DecodeError
     from mindspore.train.checkpoint_pb2 import Checkpoint
 
     data = path.read_bytes()
     file_digest.update(data)
     msg = Checkpoint()
-    msg.ParseFromString(data)
+    try:
+        msg.ParseFromString(data)
+    except DecodeError as exc:
+        raise ValueError(f"{path}: not a readable MindSpore checkpoint ({exc})") from exc
     del data
-    names = {v: k for k, v in CKPT_DTYPES.items()}
     current, digest, meta = None, None, None
     for value in msg.value:
         if value.tag != current:
@@ -206,7 +177,7 @@ def hash_weights_file(path: Path) -> tuple[str, int, list[tuple[str, str, tuple[
                 tensors.append((current, meta[0], meta[1], digest.hexdigest()))
             current, digest = value.tag, hashlib.sha256()
             dims = tuple(value.tensor.dims)
-            meta = (names[value.tensor.tensor_type], () if dims == (0,) else dims)
+            meta = (dtypes.from_ckpt(value.tensor.tensor_type), () if dims == (0,) else dims)
         digest.update(value.tensor.tensor_content)
     if current is not None:
         tensors.append((current, meta[0], meta[1], digest.hexdigest()))

@@ -1,4 +1,4 @@
-"""``pixart-ms export`` and ``pixart-ms infer`` (also ``python -m mindir_export.cli export|infer ...``).
+"""``pixart-ms export`` and ``pixart-ms infer``.
 
 ``infer`` imports nothing that imports torch: only this package's runtime and pipeline, numpy, sentencepiece,
 Pillow, tqdm and MindSpore (or MindSpore Lite).
@@ -6,15 +6,15 @@ Pillow, tqdm and MindSpore (or MindSpore Lite).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-os.environ.setdefault("GLOG_v", "3")
+import click
 
-import click  # noqa: E402
+from pixart_core import registry
+from pixart_core.cli import component_option, fail, split_names
+from pixart_core.errors import ToolError, UsageError
 
-from converters.cli import fail  # noqa: E402  (torch-free: click and the error classes only)
-from converters.errors import SourceError, ToolError  # noqa: E402
+CHOICES = [*registry.VIEWS, "vae"]
 
 
 def _precision_modes(values: tuple[str, ...]) -> dict:
@@ -22,7 +22,7 @@ def _precision_modes(values: tuple[str, ...]) -> dict:
     for value in values:
         component, sep, mode = value.partition("=")
         if not sep:
-            raise SourceError(f"--precision-mode {value!r}: expected COMPONENT=MODE, e.g. transformer=enforce_origin")
+            raise UsageError(f"--precision-mode {value!r}: expected COMPONENT=MODE, e.g. transformer=enforce_origin")
         modes[component.strip()] = mode.strip()
     return modes
 
@@ -31,8 +31,8 @@ def _precision_modes(values: tuple[str, ...]) -> dict:
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "export_dir", required=True, type=click.Path(path_type=Path),
               help="Export folder to create.")
-@click.option("--components", default="", help="Comma-separated: transformer,text_encoder,vae_decoder,vae_encoder "
-              "(default: every component present).")
+@component_option(CHOICES, "Graphs to export (default: every component present; vae = its decoder and encoder).",
+                  aliases=("--components",))
 @click.option("--buckets", default="square", show_default=True,
               help="Aspect-ratio buckets of the model's table: square, all, or ratios such as 1.0,0.57.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Images per call (transformer B = 2N).")
@@ -53,7 +53,7 @@ def _precision_modes(values: tuple[str, ...]) -> dict:
               help="Bytes above which MindSpore splits weights out (testing; MindSpore's is 1 GiB).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export folder.")
 @click.option("--json", "as_json", is_flag=True, help="The manifest on stdout.")
-def export_command(out, export_dir, components, buckets, batch, dtype, text_encoder_dtype, gears, max_length,
+def export_command(out, export_dir, component, buckets, batch, dtype, text_encoder_dtype, gears, max_length,
                    precision_modes, no_torch_reference, validation, split_threshold, overwrite, as_json):
     """Export a converted folder to validated MindIR graphs for MindSpore Lite."""
     from .export import export_pipeline
@@ -63,7 +63,7 @@ def export_command(out, export_dir, components, buckets, batch, dtype, text_enco
 
     try:
         manifest = export_pipeline(
-            out, export_dir, log=log, components=[c.strip() for c in components.split(",") if c.strip()] or None,
+            out, export_dir, log=log, components=split_names(component, CHOICES) or None,
             buckets=buckets, batch=batch, dtype=dtype, text_encoder_dtype=text_encoder_dtype, gears=gears,
             max_length=max_length, overwrite=overwrite, torch_reference=not no_torch_reference,
             precision_modes=_precision_modes(precision_modes), split_threshold=split_threshold,
@@ -101,7 +101,7 @@ def infer_command(export_dir, prompt, image_path, negative_prompt, height, width
     try:
         chosen = resolve_backend(backend)
     except BackendError as exc:
-        fail(SourceError(str(exc)))
+        fail(UsageError(str(exc)))
     click.echo(f"backend: {'MindSpore Lite' if chosen == 'lite' else 'MindSpore GraphCell'}", err=True)
     try:
         result = infer(export_dir, prompt, image_path, negative_prompt=negative_prompt, height=height, width=width,
@@ -114,15 +114,3 @@ def infer_command(export_dir, prompt, image_path, negative_prompt, height, width
         click.echo(f"backend used: {', '.join(result['backend'])}")
         click.echo(f"wrote {', '.join(result['images'])} ({result['height']}x{result['width']}, bucket "
                    f"{result['bucket']}, {steps} steps, guidance {guidance}, seed {seed})")
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main():
-    """MindIR export and offline inference."""
-
-
-main.add_command(export_command)
-main.add_command(infer_command)
-
-if __name__ == "__main__":
-    main()

@@ -32,16 +32,20 @@ import numpy as np
 
 from converters.convert import atomic_folder, check_output
 from converters.detect import read_json
-from mindspore_nets.loading import load_network
-from converters.errors import CheckFailed, SourceError
-from converters.manifest import MANIFEST, file_entry, file_sha256
+from mindspore_nets.loading import load_network, run_cell
+from pixart_core import dtypes, registry
+from pixart_core.components import PIPELINE_COPIED
+from pixart_core.components.vae import scale_factor
+from pixart_core.errors import CheckFailed, SourceError, UsageError
+from pixart_core.inputs import sample_inputs
+from pixart_core.manifests import EXPORT_KIND, MANIFEST, file_entry, file_sha256, read_manifest
+from pixart_core.stamps import versions
 
 from . import lite
-from .specs import (COMPONENTS, COMPUTE_DTYPE_NAMES, DEFAULT_MAX_LENGTH, NP_DTYPES, SOURCE_FOLDER, ComponentSpec,
-                    GraphSpec, build_component, export_buckets, export_cell, sample_inputs, select_buckets, vae_scale_factor)
+from .specs import (DEFAULT_MAX_LENGTH, EXPORT_DTYPES, ComponentSpec, GraphSpec, build_component, export_buckets,
+                    select_buckets)
 
 FORMAT_VERSION = 1
-COPIED = ("tokenizer", "scheduler")
 
 
 @dataclass
@@ -69,15 +73,15 @@ def source_folders(out: Path) -> dict[str, Path]:
     if not out.is_dir():
         raise SourceError(f"{out}: not a folder")
     if (out / "model_index.json").is_file():
-        found = {name: out / folder for name, folder in SOURCE_FOLDER.items()
-                 if (out / folder / "config.json").is_file()}
+        found = {v.name: out / v.component for v in registry.VIEWS.values()
+                 if (out / v.component / "config.json").is_file()}
         unconverted = sorted({f.name for f in found.values() if not (f / MANIFEST).is_file()})
         if unconverted:
             raise SourceError(f"{out}: {', '.join(unconverted)} not converted (no {MANIFEST}); run "
                               "`pixart-ms convert` first")
     elif (out / MANIFEST).is_file():
-        component = read_json(out / MANIFEST).get("component")
-        found = {name: out for name, folder in SOURCE_FOLDER.items() if folder == component}
+        component = read_manifest(out, "converted")["component"]
+        found = {v.name: out for v in registry.VIEWS.values() if v.component == component}
     else:
         raise SourceError(f"{out}: neither a converted pipeline (model_index.json) nor a converted component "
                           f"({MANIFEST}); run `pixart-ms convert` first")
@@ -88,21 +92,19 @@ def source_folders(out: Path) -> dict[str, Path]:
 
 def choose_components(found: dict[str, Path], requested: list[str] | None, out: Path) -> list[str]:
     if not requested:
-        return [c for c in COMPONENTS if c in found]
-    unknown = [c for c in requested if c not in COMPONENTS]
-    if unknown:
-        raise SourceError(f"unknown component(s) {', '.join(unknown)}; choose from {', '.join(COMPONENTS)}")
+        return [c for c in registry.VIEWS if c in found]
+    requested = registry.views_of(requested)
     missing = [c for c in requested if c not in found]
     if missing:
         raise SourceError(f"{out}: no converted folder for {', '.join(missing)} "
-                          f"(looked for {', '.join(sorted({SOURCE_FOLDER[c] + '/' for c in missing}))})")
-    return [c for c in COMPONENTS if c in requested]
+                          f"(looked for {', '.join(sorted({registry.view(c).component + '/' for c in missing}))})")
+    return requested
 
 
 def bucket_plan(found: dict[str, Path], spec: str) -> tuple[dict[str, tuple[int, int]], int, str]:
     """(chosen bucket -> pixel size, VAE scale factor, how the table was chosen)."""
     vae_config = read_json(found["vae_decoder"] / "config.json") if "vae_decoder" in found else None
-    scale = vae_scale_factor(vae_config)
+    scale = scale_factor(vae_config)
     if "transformer" in found:
         tconfig = read_json(found["transformer"] / "config.json")
     elif vae_config:  # a lone VAE: its pixel sample_size, whole latents
@@ -113,7 +115,7 @@ def bucket_plan(found: dict[str, Path], spec: str) -> tuple[dict[str, tuple[int,
     try:
         keys = select_buckets(spec, table)
     except ValueError as exc:
-        raise SourceError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     return {k: table[k] for k in keys}, scale, how
 
 
@@ -173,17 +175,6 @@ def dynamic_position_embedding(net):
         net.pos_embed = static
 
 
-def run_cell(cell, arrays: list[np.ndarray]) -> np.ndarray:
-    import mindspore as ms
-
-    out = cell(*[ms.Tensor(a) for a in arrays])
-    if isinstance(out, (tuple, list)):
-        if len(out) != 1:
-            raise CheckFailed(f"graph returned {len(out)} outputs, expected 1")
-        out = out[0]
-    return out.asnumpy()
-
-
 def written_files(folder: Path, stem: str) -> tuple[str, list[Path], bool]:
     """(graph file to load, every file of the graph, split) after ``mindspore.export`` wrote ``stem``."""
     single, graph, variables = folder / f"{stem}.mindir", folder / f"{stem}_graph.mindir", folder / f"{stem}_variables"
@@ -201,11 +192,11 @@ def fp16_finite(component: str, folder: Path, spec: ComponentSpec, mode: str) ->
     """Run the fp16 eager network on every graph's validation inputs: the VAE is exported in fp16 only if all of
     its outputs are finite."""
     net = load_network(component, folder, "fp16")
-    cell = export_cell(component, net)
+    cell = registry.view(component).cell(net)
     with execution_mode(graph=False):
         for graph in spec.graphs:
             for case in graph.validation_cases(mode, spec.vae_scale):
-                out = run_cell(cell, sample_inputs(spec, case.inputs))
+                out = run_cell(cell, sample_inputs(case.inputs, spec.config))
                 bad = int((~np.isfinite(out.astype(np.float64))).sum())
                 if bad:
                     return False, f"{graph.stem} ({case.label}): {bad} non-finite values in fp16"
@@ -218,7 +209,7 @@ def export_component(spec: ComponentSpec, folder: Path, target: Path, opts: Expo
 
     target.mkdir(parents=True)
     net = load_network(spec.name, folder, spec.dtype)
-    cell = export_cell(spec.name, net)
+    cell = registry.view(spec.name).cell(net)
     entries = []
     for graph in spec.graphs:
         cases = graph.validation_cases(opts.validation, spec.vae_scale)
@@ -226,7 +217,7 @@ def export_component(spec: ComponentSpec, folder: Path, target: Path, opts: Expo
             with reference_mode(spec.dtype):  # the in-process MindSpore reference of every case
                 references = []
                 for case in cases:
-                    arrays = sample_inputs(spec, case.inputs)
+                    arrays = sample_inputs(case.inputs, spec.config)
                     references.append((arrays, run_cell(cell, arrays)))
             started = time.time()
             export_graph(cell, graph.inputs, target / graph.stem, opts.split_threshold)
@@ -291,8 +282,8 @@ def export_graph(cell, inputs, file_stem: Path, threshold: int | None) -> None:
     import mindspore as ms
 
     with execution_mode(graph=True), split_threshold(threshold):
-        dummies = [ms.Tensor(shape=[None if d == -1 else d for d in t.shape], dtype=_ms_dtype(t.dtype))
-                   if -1 in t.shape else ms.Tensor(np.zeros(t.shape, NP_DTYPES[t.dtype])) for t in inputs]
+        dummies = [ms.Tensor(shape=[None if d == -1 else d for d in t.shape], dtype=dtypes.ms_dtype(t.dtype))
+                   if -1 in t.shape else ms.Tensor(np.zeros(t.shape, dtypes.numpy_dtype(t.dtype))) for t in inputs]
         ms.export(cell, *dummies, file_name=str(file_stem), file_format="MINDIR")
 
 
@@ -305,12 +296,6 @@ def _graph_cell(path: Path):
     from mindspore import nn
 
     return nn.GraphCell(ms.load(str(path)))
-
-
-def _ms_dtype(name: str):
-    import mindspore as ms
-
-    return {"float32": ms.float32, "float16": ms.float16, "int32": ms.int32}[name]
 
 
 def _torch_reference(folder: Path):
@@ -376,26 +361,26 @@ def export_pipeline(out_dir, export_dir, log=print, **options) -> dict:
     started = time.time()
     check_output(out, export_dir, opts.overwrite)
     if opts.batch < 1 or opts.max_length < 1:
-        raise SourceError(f"--batch and --max-length must be positive (got {opts.batch}, {opts.max_length})")
+        raise UsageError(f"--batch and --max-length must be positive (got {opts.batch}, {opts.max_length})")
     if opts.validation not in ("full", "proxy"):
-        raise SourceError(f"--validation {opts.validation!r}: choose full or proxy")
+        raise UsageError(f"--validation {opts.validation!r}: choose full or proxy")
     for name, value in (("--dtype", opts.dtype), ("--text-encoder-dtype", opts.text_encoder_dtype)):
-        if value not in COMPUTE_DTYPE_NAMES:
-            raise SourceError(f"{name} {value!r}: choose fp32 or fp16 (bf16 has no kernels on 910A/310P)")
+        if value not in EXPORT_DTYPES:
+            raise UsageError(f"{name} {value!r}: choose fp32 or fp16 (bf16 has no kernels on 910A/310P)")
     found = source_folders(out)
     components = choose_components(found, opts.components, out)
     buckets, vae_scale, bucket_source = bucket_plan(found, opts.buckets)
     unknown_modes = sorted(set(opts.precision_modes) - set(components))
     if unknown_modes:
-        raise SourceError(f"precision mode given for component(s) not exported: {', '.join(unknown_modes)}")
+        raise UsageError(f"precision mode given for component(s) not exported: {', '.join(unknown_modes)}")
     bad_modes = {c: m for c, m in opts.precision_modes.items() if m not in lite.PRECISION_MODES}
     if bad_modes:
-        raise SourceError(f"unknown Lite precision_mode(s) {bad_modes}; choose from {', '.join(lite.PRECISION_MODES)}")
+        raise UsageError(f"unknown Lite precision_mode(s) {bad_modes}; choose from {', '.join(lite.PRECISION_MODES)}")
 
     configs = {c: read_json(found[c] / "config.json") for c in components}
     if "transformer" in components and opts.gears and len({(h // vae_scale, w // vae_scale)
                                                            for h, w in buckets.values()}) > 100:
-        raise SourceError("Lite supports at most 100 gears; choose fewer buckets")
+        raise UsageError("Lite supports at most 100 gears; choose fewer buckets")
     notes = []
     specs = []
     for name in components:
@@ -407,7 +392,7 @@ def export_pipeline(out_dir, export_dir, log=print, **options) -> dict:
             if d_model != configs[name]["caption_channels"]:
                 raise SourceError(f"{out}: text encoder d_model {d_model} != transformer caption_channels "
                                   f"{configs[name]['caption_channels']}")
-        if name.startswith("vae") and dtype == "fp16":
+        if registry.view(name).fp16_needs_check and dtype == "fp16":
             ok, why = fp16_finite(name, found[name], spec, opts.validation)
             if not ok:
                 notes.append(f"{name}: fp16 refused ({why}); exported in fp32")
@@ -427,7 +412,7 @@ def export_pipeline(out_dir, export_dir, log=print, **options) -> dict:
             for graph in spec.graphs:
                 lite.write_config(tmp / spec.name / f"{graph.stem}.cfg", graph, spec.precision_mode)
         copied = []
-        for name in COPIED:
+        for name in PIPELINE_COPIED:
             if (out / name).is_dir():
                 shutil.copytree(out / name, tmp / name)
                 copied.append(name)
@@ -436,8 +421,8 @@ def export_pipeline(out_dir, export_dir, log=print, **options) -> dict:
         lite.write_convert_script(tmp / lite.SCRIPT, specs)
         manifest = {
             "format_version": FORMAT_VERSION,
-            "kind": "pixart-mindspore MindIR export",
-            "versions": _versions(),
+            "kind": EXPORT_KIND,
+            "versions": versions("mindspore", "numpy"),
             "source": {"path": str(out.resolve()), "manifests": _source_manifests(out, found, components)},
             "options": {"components": components, "buckets": opts.buckets, "batch": opts.batch, "dtype": opts.dtype,
                         "text_encoder_dtype": opts.text_encoder_dtype, "gears": opts.gears,
@@ -456,22 +441,10 @@ def export_pipeline(out_dir, export_dir, log=print, **options) -> dict:
     return manifest
 
 
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("pixart-mindspore", "mindspore", "numpy"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def _source_manifests(out: Path, found: dict[str, Path], components: list[str]) -> dict:
     hashes = {}
-    for name in sorted({SOURCE_FOLDER[c] for c in components}):
-        folder = found[next(c for c in components if SOURCE_FOLDER[c] == name)]
+    for name in sorted({registry.view(c).component for c in components}):
+        folder = found[next(c for c in components if registry.view(c).component == name)]
         path = folder / MANIFEST
         hashes[name] = {"manifest_sha256": file_sha256(path) if path.is_file() else None}
     if (out / "model_index.json").is_file():

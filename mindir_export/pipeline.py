@@ -16,33 +16,22 @@ The bucket (graph) is chosen by ``--height/--width``, which must be one of the e
 """
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from converters.errors import ToolError
 from mindspore_nets.metrics import psnr as metrics_psnr
+from pixart_core import registry
+from pixart_core.errors import ToolError
+from pixart_core.manifests import read_manifest
 
 from .runtime import BackendError, EagerRunner, Runner, open_graph, resolve_backend
-
-MANIFEST = "manifest.json"
 
 
 class InferError(ToolError):
     """An export folder that cannot serve the request (missing component, size, tokenizer): exit 2."""
-
-
-def read_manifest(export_dir: Path) -> dict:
-    path = Path(export_dir) / MANIFEST
-    if not path.is_file():
-        raise InferError(f"{export_dir}: no {MANIFEST}; not an export folder (run `pixart-ms export`)")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise InferError(f"{path}: unreadable ({exc})") from exc
 
 
 class T5Tokens:
@@ -86,7 +75,7 @@ class OfflinePipeline:
 
     def __init__(self, export_dir, backend: str = "auto", runners: dict[str, Runner] | None = None):
         self.dir = Path(export_dir)
-        self.manifest = read_manifest(self.dir)
+        self.manifest = read_manifest(self.dir, "export")
         self.p = self.manifest["pipeline"]
         self.backend = backend
         self.overrides = dict(runners or {})
@@ -243,18 +232,16 @@ def infer(export_dir, prompt: str, image_path, negative_prompt: str = "", height
 def eager_pipeline(export_dir, converted_dir) -> OfflinePipeline:
     """The offline loop with the eager MindSpore networks of a converted pipeline folder (each in the dtype the
     export recorded) as executors instead of the graphs."""
-    from mindspore_nets import AutoencoderKL, PixArtTransformer2D, T5Encoder
+    from mindspore_nets.loading import load_network
 
-    manifest = read_manifest(export_dir)
-    dtypes = {name: entry["dtype"] for name, entry in manifest["components"].items()}
+    manifest = read_manifest(export_dir, "export")
     converted_dir = Path(converted_dir)
-    transformer = PixArtTransformer2D.from_pretrained(converted_dir / "transformer",
-                                                      dtype=dtypes.get("transformer", "fp32"))
-    t5 = T5Encoder.from_pretrained(converted_dir / "text_encoder", dtype=dtypes.get("text_encoder", "fp32"))
-    vae = AutoencoderKL.from_pretrained(converted_dir / "vae", dtype=dtypes.get("vae_decoder", "fp32"))
-    return OfflinePipeline(export_dir, runners={"transformer": EagerRunner(transformer),
-                                                "text_encoder": EagerRunner(t5),
-                                                "vae_decoder": EagerRunner(vae.decoder_cell())})
+    runners = {}
+    for name in ("transformer", "text_encoder", "vae_decoder"):
+        view = registry.view(name)
+        dtype = manifest["components"].get(name, {}).get("dtype", "fp32")
+        runners[name] = EagerRunner(view.cell(load_network(name, converted_dir / view.component, dtype)))
+    return OfflinePipeline(export_dir, runners=runners)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

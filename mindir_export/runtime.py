@@ -102,11 +102,9 @@ class EagerRunner(Runner):
 
 
 def _run_ms(cell, arrays) -> list[np.ndarray]:
-    import mindspore as ms
+    from mindspore_nets.loading import run_cell
 
-    out = cell(*[ms.Tensor(a) for a in arrays])
-    outs = out if isinstance(out, (tuple, list)) else [out]
-    return [o.asnumpy() for o in outs]
+    return [run_cell(cell, list(arrays))]
 
 
 def open_graph(path, backend: str = "auto", target: str | None = None) -> Runner:

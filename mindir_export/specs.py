@@ -18,7 +18,6 @@ runtime feeds numpy fp32. Outputs come in the compute dtype.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import mindspore as ms
@@ -26,25 +25,12 @@ import numpy as np
 from mindspore import nn, ops
 
 from mindspore_nets.buckets import ASPECT_RATIO_1024_BIN, SAMPLE_SIZE_TO_RESOLUTION, bucket_table
+from pixart_core import dtypes, registry
+from pixart_core.registry import TensorSpec
 
-COMPONENTS = ("transformer", "text_encoder", "vae_decoder", "vae_encoder")
-# converted folder each exported component is built from
-SOURCE_FOLDER = {"transformer": "transformer", "text_encoder": "text_encoder", "vae_decoder": "vae",
-                 "vae_encoder": "vae"}
-NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32}
-COMPUTE_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16"}
+EXPORT_DTYPES = ("fp32", "fp16")  # bf16 has no kernels on 910A/310P
 EAGER_TOLERANCE = 1e-6  # GraphCell vs the eager MindSpore network of the same dtype (relative L2)
 DEFAULT_MAX_LENGTH = 300
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    shape: tuple[int, ...]  # -1 marks a dimension that varies between Lite gears
-    dtype: str  # "float32" | "float16" | "int32"
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
 
 @dataclass
@@ -135,13 +121,6 @@ def _fill(specs: list[TensorSpec], gear) -> list[TensorSpec]:
 # ----------------------------------------------------------------------------------------------------------------
 # buckets
 
-def vae_scale_factor(vae_config: dict | None) -> int:
-    """diffusers' ``2 ** (len(block_out_channels) - 1)`` (8 for the SDXL VAE; 8 when no VAE config is at hand)."""
-    if not vae_config:
-        return 8
-    return 2 ** (len(vae_config["block_out_channels"]) - 1)
-
-
 def export_buckets(transformer_config: dict, vae_scale: int) -> tuple[dict[str, tuple[int, int]], str]:
     """(ratio -> (height, width) in pixels, how the table was chosen) for a transformer and VAE.
 
@@ -181,43 +160,7 @@ def select_buckets(spec: str, table: dict[str, tuple[int, int]]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# the exported Cells (names of construct's parameters become the graph's input names)
-
-class TransformerGraph(nn.Cell):
-    def __init__(self, net):
-        super().__init__(auto_prefix=False)
-        self.net = net
-
-    def construct(self, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask):
-        return self.net(hidden_states, timestep, encoder_hidden_states, encoder_attention_mask)
-
-
-class TextEncoderGraph(nn.Cell):
-    def __init__(self, net):
-        super().__init__(auto_prefix=False)
-        self.net = net
-
-    def construct(self, input_ids, attention_mask):
-        return self.net(input_ids, attention_mask)
-
-
-class VAEDecoderGraph(nn.Cell):
-    def __init__(self, vae):
-        super().__init__(auto_prefix=False)
-        self.cell = vae.decoder_cell()
-
-    def construct(self, latent):
-        return self.cell(latent)
-
-
-class VAEEncoderGraph(nn.Cell):
-    def __init__(self, vae):
-        super().__init__(auto_prefix=False)
-        self.cell = vae.encoder_cell()
-
-    def construct(self, image):
-        return self.cell(image)
-
+# the in-graph position embedding of a gears graph
 
 class DynamicPatchEmbed(nn.Cell):
     """The transformer's patch embedding with the sin-cos position embedding computed in the graph from the
@@ -261,7 +204,7 @@ class DynamicPatchEmbed(nn.Cell):
 
 @dataclass
 class ComponentSpec:
-    name: str
+    name: str  # the view
     config: dict  # the converted folder's config.json
     dtype: str  # "fp32" | "fp16": compute dtype of the exported graph
     precision_mode: str  # Lite [ascend_context] precision_mode
@@ -272,62 +215,39 @@ class ComponentSpec:
 
     @property
     def out_dtype(self) -> str:
-        return COMPUTE_DTYPE_NAMES[self.dtype]
+        return dtypes.canonical(self.dtype)
 
 
-def default_precision_mode(component: str, dtype: str) -> str:
-    """Lite's default ``enforce_fp16`` is never left implicit: T5 (fp16 overflows) and every fp32 graph get
-    ``preferred_fp32``; an fp16 graph gets ``enforce_origin``, which keeps its exported fp32 islands (softmax,
-    norms, T5's ``wo``)."""
-    if component == "text_encoder" or dtype == "fp32":
-        return "preferred_fp32"
-    return "enforce_origin"
+def default_precision_mode(view: str, dtype: str) -> str:
+    """Lite's default ``enforce_fp16`` is never left implicit: each view says its mode per dtype in the registry
+    (T5, which overflows in fp16, and every fp32 graph get ``preferred_fp32``; an fp16 graph gets
+    ``enforce_origin``, which keeps its exported fp32 islands: softmax, norms, T5's ``wo``)."""
+    return registry.view(view).lite_precision[dtype]
 
 
 def build_component(name: str, config: dict, dtype: str, batch: int, max_length: int,
                     buckets: dict[str, tuple[int, int]] | None, vae_scale: int, gears: bool,
-                    caption_channels: int | None = None, precision_mode: str | None = None) -> ComponentSpec:
-    """The spec of one component with its graphs; ``buckets`` maps the chosen ratios to pixel sizes."""
+                    precision_mode: str | None = None) -> ComponentSpec:
+    """The spec of one view with its graphs; ``buckets`` maps the chosen ratios to pixel sizes."""
+    view = registry.view(name)
     spec = ComponentSpec(name, config, dtype, precision_mode or default_precision_mode(name, dtype), batch,
                          max_length, vae_scale)
-    out = spec.out_dtype
-    n, b, length = batch, 2 * batch, max_length
-    if name == "text_encoder":
-        spec.graphs.append(GraphSpec(name, name, [TensorSpec("input_ids", (b, length), "int32"),
-                                                  TensorSpec("attention_mask", (b, length), "int32")],
-                                     [TensorSpec("last_hidden_state", (b, length, config["d_model"]), out)], []))
+
+    def io(hw):
+        return view.interface(config, batch, max_length, hw, spec.out_dtype)
+
+    if not view.spatial:
+        ins, outs = io(None)
+        spec.graphs.append(GraphSpec(name, name, ins, outs, []))
         return spec
     groups = group_by_size(buckets or {}, vae_scale)
-    if name == "transformer":
-        cin, cout = config["in_channels"], config.get("out_channels") or config["in_channels"]
-        caption = config["caption_channels"]
-
-        def io(h, w):
-            return ([TensorSpec("hidden_states", (b, cin, h, w), "float32"),
-                     TensorSpec("timestep", (b,), "float32"),
-                     TensorSpec("encoder_hidden_states", (b, length, caption), "float32"),
-                     TensorSpec("encoder_attention_mask", (b, length), "float32")],
-                    [TensorSpec("sample", (b, cout, h, w), out)])
-
-        if gears:
-            ins, outs = io(-1, -1)
-            spec.graphs.append(GraphSpec(name, f"{name}_gears", ins, outs, [k for ks in groups.values() for k in ks],
-                                         gears=[hw for hw in groups]))
-        else:
-            for (h, w), keys in groups.items():
-                ins, outs = io(h, w)
-                spec.graphs.append(GraphSpec(name, f"{name}_{keys[0]}", ins, outs, keys, latent_hw=(h, w)))
+    if gears:
+        ins, outs = io((-1, -1))
+        spec.graphs.append(GraphSpec(name, f"{name}_gears", ins, outs, [k for ks in groups.values() for k in ks],
+                                     gears=[hw for hw in groups]))
         return spec
-    latent_ch = config["latent_channels"]
     for (h, w), keys in groups.items():
-        if name == "vae_decoder":
-            ins = [TensorSpec("latent", (n, latent_ch, h, w), "float32")]
-            outs = [TensorSpec("sample", (n, config["out_channels"], h * vae_scale, w * vae_scale), out)]
-        elif name == "vae_encoder":
-            ins = [TensorSpec("image", (n, config["in_channels"], h * vae_scale, w * vae_scale), "float32")]
-            outs = [TensorSpec("moments", (n, 2 * latent_ch, h, w), out)]
-        else:
-            raise ValueError(f"unknown component {name!r}")
+        ins, outs = io((h, w))
         spec.graphs.append(GraphSpec(name, f"{name}_{keys[0]}", ins, outs, keys, latent_hw=(h, w)))
     return spec
 
@@ -338,49 +258,3 @@ def group_by_size(buckets: dict[str, tuple[int, int]], vae_scale: int) -> dict[t
     for key, (h, w) in buckets.items():
         groups.setdefault((h // vae_scale, w // vae_scale), []).append(key)
     return groups
-
-
-def export_cell(name: str, net) -> nn.Cell:
-    """The thin Cell exported for a component, wrapping the loaded MindSpore network."""
-    return {"transformer": TransformerGraph, "text_encoder": TextEncoderGraph, "vae_decoder": VAEDecoderGraph,
-            "vae_encoder": VAEEncoderGraph}[name](net)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# validation inputs: seeded, with realistic ranges (T5-like caption embeddings, padded masks, scaled latents)
-
-def sample_inputs(spec: ComponentSpec, inputs: list[TensorSpec], seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    arrays = []
-    for t in inputs:
-        if t.name in ("encoder_attention_mask", "attention_mask"):
-            arrays.append(_padding_mask(t.shape, NP_DTYPES[t.dtype]))
-        elif t.name == "input_ids":
-            ids = rng.integers(3, spec.config["vocab_size"], size=t.shape)
-            mask = _padding_mask(t.shape, np.int32)
-            ids = np.where(mask > 0, ids, 0)
-            for row, length in enumerate(mask.sum(axis=1)):
-                ids[row, length - 1] = 1  # EOS
-            arrays.append(ids.astype(np.int32))
-        elif t.name == "timestep":
-            arrays.append(np.linspace(999, 1, t.shape[0]).round().astype(np.float32))
-        elif t.name == "latent":  # what the pipeline decodes: latents / scaling_factor
-            scale = spec.config.get("scaling_factor") or 1.0
-            arrays.append((rng.standard_normal(t.shape) / scale).astype(np.float32))
-        elif t.name == "image":
-            arrays.append(rng.uniform(-1, 1, size=t.shape).astype(np.float32))
-        elif t.name == "encoder_hidden_states":
-            arrays.append((rng.standard_normal(t.shape) * 0.2).astype(np.float32))
-        else:
-            arrays.append(rng.standard_normal(t.shape).astype(np.float32))
-    return arrays
-
-
-def _padding_mask(shape, dtype) -> np.ndarray:
-    """Row i keeps a different number of leading tokens: the first row 1 (an empty prompt's EOS), the last all."""
-    rows, length = shape
-    mask = np.zeros(shape, dtype)
-    for i in range(rows):
-        keep = length if i == rows - 1 else max(1, math.ceil(length * i / max(rows - 1, 1)) // 2 or 1)
-        mask[i, :keep] = 1
-    return mask

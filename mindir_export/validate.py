@@ -12,11 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from mindspore_nets.metrics import TOLERANCES, compare
+from pixart_core import dtypes, registry
 
 from .specs import EAGER_TOLERANCE, TensorSpec
-
-# mind_ir.proto TensorProto.DataType
-PROTO_DTYPES = {1: "float32", 6: "int32", 7: "int64", 10: "float16", 16: "bfloat16", 9: "bool"}
 
 
 def graph_interface(path: Path) -> list[TensorSpec]:
@@ -29,7 +27,7 @@ def graph_interface(path: Path) -> list[TensorSpec]:
     for value in model.graph.input:
         tensor = value.tensor[0]
         specs.append(TensorSpec(value.name.rsplit(":", 1)[-1], tuple(int(d) for d in tensor.dims),
-                                PROTO_DTYPES.get(tensor.data_type, f"proto-{tensor.data_type}")))
+                                dtypes.from_mindir(tensor.data_type)))
     return specs
 
 
@@ -46,9 +44,9 @@ def _describe(spec: TensorSpec) -> str:
 
 def torch_output(component: str, model, arrays: list[np.ndarray]) -> np.ndarray:
     """The fp32 torch reference's output for the graph's inputs (given in the graph's order)."""
-    from converters.references import FORWARD_INPUTS, torch_forward
+    from converters.references import torch_forward
 
-    return torch_forward(component, model, dict(zip(FORWARD_INPUTS[component], arrays)))
+    return torch_forward(component, model, dict(zip(registry.view(component).inputs, arrays)))
 
 
 def check_output(graph_out: np.ndarray, expected: TensorSpec, eager: np.ndarray, reference: np.ndarray | None,

@@ -1,6 +1,7 @@
 """PixArt aspect-ratio bucket tables (pure data + numpy-free helpers, safe for the torch-free offline runner).
 
-Source tables (facts: shared/reference/pixart.md §5):
+Source tables (the original PixArt-sigma ``diffusion/data/datasets/utils.py`` and diffusers' ``pixart_alpha``
+pipeline module):
 
 * ``ASPECT_RATIO_1024``: the original PixArt-Sigma table (``diffusion/data/datasets/utils.py``), 40 entries,
   key = height/width as a string, value = (height, width) in pixels (multiples of 64).

@@ -9,9 +9,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-
-class ConfigError(ValueError):
-    """A config.json that our networks cannot honour (unsupported option, contradictory values)."""
+from pixart_core.errors import ConfigError  # noqa: F401  (re-exported: raised by every validate())
 
 
 def _known_fields(cls, data: dict) -> dict:

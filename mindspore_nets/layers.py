@@ -11,7 +11,9 @@ import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import initializer
 
-DTYPES = {"fp32": ms.float32, "fp16": ms.float16, "bf16": ms.bfloat16}
+from pixart_core import dtypes
+
+COMPUTE_DTYPES = ("fp32", "fp16", "bf16")
 
 
 def to_ms_dtype(dtype) -> ms.Type:
@@ -19,10 +21,10 @@ def to_ms_dtype(dtype) -> ms.Type:
     if dtype is None:
         return ms.float32
     if isinstance(dtype, str):
-        key = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(dtype, dtype)
-        if key not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
-        return DTYPES[key]
+        entry = dtypes.DTYPES.get(dtypes.SHORT_NAMES.get(dtype, dtype))
+        if entry is None or entry.short not in COMPUTE_DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(COMPUTE_DTYPES)}")
+        return dtypes.ms_dtype(entry.name)
     return dtype
 
 

@@ -2,7 +2,7 @@
 
 A converted folder holds ``config.json`` and one weights file (MindSpore safetensors or ``.ckpt``). Loading is
 strict: every network parameter must be present with its exact shape, and the only other tensors allowed are the
-extras the network declares (``EXTRA_TENSORS``), which are kept on the network as plain tensors.
+extras the component declares in the registry, which are kept on the network as plain tensors.
 """
 from __future__ import annotations
 
@@ -12,12 +12,11 @@ import mindspore as ms
 import numpy as np
 from mindspore.nn.utils import no_init_parameters
 
+from pixart_core import registry
+from pixart_core.errors import WeightsError
+from pixart_core.naming import fold
+
 from .layers import to_ms_dtype
-
-
-class WeightsError(ValueError):
-    """Weights that do not fit the network: missing, unexpected or mis-shaped tensors."""
-
 
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt")
 
@@ -52,10 +51,9 @@ def check_names_and_shapes(net, tensors: dict, extras=(), where: str = "weights"
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected) - set(extras))
     if missing:
-        problems.append(f"missing {len(missing)}: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+        problems.append(f"missing {len(missing)}: {', '.join(fold(missing))}")
     if unexpected:
-        problems.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:8])}"
-                        f"{' ...' if len(unexpected) > 8 else ''}")
+        problems.append(f"unexpected {len(unexpected)}: {', '.join(fold(unexpected))}")
     for name in sorted(set(expected) & set(tensors)):
         shape = tuple(tensors[name].shape)
         if shape != expected[name]:
@@ -85,19 +83,19 @@ def stored_dtype(tensors: dict) -> ms.Type:
 class PretrainedMixin:
     """``cls.from_pretrained(folder, dtype=None)`` for a Cell whose ``__init__`` is ``(config, dtype)``.
 
-    Subclasses set ``config_class`` and ``weights_stem``; ``dtype=None`` computes in the stored dtype, except
-    that bf16 weights compute in fp32 on CPU (MindSpore has no bf16 matmul kernel there).
+    Subclasses set ``component`` (the registry names their config class, weights file and extras); ``dtype=None``
+    computes in the stored dtype, except that bf16 weights compute in fp32 on CPU (MindSpore has no bf16 matmul
+    kernel there).
     """
 
-    config_class = None
-    weights_stem = "model"
-    EXTRA_TENSORS: tuple[str, ...] = ()
+    component: str = ""
 
     @classmethod
     def from_pretrained(cls, folder, dtype=None):
         folder = Path(folder)
-        config = cls.config_class.from_json(folder / "config.json")
-        path = find_weights(folder, cls.weights_stem)
+        entry = registry.component(cls.component)
+        config = entry.config_type().from_json(folder / "config.json")
+        path = find_weights(folder, entry.weights_stem)
         tensors = read_weights(path)
         if dtype is None:
             compute = stored_dtype(tensors)
@@ -107,26 +105,31 @@ class PretrainedMixin:
             compute = to_ms_dtype(dtype)
         with no_init_parameters():
             net = cls(config, dtype=compute)
-        net.extra_tensors = load_into(net, tensors, cls.EXTRA_TENSORS, where=str(path))
+        net.extra_tensors = load_into(net, tensors, entry.extras, where=str(path))
         net.set_train(False)
         return net
 
 
-# the network of each component that parity and export work on (the VAE serves its encoder and decoder)
-NETWORKS = {"transformer": "PixArtTransformer2D", "text_encoder": "T5Encoder", "vae_encoder": "AutoencoderKL",
-            "vae_decoder": "AutoencoderKL"}
-
-
-def load_network(component: str, folder, dtype: str):
-    """The converted ``folder``'s MindSpore network in ``dtype``. bf16 on CPU is storage only (no bf16 matmul
-    kernel): the weights are rounded to bf16 and the computation runs in fp32, which is what a bf16 checkpoint
-    means here."""
-    import mindspore_nets
-
-    cls = getattr(mindspore_nets, NETWORKS[component])
+def load_network(view: str, folder, dtype: str):
+    """The network behind a view (the VAE serves its encoder and decoder) from a converted ``folder``, in
+    ``dtype``. bf16 on CPU is storage only (no bf16 matmul kernel): the weights are rounded to bf16 and the
+    computation runs in fp32, which is what a bf16 checkpoint means here."""
+    cls = registry.component(registry.view(view).component).network_class()
     if dtype != "bf16" or ms.get_context("device_target") != "CPU":
         return cls.from_pretrained(folder, dtype=dtype)
     net = cls.from_pretrained(folder, dtype="fp32")
     for _, param in net.parameters_and_names():
         param.set_data(param.astype(ms.bfloat16).astype(ms.float32))
     return net
+
+
+def run_cell(cell, arrays: list[np.ndarray]) -> np.ndarray:
+    """One forward of a view's Cell (``registry.view(name).cell(net)``, or a reloaded GraphCell) on numpy inputs in
+    the graph's input order, in the current execution mode; the output as numpy in its own dtype. The one
+    MindSpore forward of parity, export validation and the offline runner's eager executor."""
+    out = cell(*[ms.Tensor(a) for a in arrays])
+    if isinstance(out, (tuple, list)):
+        if len(out) != 1:
+            raise ValueError(f"the graph returned {len(out)} outputs, expected 1")
+        out = out[0]
+    return out.asnumpy()

@@ -242,10 +242,7 @@ class PixArtTransformer2D(PretrainedMixin, nn.Cell):
     """``(hidden_states (B,C,H,W), timestep (B,), encoder_hidden_states (B,L,caption_channels),
     encoder_attention_mask (B,L) or None) -> (B, out_channels, H, W)``."""
 
-    config_class = PixArtConfig
-    weights_stem = "diffusion_pytorch_model"
-    # the original's caption-dropout embedding (T5 of "" at 300 tokens): training needs it, inference does not
-    EXTRA_TENSORS = ("caption_projection.y_embedding",)
+    component = "transformer"
 
     def __init__(self, config: PixArtConfig, dtype=ms.float32):
         super().__init__()

@@ -231,8 +231,7 @@ class T5Encoder(PretrainedMixin, nn.Cell):
     """transformers ``T5EncoderModel`` in MindSpore: ``(input_ids (B, L) int, attention_mask (B, L)) ->
     last_hidden_state (B, L, d_model)``. ``attention_mask``: 1 keeps a token, 0 masks it as a key."""
 
-    config_class = T5Config
-    weights_stem = "model"
+    component = "text_encoder"
 
     def __init__(self, config: T5Config, dtype=ms.float32):
         super().__init__()
@@ -248,11 +247,3 @@ class T5Encoder(PretrainedMixin, nn.Cell):
         """Cell path -> Cell for every sub-cell; each path is the torch ``T5EncoderModel`` module path
         (``encoder.block.3``, ``encoder.block.3.layer.1.DenseReluDense``, ``encoder.final_layer_norm``, ...)."""
         return {name: cell for name, cell in self.cells_and_names() if name}
-
-    @staticmethod
-    def tap_names(config: T5Config) -> list[str]:
-        """The module paths worth tapping for parity, in execution order (same names as the torch modules)."""
-        names = ["shared"]
-        for i in range(config.num_layers):
-            names += [f"encoder.block.{i}.layer.0", f"encoder.block.{i}.layer.1", f"encoder.block.{i}"]
-        return names + ["encoder.final_layer_norm"]

@@ -242,8 +242,7 @@ class AutoencoderKL(PretrainedMixin, nn.Cell):
     ``DiagonalGaussianDistribution.parameters``; scaling latents by ``scaling_factor`` is the caller's job.
     """
 
-    config_class = VAEConfig
-    weights_stem = "diffusion_pytorch_model"
+    component = "vae"
 
     def __init__(self, config: VAEConfig, dtype=ms.float32):
         super().__init__()

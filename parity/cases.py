@@ -1,8 +1,8 @@
-"""Seeded inputs and one forward pass on each side (torch reference, MindSpore network) for every component.
+"""Seeded inputs of a parity run and one forward pass on each side (torch reference, MindSpore network) per view.
 
-``build_cases`` makes the realistic inputs of a parity run (an aspect-ratio bucket, 300 caption tokens with a
-short prompt beside an empty one, several timesteps); the small ``*_cases`` / ``*_inputs`` helpers are the fixed
-tiny inputs the tests and the demo use.
+``build_cases`` makes the realistic inputs of a parity run: the view's graph interface at an aspect-ratio bucket
+(or a given size), 300 caption tokens, several timesteps, filled by the one sample-input generator
+(``pixart_core.inputs``) that export validation uses too.
 """
 from __future__ import annotations
 
@@ -10,26 +10,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from converters.references import torch_forward  # noqa: F401  (one forward per component, shared)
+from converters.references import torch_forward  # noqa: F401  (one torch forward per view, shared)
 from mindspore_nets.buckets import bucket_table
-
-COMPONENTS = ("transformer", "text_encoder", "vae_encoder", "vae_decoder")
-# folder of each parity component inside a converted pipeline
-FOLDERS = {"transformer": "transformer", "text_encoder": "text_encoder", "vae_encoder": "vae", "vae_decoder": "vae"}
-PROMPT_TOKENS = 12  # the "short prompt" row: 12 tokens + EOS; the other row is the empty prompt (EOS only)
+from pixart_core import registry
+from pixart_core.components.vae import scale_factor
+from pixart_core.inputs import sample_inputs
 
 
 @dataclass
 class Case:
     name: str
     arrays: dict
-
-
-def caption_mask(batch_lengths, length: int) -> np.ndarray:
-    mask = np.zeros((len(batch_lengths), length), np.int32)
-    for row, n in enumerate(batch_lengths):
-        mask[row, :n] = 1
-    return mask
 
 
 def latent_size(config: dict, height=None, width=None, bucket: str = "1.0", vae_scale: int = 8):
@@ -45,110 +36,34 @@ def latent_size(config: dict, height=None, width=None, bucket: str = "1.0", vae_
     return h // vae_scale, w // vae_scale
 
 
-def build_cases(component: str, config: dict, *, height=None, width=None, bucket: str = "1.0",
+def build_cases(view: str, config: dict, *, height=None, width=None, bucket: str = "1.0",
                 max_length: int = 300, timesteps=(999.0, 500.0, 1.0), seed: int = 0) -> list[Case]:
-    rng = np.random.default_rng(seed)
-    if component == "transformer":
-        h, w = latent_size(config, height, width, bucket)
-        x = rng.standard_normal((2, config["in_channels"], h, w)).astype(np.float32)
-        y = (rng.standard_normal((2, max_length, config["caption_channels"])) * 0.2).astype(np.float32)
-        mask = caption_mask((1, PROMPT_TOKENS + 1), max_length).astype(np.float32)
-        return [Case(f"{h * 8}x{w * 8}px t={t:g}", {"hidden_states": x, "timestep": np.full(2, t, np.float32),
-                                                   "encoder_hidden_states": y, "encoder_attention_mask": mask})
-                for t in timesteps]
-    if component == "text_encoder":
-        ids = np.zeros((2, max_length), np.int32)
-        ids[0, 0] = config.get("eos_token_id", 1)
-        ids[1, :PROMPT_TOKENS] = rng.integers(3, config["vocab_size"], PROMPT_TOKENS)
-        ids[1, PROMPT_TOKENS] = config.get("eos_token_id", 1)
-        return [Case(f"2x{max_length} tokens", {"input_ids": ids,
-                                                "attention_mask": caption_mask((1, PROMPT_TOKENS + 1), max_length)})]
-    scale = 2 ** (len(config["block_out_channels"]) - 1)
-    hh, ww = (height or config["sample_size"]), (width or config["sample_size"])
-    if component == "vae_encoder":
-        image = np.clip(rng.standard_normal((1, config["in_channels"], hh, ww)) * 0.5, -1, 1).astype(np.float32)
-        return [Case(f"{hh}x{ww}px image", {"image": image})]
-    if component == "vae_decoder":
-        z = rng.standard_normal((1, config["latent_channels"], hh // scale, ww // scale)).astype(np.float32)
-        return [Case(f"{hh // scale}x{ww // scale} latent", {"latent": z})]
-    raise ValueError(component)
-
-
-def ms_forward(component: str, net, a: dict) -> np.ndarray:
-    import mindspore as ms
-
-    if component == "transformer":
-        mask = a["encoder_attention_mask"]
-        out = net(ms.Tensor(a["hidden_states"]), ms.Tensor(a["timestep"]), ms.Tensor(a["encoder_hidden_states"]),
-                  None if mask is None else ms.Tensor(mask))
-    elif component == "text_encoder":
-        out = net(ms.Tensor(a["input_ids"], ms.int32), ms.Tensor(a["attention_mask"]))
-    elif component == "vae_encoder":
-        out = net.encode(ms.Tensor(a["image"]))
+    """One case per timestep for the transformer, one case otherwise; batch 1 (B = 2 for the CFG pair)."""
+    entry = registry.view(view)
+    if entry.component == "vae":
+        scale = scale_factor(config)
+        hw = ((height or config["sample_size"]) // scale, (width or config["sample_size"]) // scale)
     else:
-        out = net.decode(ms.Tensor(a["latent"]))
-    return out.astype(ms.float32).asnumpy()
+        hw = latent_size(config, height, width, bucket) if entry.spatial else None
+    inputs, _ = entry.interface(config, 1, max_length, hw, "float32")
+
+    def case(name, timestep=None):
+        arrays = sample_inputs(inputs, config, seed, timestep=timestep)
+        return Case(name, dict(zip(entry.inputs, arrays)))
+
+    if view == "transformer":
+        return [case(f"{hw[0] * 8}x{hw[1] * 8}px t={t:g}", t) for t in timesteps]
+    if view == "text_encoder":
+        return [case(f"2x{max_length} tokens")]
+    first = inputs[0].shape
+    if view == "vae_encoder":
+        return [case(f"{first[2]}x{first[3]}px image")]
+    return [case(f"{first[2]}x{first[3]} latent")]
 
 
-def transformer_cases(seed: int = 1):
-    """(name, hidden_states, timestep, encoder_hidden_states, mask) on a square and a non-square grid, with a
-    short prompt in the second batch row, at timesteps 999 and 1."""
-    rng = np.random.default_rng(seed)
-    cases = []
-    for h, w in ((8, 8), (6, 10)):
-        x = rng.standard_normal((2, 4, h, w)).astype(np.float32)
-        y = rng.standard_normal((2, 12, 24)).astype(np.float32)
-        mask = np.ones((2, 12), np.float32)
-        mask[1, 3:] = 0
-        cases.append((f"{h * 8}x{w * 8}px", x, np.array([999.0, 1.0], np.float32), y, mask))
-    return cases
+def ms_forward(view: str, net, arrays: dict) -> np.ndarray:
+    """The MindSpore side of one case, as float32 numpy (the view's Cell, in the current execution mode)."""
+    from mindspore_nets.loading import run_cell
 
-
-def torch_transformer_output(model, x, t, y, mask):
-    return torch_forward("transformer", model, _transformer_arrays(x, t, y, mask))
-
-
-def ms_transformer_output(net, x, t, y, mask):
-    return ms_forward("transformer", net, _transformer_arrays(x, t, y, mask))
-
-
-def _transformer_arrays(x, t, y, mask) -> dict:
-    return {"hidden_states": x, "timestep": t, "encoder_hidden_states": y, "encoder_attention_mask": mask}
-
-
-def t5_inputs(vocab_size: int, batch: int = 2, length: int = 12, short: int = 5, seed: int = 2):
-    """Token ids with EOS (1) and padding (0) after ``short`` tokens in the second row, and its mask."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(3, vocab_size, size=(batch, length)).astype(np.int32)
-    mask = np.ones((batch, length), np.int32)
-    ids[1, short - 1] = 1
-    ids[1, short:] = 0
-    mask[1, short:] = 0
-    return ids, mask
-
-
-def torch_t5_output(model, ids, mask):
-    return torch_forward("text_encoder", model, {"input_ids": ids, "attention_mask": mask})
-
-
-def ms_t5_output(net, ids, mask):
-    return ms_forward("text_encoder", net, {"input_ids": ids, "attention_mask": mask})
-
-
-def vae_inputs(config, size: int = 32, seed: int = 3):
-    """An image in [-1, 1] and a latent of the matching size."""
-    rng = np.random.default_rng(seed)
-    image = np.clip(rng.standard_normal((1, config["in_channels"], size, size)), -1, 1).astype(np.float32)
-    down = 2 ** (len(config["block_out_channels"]) - 1)
-    latent = rng.standard_normal((1, config["latent_channels"], size // down, size // down)).astype(np.float32)
-    return image, latent
-
-
-def torch_vae_outputs(model, image, latent):
-    """(encoder moments after quant_conv, decoded image)."""
-    return (torch_forward("vae_encoder", model, {"image": image}),
-            torch_forward("vae_decoder", model, {"latent": latent}))
-
-
-def ms_vae_outputs(net, image, latent):
-    return ms_forward("vae_encoder", net, {"image": image}), ms_forward("vae_decoder", net, {"latent": latent})
+    entry = registry.view(view)
+    return run_cell(entry.cell(net), [arrays[n] for n in entry.inputs]).astype(np.float32)

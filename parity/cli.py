@@ -7,13 +7,17 @@ from pathlib import Path
 
 import click
 
+from pixart_core import registry
+from pixart_core.cli import component_option, fail, split_names
+from pixart_core.errors import ToolError, UsageError
+
+CHOICES = [*registry.COMPONENTS, *[v for v in registry.VIEWS if v not in registry.COMPONENTS]]
+
 
 @click.command("parity")
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--component", "components", multiple=True,
-              type=click.Choice(["transformer", "text_encoder", "vae", "vae_encoder", "vae_decoder"]),
-              help="Components to compare (repeatable; default: all in OUT).")
+@component_option(CHOICES, "Components to compare (default: all in OUT; vae = its encoder and decoder).")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="MindSpore compute dtype (bf16 on CPU: bf16 weights, fp32 compute).")
 @click.option("--tolerance", type=float, help="Relative-L2 tolerance per tap (default fp32 1e-5, fp16 5e-3, bf16 2e-2).")
@@ -28,22 +32,20 @@ import click
 @click.option("--steps", default=20, show_default=True, help="Sampling steps.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), help="Write parity.json/.md/.html here.")
 @click.option("--json", "as_json", is_flag=True, help="Print parity.json on stdout instead of the summary.")
-def parity_command(src, out, components, dtype, tolerance, bucket, height, width, timesteps, max_length, seed,
+def parity_command(src, out, component, dtype, tolerance, bucket, height, width, timesteps, max_length, seed,
                    sampling, steps, report_dir, as_json):
     """Compare converted MindSpore networks with their torch references, layer by layer."""
-    from converters.cli import fail
-    from converters.errors import SourceError, ToolError
+    try:
+        requested = registry.views_of(split_names(component, CHOICES))
+        steps_t = tuple(float(t) for t in timesteps.split(","))
+    except ValueError:
+        fail(UsageError(f"--timesteps {timesteps!r}: expected numbers separated by commas"))
+    except ToolError as exc:
+        fail(exc)
 
     from .harness import run_parity
     from .report import markdown, write_reports
 
-    requested = []
-    for c in components:
-        requested += ["vae_encoder", "vae_decoder"] if c == "vae" else [c]
-    try:
-        steps_t = tuple(float(t) for t in timesteps.split(","))
-    except ValueError:
-        fail(SourceError(f"--timesteps {timesteps!r}: expected numbers separated by commas"))
     try:
         report = run_parity(src, out, requested or None, dtype, tolerance, height=height, width=width, bucket=bucket,
                             max_length=max_length, timesteps=steps_t, seed=seed)
@@ -56,8 +58,6 @@ def parity_command(src, out, components, dtype, tolerance, bucket, height, width
             report["ok"] = report["ok"] and report["sampling"]["ok"]
     except ToolError as exc:
         fail(exc)
-    except (ValueError, KeyError) as exc:
-        fail(SourceError(f"{out}: {exc}"))
     if report_dir is not None:
         paths = write_reports(report, report_dir)
         click.echo(f"report: {paths['html']}", err=True)

@@ -13,32 +13,37 @@ from pathlib import Path
 import mindspore as ms
 
 from converters.keymaps import spec_for
-from converters.references import load_reference, read_manifest
-from mindspore_nets.loading import NETWORKS, load_network  # noqa: F401  (load_network: re-exported)
+from converters.references import load_reference
+from mindspore_nets.loading import load_network
 from mindspore_nets.metrics import TOLERANCES, compare
+from pixart_core import registry
+from pixart_core.errors import UsageError
+from pixart_core.manifests import MANIFEST, read_manifest
 
-from .cases import COMPONENTS, FOLDERS, build_cases, ms_forward, torch_forward
+from .cases import build_cases, ms_forward, torch_forward
 from .taps import mindspore_taps, tap_paths, tied_modules, torch_taps
 
+
 def components_of(out: Path, requested=None) -> dict[str, Path]:
-    """Parity component -> converted folder, for a pipeline folder or a single component folder."""
+    """View -> converted folder, for a pipeline folder or a single component folder."""
     out = Path(out)
     if (out / "model_index.json").is_file():
-        found = {c: out / FOLDERS[c] for c in COMPONENTS if (out / FOLDERS[c] / "manifest.json").is_file()}
+        found = {v.name: out / v.component for v in registry.VIEWS.values()
+                 if (out / v.component / MANIFEST).is_file()}
     else:
-        kind = read_manifest(out)["component"]
-        found = {c: out for c in COMPONENTS if FOLDERS[c] == kind}
+        kind = read_manifest(out, "converted")["component"]
+        found = {v.name: out for v in registry.VIEWS.values() if v.component == kind}
     if requested:
         unknown = [c for c in requested if c not in found]
         if unknown:
-            raise ValueError(f"{out}: no {', '.join(unknown)} here (available: {', '.join(found)})")
+            raise UsageError(f"{out}: no {', '.join(unknown)} here (available: {', '.join(found)})")
         found = {c: found[c] for c in requested}
     return found
 
 
-def source_of(src: Path, component: str) -> Path:
+def source_of(src: Path, view: str) -> Path:
     src = Path(src)
-    return src / FOLDERS[component] if (src / "model_index.json").is_file() else src
+    return src / registry.view(view).component if (src / "model_index.json").is_file() else src
 
 
 def summarize(taps: list[dict], tolerance: float) -> list[dict]:
@@ -60,12 +65,12 @@ def summarize(taps: list[dict], tolerance: float) -> list[dict]:
 def run_component(component: str, folder: Path, source: Path, dtype: str, tolerance: float, reference=None,
                   network=None, **case_options) -> dict:
     started = time.time()
-    config = read_manifest(folder)["config"]
+    manifest = read_manifest(folder, "converted")
+    config = manifest["config"]
     model = reference if reference is not None else load_reference(folder, source)
     net = network if network is not None else load_network(component, folder, dtype)
     loaded = time.time()
     paths = tap_paths(component, [p for p, _ in net.cells_and_names()])
-    manifest = read_manifest(folder)
     tied = tied_modules(spec_for(manifest["layout"]))
     taps, seconds = [], {"torch": 0.0, "mindspore": 0.0}
     cases = build_cases(component, config, **case_options)
@@ -113,7 +118,7 @@ def run_parity(src, out, components=None, dtype: str = "fp32", tolerance: float 
     results, shared = {}, {}
     for component, folder in found.items():
         # the VAE encoder and decoder share one reference and one network
-        key = (str(folder), NETWORKS[component])
+        key = (str(folder), registry.view(component).component)
         if key not in shared:
             shared[key] = (load_reference(folder, source_of(src, component)), load_network(component, folder, dtype))
         reference, network = shared[key]

@@ -5,10 +5,9 @@ from __future__ import annotations
 import html
 import json
 import math
-import re
 from pathlib import Path
 
-_BLOCK = re.compile(r"\.(\d+)(?=\.|$)")
+from pixart_core.naming import group_by_block
 
 
 def _fmt(x) -> str:
@@ -21,25 +20,15 @@ def _fmt(x) -> str:
 
 def collapse_rows(summary: list[dict]) -> list[dict]:
     """Rows of repeated blocks merged: ``transformer_blocks.{n}.attn1 (n=0..27)`` with the worst block named."""
-    groups: dict[str, dict] = {}
-    for row in summary:
-        key = _BLOCK.sub(".{n}", row["tap"], count=1)
-        g = groups.get(key)
-        index = _BLOCK.search(row["tap"])
-        if g is None:
-            groups[key] = g = {"tap": key, "count": 0, "worst": row, "ok": True, "indices": []}
-        g["count"] += 1
-        g["ok"] = g["ok"] and row["ok"]
-        if index:
-            g["indices"].append(int(index.group(1)))
-        if row["rel_l2"] > g["worst"]["rel_l2"]:
-            g["worst"] = row
     out = []
-    for g in groups.values():
-        label = g["tap"]
-        if g["indices"]:
-            label += f" (n={min(g['indices'])}..{max(g['indices'])})"
-        out.append({**g, "label": label})
+    for pattern, indices, rows in group_by_block(summary, name=lambda row: row["tap"]):
+        worst = rows[0]
+        for row in rows[1:]:
+            if row["rel_l2"] > worst["rel_l2"]:
+                worst = row
+        label = f"{pattern} (n={min(indices)}..{max(indices)})" if indices else pattern
+        out.append({"tap": pattern, "count": len(rows), "worst": worst, "ok": all(r["ok"] for r in rows),
+                    "indices": indices, "label": label})
     return out
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.references import load_reference
+from pixart_core.errors import CheckFailed
 from mindspore_nets.metrics import psnr, rel_l2
 from mindspore_nets.scheduler import DPMSolverMultistep
 
@@ -40,7 +41,8 @@ def sampling_parity(src, out, prompt: str = "a small red fox in the snow", negat
     import torch
     from diffusers import DPMSolverMultistepScheduler
 
-    from .harness import load_network
+    from mindspore_nets.loading import load_network
+
     from .cases import latent_size, ms_forward, torch_forward
 
     src, out = Path(src), Path(out)
@@ -68,7 +70,7 @@ def sampling_parity(src, out, prompt: str = "a small red fox in the snow", negat
     np_sched = DPMSolverMultistep.from_json(out / "scheduler" / "scheduler_config.json")
     np_sched.set_timesteps(steps)
     if not np.array_equal(np_sched.timesteps, torch_sched.timesteps.numpy()):
-        raise AssertionError("numpy and diffusers schedulers disagree on the timesteps")
+        raise CheckFailed(f"{out / 'scheduler'}: the numpy and diffusers schedulers disagree on the timesteps")
     lat_t = torch.from_numpy(noise) * torch_sched.init_noise_sigma
     lat_m = noise * np_sched.init_noise_sigma
     per_step = []

@@ -1,8 +1,8 @@
 """Layer taps on both sides, keyed by one correspondence.
 
 Our MindSpore cells carry the module paths of the torch reference classes (that is what makes the converted
-parameter names equal the torch names, DESIGN "MindSpore parameter names"), so a tap is one path string used on
-both sides: the list below is matched against the MindSpore network's cell tree and the very same paths are
+parameter names equal the torch names), so a tap is one path string used on both sides: each view's tap patterns
+(``pixart_core.components``) are matched against the MindSpore network's cell tree and the very same paths are
 looked up in the torch module tree. A path missing on either side is an error, not a silent skip.
 """
 from __future__ import annotations
@@ -12,25 +12,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-# component -> patterns over cell paths ({n} = a block index), in depth order
-TAPS = {
-    "transformer": (
-        "pos_embed",                                  # patch embedding + position embedding
-        "adaln_single.emb.timestep_embedder",         # timestep embedding
-        "adaln_single.linear",                        # adaLN-single modulation (6 x hidden)
-        "caption_projection",
-        "transformer_blocks.{n}.attn1",
-        "transformer_blocks.{n}.attn2",
-        "transformer_blocks.{n}.ff",
-        "transformer_blocks.{n}",
-        "proj_out",                                   # final layer (after the final modulation)
-    ),
-    "text_encoder": ("shared", "encoder.block.{n}", "encoder.final_layer_norm"),
-    "vae_encoder": ("encoder.conv_in", "encoder.down_blocks.{n}", "encoder.mid_block", "encoder.conv_out",
-                    "quant_conv"),
-    "vae_decoder": ("post_quant_conv", "decoder.conv_in", "decoder.mid_block", "decoder.up_blocks.{n}",
-                    "decoder.conv_out"),
-}
+from pixart_core import registry
 
 
 def _pattern(p: str) -> re.Pattern:
@@ -41,7 +23,7 @@ def tap_paths(component: str, cell_paths) -> list[str]:
     """The tapped paths of a network, from its own cell tree, ordered as the patterns (blocks by index)."""
     paths = list(cell_paths)
     out = []
-    for pattern in TAPS[component]:
+    for pattern in registry.view(component).taps:
         rx = _pattern(pattern)
         found = [p for p in paths if rx.match(p)]
         if not found:

@@ -13,14 +13,15 @@ from pathlib import Path
 
 import click
 
+from pixart_core.cli import fail
+from pixart_core.errors import ToolError, UsageError
+
 
 def _require_references():
     try:
         import diffusers  # noqa: F401
     except ImportError:
-        click.echo("error: the demo builds its models with diffusers; install pixart-mindspore[reference]",
-                   err=True)
-        sys.exit(2)
+        fail(UsageError("the demo builds its models with diffusers; install pixart-mindspore[reference]"))
 
 
 @click.command("demo")
@@ -29,7 +30,6 @@ def demo_command(workdir: Path):
     """Build, convert and check a tiny random PixArt-Sigma pipeline (default work folder: ./pixart-demo)."""
     _require_references()
     from converters.convert import Options, convert
-    from converters.errors import ToolError
     from converters.verify import verify
     from mindir_export.export import export_and_infer
     from parity.harness import run_parity
@@ -64,8 +64,7 @@ def demo_command(workdir: Path):
             if not report["ok"]:
                 sys.exit(1)
     except ToolError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        fail(exc)
 
     click.echo("\nparity of the converted pipeline against the torch references (layer by layer, then sampling):")
     report = run_parity(pipeline_src, pipeline_out, dtype="fp32")
@@ -85,8 +84,7 @@ def demo_command(workdir: Path):
     try:
         offline = export_and_infer(pipeline_out, workdir / "offline", log=click.echo)
     except ToolError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        fail(exc)
     click.echo(f"offline image: {offline['image']} (PSNR vs the eager MindSpore pipeline "
                f"{offline['psnr_vs_eager']:.1f} dB, backend {', '.join(offline['backend'])})")
     checks.append(("offline image equals eager MindSpore (PSNR >= 60 dB)", offline["psnr_vs_eager"] >= 60))

@@ -2,9 +2,9 @@
 and a helper that runs the ``pixart-ms`` CLI in-process."""
 from __future__ import annotations
 
-import os
+from pixart_core.cli import quiet_mindspore
 
-os.environ.setdefault("GLOG_v", "3")
+quiet_mindspore()  # before MindSpore is imported
 
 import mindspore as ms  # noqa: E402
 import pytest  # noqa: E402

@@ -1,5 +1,5 @@
 """An independent torch re-statement of the original PixArtMS forward pass (module names of the original
-``.pth`` files), written from the semantics in shared/reference/pixart.md. Test-only: it checks our original-
+``.pth`` files), written from the semantics of PixArt-sigma's ``diffusion/model/nets/PixArtMS.py``. Test-only: it checks our original-
 layout key map and the KV-compression / qk-norm variants that diffusers cannot express."""
 from __future__ import annotations
 

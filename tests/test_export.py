@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import configparser
 import json
-from types import SimpleNamespace
 
 import mindspore as ms
 import numpy as np
@@ -13,10 +12,11 @@ import pytest
 from click.testing import CliRunner
 from mindspore import nn
 
-from converters.manifest import file_sha256
+from pixart_core.manifests import file_sha256
 from mindir_export.cli import export_command
 from mindir_export.lite import read_config
-from mindir_export.specs import TensorSpec, export_buckets, sample_inputs, select_buckets
+from mindir_export.specs import TensorSpec, export_buckets, select_buckets
+from pixart_core.inputs import sample_inputs
 from mindir_export.validate import graph_interface, torch_output
 from mindspore_nets import AutoencoderKL, PixArtTransformer2D, T5Encoder
 from mindspore_nets.buckets import bucket_table
@@ -77,7 +77,7 @@ def test_graphs_match_eager_and_torch(exported, converted):
             assert not graph["split"] and path.suffix == ".mindir"
             shapes = [tuple(t["shape"]) for t in graph["inputs"]]
             specs = [TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in graph["inputs"]]
-            arrays = sample_inputs(SimpleNamespace(config=TINY_CONFIG), specs, seed=7)  # not the exporter's seed
+            arrays = sample_inputs(specs, TINY_CONFIG, seed=7)  # not the exporter's seed
             assert [a.shape for a in arrays] == shapes
             out = nn.GraphCell(ms.load(str(path)))(*_ms(arrays)).asnumpy()
             assert out.shape == tuple(graph["outputs"][0]["shape"]) and str(out.dtype) == "float32"
@@ -157,8 +157,8 @@ def test_proxy_validation_and_weight_check(converted, tmp_path, monkeypatch):
     """``--validation proxy`` (hosts that cannot run a graph at its size) runs the same Cell exported at a small
     latent and still checks the artifact's stored weights byte for byte; a changed byte is caught."""
     import mindir_export.specs as specs
-    from mindir_export.specs import TransformerGraph
     from mindir_export.validate import weight_problems
+    from pixart_core import registry
 
     root, _ = converted
     monkeypatch.setattr(specs, "PROXY_LATENT", 4)
@@ -171,7 +171,7 @@ def test_proxy_validation_and_weight_check(converted, tmp_path, monkeypatch):
     assert check["ran"].startswith("proxy") and check["shape"] == [2, 8, 4, 4] and check["vs_eager"]["ok"]
     assert graph["inputs"][0]["shape"] == [2, 4, 8, 8] and graph["weights"]["identical_to_network"]
     assert not [p for p in out.rglob(".proxy-*")]
-    net = TransformerGraph(PixArtTransformer2D.from_pretrained(root / "ms" / "transformer"))
+    net = registry.view("transformer").cell(PixArtTransformer2D.from_pretrained(root / "ms" / "transformer"))
     from mindspore.train.mind_ir_pb2 import ModelProto
 
     proto = ModelProto()

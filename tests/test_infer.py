@@ -23,7 +23,7 @@ from pixart_demo.tiny import save_tiny_pipeline
 from .conftest import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
-NO_TORCH = "import sys; sys.modules['torch'] = None; from mindir_export.cli import main; main()"
+NO_TORCH = "import sys; sys.modules['torch'] = None; from pixart_ms import main; main()"
 PROMPT = "A small red fox in the snow"
 
 

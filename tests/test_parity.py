@@ -13,7 +13,8 @@ from safetensors.numpy import load_file, save_file
 from mindspore_nets import AutoencoderKL, PixArtTransformer2D, T5Encoder
 from mindspore_nets.config import PixArtConfig, T5Config, VAEConfig
 from mindspore_nets.loading import parameter_table
-from parity.taps import TAPS, tap_paths
+from parity.taps import tap_paths
+from pixart_core import registry
 
 from .conftest import run_cli
 
@@ -124,8 +125,8 @@ def test_tap_correspondence_at_full_size():
         nets = {"transformer": PixArtTransformer2D(PixArtConfig(sample_size=128, interpolation_scale=2.0)),
                 "text_encoder": T5Encoder(T5Config(**t5)), "vae": AutoencoderKL(VAEConfig())}
     counts = {}
-    for component in TAPS:
-        key = "vae" if component.startswith("vae") else component
+    for component in registry.VIEWS:
+        key = registry.view(component).component
         paths = tap_paths(component, [p for p, _ in nets[key].cells_and_names()])
         modules = dict(refs[key].named_modules())
         assert all(p in modules for p in paths), [p for p in paths if p not in modules]

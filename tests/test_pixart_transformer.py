@@ -15,7 +15,7 @@ from mindspore_nets import PixArtTransformer2D
 from mindspore_nets.config import PixArtConfig
 from mindspore_nets.loading import parameter_table
 from mindspore_nets.metrics import rel_l2
-from parity.cases import ms_transformer_output, torch_transformer_output, transformer_cases
+from .forwards import ms_transformer_output, torch_transformer_output, transformer_cases
 from pixart_demo.tiny import randomize_, tiny_pixart
 
 from .conftest import run_cli
@@ -154,7 +154,7 @@ def test_integer_timesteps(converted_pixart, pixart_model):
 
 
 def test_full_size_xl2_parameter_table():
-    """PixArt-Sigma XL/2 from shapes alone: 435 tensors, 610,856,096 values (reference/pixart.md)."""
+    """PixArt-Sigma XL/2 from shapes alone: 435 tensors, 610,856,096 values (the released checkpoint)."""
     table = parameter_table(PixArtTransformer2D, PixArtConfig(sample_size=128, interpolation_scale=2.0))
     # 28 blocks x 21 diffusers tensors + 15 top-level = 603 in diffusers naming (qkv and kv_linear split)
     assert len(table) == 603

@@ -14,7 +14,7 @@ from mindspore_nets.scheduler import PIXART_SIGMA_SCHEDULER_CONFIG, DPMSolverMul
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# What PixArt-alpha/PixArt-Sigma-XL-2-1024-MS/scheduler/scheduler_config.json holds (pixart.md §6.1), in the
+# What PixArt-alpha/PixArt-Sigma-XL-2-1024-MS/scheduler/scheduler_config.json holds (the hub file), in the
 # shape diffusers writes it, bookkeeping and no-op fields included.
 PIXART_SIGMA_HUB_CONFIG = {
     "_class_name": "DPMSolverMultistepScheduler",

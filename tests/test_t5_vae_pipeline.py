@@ -19,8 +19,8 @@ from mindspore_nets import AutoencoderKL, PixArtTransformer2D, T5Encoder
 from mindspore_nets.config import T5Config
 from mindspore_nets.loading import parameter_table
 from mindspore_nets.metrics import rel_l2
-from parity.cases import (ms_t5_output, ms_vae_outputs, t5_inputs, torch_t5_output, torch_vae_outputs,
-                                vae_inputs)
+from .forwards import (ms_t5_output, ms_vae_outputs, t5_inputs, torch_t5_output, torch_vae_outputs,
+                       vae_inputs)
 from pixart_demo.tiny import TINY_T5, TINY_VAE, tiny_t5, tiny_vae
 
 from .conftest import run_cli

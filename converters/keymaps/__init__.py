@@ -1,20 +1,10 @@
-"""One spec per (source layout, component). ``spec_for(layout, **options)`` builds it."""
+"""One spec per (source layout, component); the registry (``pixart_core.components``) says which layouts each
+component has. ``spec_for(layout, **options)`` builds one."""
 from __future__ import annotations
 
-from .pixart import pixart_diffusers, pixart_original
-from .t5 import t5_transformers
-from .vae import vae_diffusers
-
-# layout -> spec factory; options a factory does not take are not passed to it
-LAYOUTS = {
-    "pixart_original": pixart_original,
-    "pixart_diffusers": pixart_diffusers,
-    "t5_transformers": t5_transformers,
-    "vae_diffusers": vae_diffusers,
-}
+from pixart_core import registry
 
 
-def spec_for(layout: str, keep_y_embedding: bool = True):
-    if layout == "pixart_original":
-        return pixart_original(keep_y_embedding=keep_y_embedding)
-    return LAYOUTS[layout]()
+def spec_for(layout: str, **options):
+    """The key-map Spec of ``layout``; options its factory does not take (``keep_y_embedding``) are ignored."""
+    return registry.layout(layout).make_spec(**options)

@@ -1,5 +1,7 @@
 """Key-map rules as data. A spec is an ordered list of rules; the first rule whose source pattern matches a key
-decides its fate. Every rule has an inverse, so MindSpore -> torch is the same spec run backwards.
+decides its fate. Every rule kind owns its behaviour (transformers' ``ConversionOps`` pattern): how it resolves at
+plan time, the target shapes it predicts, how it transforms the tensors, its manifest op name, and its inverse, so
+MindSpore -> torch is the same spec run backwards and the engine needs no branch per rule kind.
 
 Patterns are dotted names with ``{field}`` placeholders for one name segment (``blocks.{n}.attn.proj.{p}``; the
 field ``{path}`` spans any number of segments): the same string matches a key and formats the result, which is
@@ -10,6 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+
+import numpy as np
 
 _FIELD = re.compile(r"\{(\w+)\}")
 
@@ -37,10 +41,36 @@ def fill(pattern: str, fields: dict) -> str:
     return pattern.format(**fields)
 
 
-@dataclass(frozen=True)
-class Rename:
-    """One source tensor becomes one target tensor, bytes unchanged. ``extra`` marks a target that is kept
-    beside the network's parameters (a buffer the network does not use at inference)."""
+class Rule:
+    """Base of every rule kind, a one-to-one byte copy by default. Each kind has ``sources`` and ``targets`` (tuples
+    of patterns) and a ``note``."""
+
+    note: str = ""
+    extra: bool = False  # the target is kept beside the network's parameters (a buffer unused at inference)
+
+    def resolve(self, key: str, fields: dict, infos: dict, plan) -> "Rule | None":
+        """The rule that converts ``key`` (usually itself), or None when the key is consumed at plan time (dropped,
+        or checked as a tied copy); records what it decides in ``plan``."""
+        return self
+
+    def target_shapes(self, shapes: list[tuple]) -> list[tuple] | str:
+        """Predicted target shapes from the source shapes, or a problem message."""
+        return [shapes[0]]
+
+    def apply(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return [arrays[0]]
+
+    def op(self, sources: tuple[str, ...], targets: tuple[str, ...]) -> str:
+        """The op name recorded in the manifest for one application."""
+        return "rename" if sources != targets else "copy"
+
+    def inverse(self) -> "Rule | None":
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, eq=False)
+class Rename(Rule):
+    """One source tensor becomes one target tensor, bytes unchanged."""
 
     source: str
     target: str
@@ -59,8 +89,8 @@ class Rename:
         return Rename(self.target, self.source, self.note, self.extra)
 
 
-@dataclass(frozen=True)
-class Split:
+@dataclass(frozen=True, eq=False)
+class Split(Rule):
     """One fused source tensor is cut into equal chunks along ``axis`` (qkv -> to_q, to_k, to_v)."""
 
     source: str
@@ -72,12 +102,24 @@ class Split:
     def sources(self):
         return (self.source,)
 
+    def target_shapes(self, shapes):
+        shape, n, axis = shapes[0], len(self.targets), self.axis
+        if len(shape) <= axis or shape[axis] % n:
+            return f"shape {shape} cannot be split in {n} along axis {axis}"
+        return [shape[:axis] + (shape[axis] // n,) + shape[axis + 1:]] * n
+
+    def apply(self, arrays):
+        return [np.ascontiguousarray(c) for c in np.split(arrays[0], len(self.targets), axis=self.axis)]
+
+    def op(self, sources, targets):
+        return f"split({len(targets)}, axis={self.axis})"
+
     def inverse(self):
         return Concat(self.targets, self.source, self.axis, self.note)
 
 
-@dataclass(frozen=True)
-class Concat:
+@dataclass(frozen=True, eq=False)
+class Concat(Rule):
     """Several source tensors are joined along ``axis`` into one (to_q, to_k, to_v -> qkv)."""
 
     sources: tuple[str, ...]
@@ -89,32 +131,50 @@ class Concat:
     def targets(self):
         return (self.target,)
 
+    def target_shapes(self, shapes):
+        axis = self.axis
+        if len({s[:axis] + s[axis + 1:] for s in shapes}) > 1:
+            return f"shapes {shapes} cannot be joined along axis {axis}"
+        first = shapes[0]
+        return [first[:axis] + (sum(s[axis] for s in shapes),) + first[axis + 1:]]
+
+    def apply(self, arrays):
+        return [np.concatenate(arrays, axis=self.axis)]
+
+    def op(self, sources, targets):
+        return f"concat(axis={self.axis})"
+
     def inverse(self):
         return Split(self.target, self.sources, self.axis, self.note)
 
 
-@dataclass(frozen=True)
-class Drop:
+@dataclass(frozen=True, eq=False)
+class Drop(Rule):
     """A source tensor that is deliberately not converted, with the reason recorded in the manifest."""
 
     source: str
     reason: str
 
+    targets = ()
+
     @property
     def sources(self):
         return (self.source,)
 
-    targets = ()
+    def resolve(self, key, fields, infos, plan):
+        plan.dropped.append((key, self.reason))
+        return None
 
     def inverse(self):
         return None  # nothing on the target side to map back
 
 
-@dataclass(frozen=True)
-class Alias:
+@dataclass(frozen=True, eq=False)
+class Alias(Rule):
     """A tied copy of another source tensor (T5's ``encoder.embed_tokens.weight`` is ``shared.weight``). When the
-    other is present this one is checked equal to it, byte for byte, and dropped; when it is absent this one is
-    renamed to ``target`` in its place. The inverse writes only the other name, as the torch side ties on load."""
+    other is present this one is checked equal to it, byte for byte (after the stream), and dropped; when it is
+    absent this one is renamed to ``target`` in its place. The inverse writes only the other name, as the torch
+    side ties on load."""
 
     source: str
     same_as: str
@@ -129,6 +189,17 @@ class Alias:
     def targets(self):
         return (self.target,)
 
+    def resolve(self, key, fields, infos, plan):
+        other = fill(self.same_as, fields)
+        if other not in infos:
+            return Rename(self.source, self.target, self.reason)  # the tied partner is absent: this one stands in
+        if infos[other].shape != infos[key].shape:
+            plan.problems.append(f"{key} {infos[key].shape} should equal {other} {infos[other].shape}")
+        else:
+            plan.dropped.append((key, self.reason))
+            plan.aliases.append((key, other))
+        return None
+
     def inverse(self):
         return None
 
@@ -140,8 +211,6 @@ class Spec:
     name: str
     component: str
     rules: tuple
-    # targets that stay fp32 when the dtype policy asks for fp16 (T5's wo, as transformers keeps it)
-    keep_fp32: tuple = ()
 
     def first_rule(self, key: str):
         for rule in self.rules:
@@ -153,7 +222,7 @@ class Spec:
 
     def inverse(self) -> "Spec":
         inverted = tuple(r for r in (rule.inverse() for rule in self.rules) if r is not None)
-        return Spec(f"{self.name}-inverse", self.component, inverted, ())
+        return Spec(f"{self.name}-inverse", self.component, inverted)
 
 
 def identity(note: str = "same name on both sides") -> Rename:

@@ -13,6 +13,4 @@ def t5_transformers() -> Spec:
         Drop("lm_head.weight", "language-model head of an encoder-decoder T5; PixArt uses the encoder only"),
         identity(),
     )
-    # transformers keeps the feed-forward output projection in fp32 when loading T5 in fp16 (it overflows)
-    return Spec("t5_transformers", "text_encoder", rules,
-                keep_fp32=("encoder.block.{n}.layer.1.DenseReluDense.wo.weight",))
+    return Spec("t5_transformers", "text_encoder", rules)

@@ -1,0 +1,27 @@
+"""Small pieces the component modules share."""
+from __future__ import annotations
+
+import inspect
+
+# weights files of a diffusers / transformers model folder, in order of preference
+DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.safetensors",
+                     "diffusion_pytorch_model.bin.index.json", "diffusion_pytorch_model.bin")
+TRANSFORMERS_WEIGHTS = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
+                        "pytorch_model.bin")
+
+
+def class_name_is(*names):
+    """A config matcher: diffusers' ``_class_name`` is one of ``names``."""
+    return lambda config: config.get("_class_name", "") in names
+
+
+def init_kwargs(cls, config: dict) -> dict:
+    """The config keys ``cls.__init__`` accepts (diffusers' from_config warns about the rest)."""
+    params = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in config.items() if k in params}
+
+
+def to_torch(arrays: dict, names) -> dict:
+    import torch
+
+    return {k: None if arrays.get(k) is None else torch.from_numpy(arrays[k]) for k in names}

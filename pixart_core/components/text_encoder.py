@@ -1,0 +1,78 @@
+"""The T5 v1.1 encoder (PixArt-Sigma's text encoder, T5-v1.1-XXL at full size): everything the toolkit knows about it.
+
+Source: transformers ``T5EncoderModel`` / ``T5ForConditionalGeneration`` folders (often sharded); MindSpore network
+``mindspore_nets.t5.T5Encoder`` with transformers' names; ``encoder.embed_tokens.weight`` is ``shared.weight`` tied.
+fp16 overflows in the feed-forward output projection ``wo``: it stays fp32 (as transformers keeps it), and Lite gets
+``preferred_fp32``.
+"""
+from __future__ import annotations
+
+from ..registry import Component, Layout, TensorSpec, View, register
+from ._shared import TRANSFORMERS_WEIGHTS, to_torch
+
+INPUTS = ("input_ids", "attention_mask")
+
+
+def _is_t5(config: dict) -> bool:
+    return config.get("model_type") == "t5" or any(a.startswith("T5") for a in config.get("architectures") or [])
+
+
+def torch_model(config: dict):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(**{k: v for k, v in config.items() if not k.startswith("_")}))
+
+
+def torch_call(model, arrays: dict):
+    import torch
+
+    t = to_torch(arrays, INPUTS)
+    with torch.no_grad():
+        return model(input_ids=t["input_ids"].long(),
+                     attention_mask=t["attention_mask"].long()).last_hidden_state.float().numpy()
+
+
+def cell(net):
+    from mindspore import nn
+
+    class TextEncoderGraph(nn.Cell):
+        def __init__(self, net):
+            super().__init__(auto_prefix=False)
+            self.net = net
+
+        def construct(self, input_ids, attention_mask):
+            return self.net(input_ids, attention_mask)
+
+    return TextEncoderGraph(net)
+
+
+def interface(config: dict, batch: int, length: int, latent_hw, out_dtype: str):
+    b = 2 * batch
+    return ([TensorSpec("input_ids", (b, length), "int32"), TensorSpec("attention_mask", (b, length), "int32")],
+            [TensorSpec("last_hidden_state", (b, length, config["d_model"]), out_dtype)])
+
+
+COMPONENT = register(
+    Component(
+        name="text_encoder",
+        network="mindspore_nets.t5:T5Encoder",
+        config_class="mindspore_nets.config:T5Config",
+        weights_stem="model",
+        class_name="T5EncoderModel",
+        layouts=(
+            Layout("t5_transformers", "converters.keymaps.t5:t5_transformers",
+                   sentinels=("encoder.block.0.layer.0.SelfAttention.q.weight",), config_match=_is_t5,
+                   folder_weights=TRANSFORMERS_WEIGHTS),
+        ),
+        views=("text_encoder",),
+        torch_model=torch_model,
+        tied_in_torch=("encoder.embed_tokens.weight",),
+        # transformers keeps the feed-forward output projection in fp32 when loading T5 in fp16 (it overflows)
+        keep_fp32=("encoder.block.{n}.layer.1.DenseReluDense.wo.weight",),
+        needs_config="a bare text_encoder weights file needs --config CONFIG.json",
+        writes_class_name=False,
+    ),
+    View("text_encoder", "text_encoder", INPUTS, "last_hidden_state", interface, cell, torch_call,
+         taps=("shared", "encoder.block.{n}", "encoder.final_layer_norm"), spatial=False,
+         lite_precision={"fp32": "preferred_fp32", "fp16": "preferred_fp32"}),
+)

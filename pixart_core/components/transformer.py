@@ -1,0 +1,91 @@
+"""The PixArt-Sigma diffusion transformer (DiT): everything the toolkit knows about it.
+
+Sources: the original ``PixArtMS`` ``.pth`` (``{"state_dict": ...}``, fused ``qkv`` / ``kv_linear``) and diffusers'
+``PixArtTransformer2DModel`` folders; MindSpore network ``mindspore_nets.pixart.PixArtTransformer2D`` with
+diffusers' parameter names; torch reference diffusers' class. Exported per latent size (aspect-ratio bucket).
+"""
+from __future__ import annotations
+
+from ..registry import Component, Layout, TensorSpec, View, register
+from ._shared import DIFFUSERS_WEIGHTS, class_name_is, init_kwargs, to_torch
+
+INPUTS = ("hidden_states", "timestep", "encoder_hidden_states", "encoder_attention_mask")
+
+
+def torch_model(config: dict):
+    from diffusers import PixArtTransformer2DModel
+
+    from pixart_core.errors import SourceError
+
+    if config.get("kv_compress_layers") or config.get("qk_norm"):
+        raise SourceError("diffusers' PixArtTransformer2DModel has no KV compression or full-width qk norm; no "
+                          "torch reference for this variant")
+    return PixArtTransformer2DModel.from_config(init_kwargs(PixArtTransformer2DModel, config))
+
+
+def torch_call(model, arrays: dict):
+    import torch
+
+    t = to_torch(arrays, INPUTS)
+    with torch.no_grad():
+        return model(t["hidden_states"], encoder_hidden_states=t["encoder_hidden_states"], timestep=t["timestep"],
+                     encoder_attention_mask=t["encoder_attention_mask"]).sample.numpy()
+
+
+def cell(net):
+    from mindspore import nn
+
+    class TransformerGraph(nn.Cell):
+        def __init__(self, net):
+            super().__init__(auto_prefix=False)
+            self.net = net
+
+        def construct(self, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask):
+            return self.net(hidden_states, timestep, encoder_hidden_states, encoder_attention_mask)
+
+    return TransformerGraph(net)
+
+
+def interface(config: dict, batch: int, length: int, latent_hw, out_dtype: str):
+    b, (h, w) = 2 * batch, latent_hw
+    cin, cout = config["in_channels"], config.get("out_channels") or config["in_channels"]
+    return ([TensorSpec("hidden_states", (b, cin, h, w), "float32"),
+             TensorSpec("timestep", (b,), "float32"),
+             TensorSpec("encoder_hidden_states", (b, length, config["caption_channels"]), "float32"),
+             TensorSpec("encoder_attention_mask", (b, length), "float32")],
+            [TensorSpec("sample", (b, cout, h, w), out_dtype)])
+
+
+COMPONENT = register(
+    Component(
+        name="transformer",
+        network="mindspore_nets.pixart:PixArtTransformer2D",
+        config_class="mindspore_nets.config:PixArtConfig",
+        weights_stem="diffusion_pytorch_model",
+        class_name="PixArtTransformer2DModel",
+        layouts=(
+            Layout("pixart_original", "converters.keymaps.pixart:pixart_original",
+                   sentinels=("x_embedder.proj.weight", "t_block.1.weight"), options=("keep_y_embedding",)),
+            Layout("pixart_diffusers", "converters.keymaps.pixart:pixart_diffusers",
+                   sentinels=("pos_embed.proj.weight", "adaln_single.linear.weight"),
+                   config_match=class_name_is("PixArtTransformer2DModel", "Transformer2DModel"),
+                   folder_weights=DIFFUSERS_WEIGHTS),
+        ),
+        views=("transformer",),
+        torch_model=torch_model,
+        # the original's caption-dropout embedding (T5 of "" at 300 tokens): training needs it, inference does not
+        extras=("caption_projection.y_embedding",),
+        config_from_source="converters.configs:pixart_config",
+    ),
+    View("transformer", "transformer", INPUTS, "sample", interface, cell, torch_call,
+         taps=("pos_embed",                               # patch embedding + position embedding
+               "adaln_single.emb.timestep_embedder",      # timestep embedding
+               "adaln_single.linear",                     # adaLN-single modulation (6 x hidden)
+               "caption_projection",
+               "transformer_blocks.{n}.attn1",
+               "transformer_blocks.{n}.attn2",
+               "transformer_blocks.{n}.ff",
+               "transformer_blocks.{n}",
+               "proj_out"),                               # final layer (after the final modulation)
+         spatial=True),
+)

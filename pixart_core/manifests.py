@@ -1,0 +1,65 @@
+"""``manifest.json`` of a converted folder and of an export folder: reading with the kind checked, and the file
+hashes both record. Writing and re-checking stay with their producers (``converters.manifest``,
+``mindir_export``)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from .errors import SourceError
+
+MANIFEST = "manifest.json"
+EXPORT_KIND = "pixart-mindspore MindIR export"
+# keys a manifest of each kind must have; anything else is a foreign manifest.json
+REQUIRED = {"converted": ("format_version", "component", "layout", "weights_file", "files", "tensors", "config"),
+            "export": ("format_version", "kind", "components", "files", "pipeline")}
+
+
+def kind_of(manifest: dict) -> str | None:
+    """``converted``, ``export`` or None (a manifest.json this tool did not write)."""
+    if not isinstance(manifest, dict):
+        return None
+    if manifest.get("kind") == EXPORT_KIND and all(k in manifest for k in REQUIRED["export"]):
+        return "export"
+    if "kind" not in manifest and all(k in manifest for k in REQUIRED["converted"]):
+        return "converted"
+    return None
+
+
+def read_manifest(folder, kind: str | None = None) -> dict:
+    """The manifest of ``folder``; raises SourceError when it is missing, unreadable, foreign, or not ``kind``."""
+    path = Path(folder) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SourceError(f"{folder}: no {MANIFEST}; not a folder written by pixart-ms") from None
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"{path}: unreadable manifest ({exc})") from exc
+    found = kind_of(manifest)
+    if found is None:
+        raise SourceError(f"{path}: not a pixart-ms manifest (a foreign manifest.json)")
+    if kind is not None and found != kind:
+        what = {"converted": "a converted folder", "export": "an export folder"}
+        raise SourceError(f"{folder}: {what[found]}, not {what[kind]}")
+    return manifest
+
+
+def is_ours(folder) -> bool:
+    """True when ``folder`` holds a manifest this tool wrote (of either kind)."""
+    try:
+        return kind_of(json.loads((Path(folder) / MANIFEST).read_text())) is not None
+    except (OSError, ValueError):
+        return False
+
+
+def file_sha256(path: Path, chunk: int = 16 * 2**20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_entry(path: Path) -> dict:
+    return {"size": Path(path).stat().st_size, "sha256": file_sha256(path)}
