@@ -11,13 +11,14 @@ from pixart_core import registry
 from pixart_core.cli import component_option, fail, split_names
 from pixart_core.errors import ToolError, UsageError
 
-CHOICES = [*registry.COMPONENTS, *[v for v in registry.VIEWS if v not in registry.COMPONENTS]]
+def choices() -> list[str]:
+    return [*registry.COMPONENTS, *[v for v in registry.VIEWS if v not in registry.COMPONENTS]]
 
 
 @click.command("parity")
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@component_option(CHOICES, "Components to compare (default: all in OUT; vae = its encoder and decoder).")
+@component_option(choices(), "Components to compare (default: all in OUT; vae = its encoder and decoder).")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="MindSpore compute dtype (bf16 on CPU: bf16 weights, fp32 compute).")
 @click.option("--tolerance", type=float, help="Relative-L2 tolerance per tap (default fp32 1e-5, fp16 5e-3, bf16 2e-2).")
@@ -36,7 +37,7 @@ def parity_command(src, out, component, dtype, tolerance, bucket, height, width,
                    sampling, steps, report_dir, as_json):
     """Compare converted MindSpore networks with their torch references, layer by layer."""
     try:
-        requested = registry.views_of(split_names(component, CHOICES))
+        requested = registry.views_of(split_names(component, choices()))
         steps_t = tuple(float(t) for t in timesteps.split(","))
     except ValueError:
         fail(UsageError(f"--timesteps {timesteps!r}: expected numbers separated by commas"))
