@@ -85,6 +85,7 @@ class Component:
     class_name: str  # written as _class_name (diffusers) or architectures (transformers) in config.json
     layouts: tuple[Layout, ...]
     views: tuple[str, ...]
+    parameter_shapes: Callable  # config object -> {name: shape} of the network's parameters (no MindSpore needed)
     torch_model: Callable  # config dict -> fp32 torch reference module (random weights)
     extras: tuple[str, ...] = ()  # tensors kept beside the parameters (unused at inference)
     tied_in_torch: tuple[str, ...] = ()  # torch-side names of a parameter tied to another

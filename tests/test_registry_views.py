@@ -98,3 +98,26 @@ def test_a_new_view_exports_through_the_registry_alone(noise_view, tiny_pipeline
     assert check["ran"] == "the exported graph" and check["shape"] == [2, 4, 8, 8]
     assert check["vs_eager"]["rel_l2"] <= 1e-6 and check["vs_torch"]["rel_l2"] <= 1e-5
     assert np.isfinite(check["vs_torch"]["max_abs"])
+
+
+@pytest.mark.parametrize("component,config", [
+    ("transformer", {}),
+    ("transformer", {"num_layers": 3, "kv_compress_layers": [1, 2], "kv_compress_scale_factor": 2, "qk_norm": True,
+                     "num_attention_heads": 2, "attention_head_dim": 8, "cross_attention_dim": 16, "caption_channels": 24,
+                     "out_channels": None}),
+    ("text_encoder", {}),
+    ("text_encoder", {"num_layers": 2, "feed_forward_proj": "relu", "d_model": 24, "d_ff": 48, "num_heads": 3,
+                      "d_kv": 8, "vocab_size": 64, "relative_attention_num_buckets": 8}),
+    ("vae", {}),
+    ("vae", {"block_out_channels": [8, 16], "down_block_types": ["DownEncoderBlock2D"] * 2,
+             "up_block_types": ["UpDecoderBlock2D"] * 2, "layers_per_block": 1, "norm_num_groups": 4,
+             "use_quant_conv": False, "use_post_quant_conv": False, "mid_block_add_attention": False}),
+])
+def test_parameter_shapes_equal_the_mindspore_network(component, config):
+    """The plan checks against the registry's table, which needs no MindSpore: it must equal the network's own."""
+    from mindspore_nets.loading import parameter_table
+
+    entry = registry.component(component)
+    cfg = entry.config_type().from_dict(config)
+    ours = {name: shape for name, (shape, _) in parameter_table(entry.network_class(), cfg).items()}
+    assert entry.parameter_shapes(cfg) == ours
