@@ -1,4 +1,5 @@
-"""``convert``: source path -> MindSpore folder (config.json, weights, manifest.json), atomically.
+"""``convert``: source path -> MindSpore folder (config.json, weights, manifest.json), atomically; ``--to diffusers``
+/ ``--to original`` go the other way through the same plans (``converters.backward``).
 
 Everything is checked before the first byte moves: the output location, the layout, the config and the full
 plan against the target network. The folder is written under a temporary name beside the target and renamed
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from pixart_core import dtypes, registry
 from pixart_core.components import PIPELINE_COPIED
-from pixart_core.errors import OutputError, PlanError, SourceError, ToolError
+from pixart_core.errors import OutputError, PlanError, SourceError, ToolError, UsageError
 from pixart_core.manifests import file_entry
 from pixart_core.stamps import versions
 
@@ -28,7 +29,7 @@ from .detect import Job, detect, is_pipeline, read_json
 from .engine import Plan, build_plan, stream_plan
 from .keymaps import spec_for
 from .manifest import FORMAT_VERSION, tensor_rows, write_manifest
-from .writers import WRITERS
+from .writers import MINDSPORE_METADATA, WRITERS
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Options:
     fmt: str = "safetensors"
     ema: bool = False
     keep_y_embedding: bool = True
+    to: str = "mindspore"  # the layout written: our MindSpore folders, or a torch layout (converters.backward)
 
 
 def plan_job(job: Job, opts: Options):
@@ -73,7 +75,11 @@ def plan_job(job: Job, opts: Options):
 
     config, written, notes = resolve_config(job, opts.config, opts.sample_size)
     component = registry.component(job.component)
-    spec = spec_for(job.layout, keep_y_embedding=opts.keep_y_embedding)
+    prefix = registry.layout(job.layout).ema_prefix
+    if opts.ema and prefix and not any(k.startswith(prefix) for k in job.source.infos):
+        raise SourceError(f"{job.path}: --ema given but no {prefix}* entries (an EMA file of plain names converts "
+                          "without --ema)")
+    spec = spec_for(job.layout, keep_y_embedding=opts.keep_y_embedding, ema=opts.ema)
     table = {name: shape for name, (shape, _) in parameter_table(component.network_class(), config).items()}
     plan = build_plan(spec, job.source, table, component.extras, opts.dtype, component.keep_fp32)
     plan.raise_if_problems()
@@ -86,7 +92,7 @@ def write_component(job: Job, folder: Path, opts: Options, written: dict, notes:
     folder.mkdir(parents=True)
     weights_name = f"{component.weights_stem}.{opts.fmt}"
     entries = [(t.name, t.dtype, t.shape) for t in plan.targets]
-    writer = WRITERS[opts.fmt](folder / weights_name, entries, {"format": "ms", "producer": "pixart-mindspore"})
+    writer = WRITERS[opts.fmt](folder / weights_name, entries, MINDSPORE_METADATA)
     try:
         digests = stream_plan(plan, job.source, writer, progress)
     except BaseException:
@@ -100,6 +106,7 @@ def write_component(job: Job, folder: Path, opts: Options, written: dict, notes:
         "format_version": FORMAT_VERSION,
         "component": job.component,
         "layout": plan.spec,
+        "target": "mindspore",
         "versions": versions("mindspore", "torch", "safetensors"),
         "source": {"path": str(job.path), "description": plan.source,
                    "files": [{"name": str(p), **file_entry(p)} for p in job.source.files]},
@@ -115,6 +122,14 @@ def write_component(job: Job, folder: Path, opts: Options, written: dict, notes:
     }
     write_manifest(folder, manifest)
     return ComponentResult(job.component, job.layout, str(job.path), folder, plan, written, notes, weights_name)
+
+
+def refuse_native(job: Job) -> None:
+    """``--to mindspore`` on a folder this tool already wrote for MindSpore has nothing to convert."""
+    if registry.layout(job.layout).native:
+        job.source.close()
+        raise UsageError(f"{job.path}: already a MindSpore folder written by pixart-ms; --to mindspore has nothing "
+                         "to convert (use --to diffusers or --to original to convert it back)")
 
 
 def check_output(src: Path, out: Path, overwrite: bool) -> None:
@@ -157,11 +172,16 @@ def convert(src, out, component: str = "auto", opts: Options | None = None, over
     opts = opts or Options()
     src, out = Path(src), Path(out)
     started = time.time()
+    if opts.to != "mindspore":
+        from .backward import convert_back
+
+        return convert_back(src, out, component, opts, overwrite, dry_run, progress)
     if not dry_run:
         check_output(src, out, overwrite)
     if component == "pipeline" or (component == "auto" and is_pipeline(src)):
         return convert_pipeline(src, out, opts, dry_run, progress, started)
     job = detect(src, component, ema=opts.ema)
+    refuse_native(job)
     try:
         config, written, notes, plan = plan_job(job, opts)
     except ToolError:
@@ -197,6 +217,7 @@ def convert_pipeline(src: Path, out: Path, opts: Options, dry_run: bool, progres
         job = None
         try:
             job = detect(src / name, name, ema=opts.ema)
+            refuse_native(job)
             planned[name] = (job, *plan_job(job, opts))
         except PlanError as exc:
             problems.extend(f"{name}: {p}" for p in exc.problems)

@@ -3,7 +3,8 @@ arrays (bfloat16 through ``ml_dtypes``).
 
 Formats: safetensors (single file or sharded with an ``*.index.json``), parsed here with numpy only (no torch);
 torch pickles (``.pth`` / ``.bin``, single or sharded) read only through ``torch.load(weights_only=True, mmap=True)``;
-and in-memory dicts of numpy arrays or torch tensors (round trips, references). Mapped pages count in the process's
+MindSpore ``.ckpt`` protobuf files, scanned here without loading them (``converters.ckpt_source``); and in-memory
+dicts of numpy arrays or torch tensors (round trips, references). Mapped pages count in the process's
 RSS, so the torch reader re-opens its files after ``REOPEN_BYTES`` have been read: peak memory stays at the largest
 tensor plus a constant whatever the checkpoint's size.
 """
@@ -39,11 +40,14 @@ class TensorInfo:
 
 
 class Source:
-    """Base: ``infos`` maps key -> TensorInfo; ``read(key)`` returns a contiguous numpy array."""
+    """Base: ``infos`` maps key -> TensorInfo; ``read(key)`` returns a contiguous numpy array. ``kind`` says which
+    framework wrote the file: ``torch``, ``safetensors`` (torch-side or unknown), ``mindspore`` (a ``.ckpt``, or
+    safetensors MindSpore or this tool wrote) or ``memory``; a layout may be recognised only in some kinds."""
 
     files: list[Path]
     infos: dict[str, TensorInfo]
     description: str
+    kind: str = "memory"
 
     def read(self, key: str) -> np.ndarray:
         raise NotImplementedError
@@ -189,6 +193,16 @@ def safetensors_infos(path: Path) -> dict[str, TensorInfo]:
     return infos
 
 
+# ``__metadata__`` of safetensors written on the MindSpore side: MindSpore's own writer says "ms"; this tool says
+# "np" (which mindone's loaders accept) with its name as producer
+PRODUCER = "pixart-mindspore"
+
+
+def written_by_mindspore(metadata: dict | None) -> bool:
+    metadata = metadata or {}
+    return metadata.get("format") == "ms" or metadata.get("producer") == PRODUCER
+
+
 class SafetensorsSource(Source):
     """safetensors read with numpy alone: each tensor's byte range is read into a fresh array (no mapped pages
     accumulate in RSS)."""
@@ -203,6 +217,9 @@ class SafetensorsSource(Source):
         if index is not None:
             check_index(index, self.infos)
         self._open = {}
+        metadata = read_safetensors_header(self.files[0])[0].get("__metadata__") if self.files else None
+        self.kind = "mindspore" if written_by_mindspore(metadata if isinstance(metadata, dict) else None) \
+            else "safetensors"
 
     def _handle(self, path: Path):
         handle = self._open.get(path)
@@ -275,6 +292,8 @@ def select_state_dict(obj, path: Path, ema: bool) -> dict:
 
 
 class TorchSource(Source):
+    kind = "torch"
+
     def __init__(self, paths: list[Path], index: Path | None = None, ema: bool = False):
         import torch
 
