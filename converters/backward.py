@@ -18,23 +18,20 @@ same manifest as a forward conversion (``target`` says which way it went).
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pixart_core import registry
 from pixart_core.components import PIPELINE_COPIED
-from pixart_core.errors import DataError, PlanError, SourceError, ToolError, UsageError
-from pixart_core.manifests import file_entry
-from pixart_core.stamps import versions
+from pixart_core.errors import DataError, UsageError
 
 from .convert import (ComponentResult, Options, _plan_summary, atomic_folder, byte_progress, check_output,
-                      plan_job)
-from .detect import Job, detect, is_pipeline, read_json
-from .engine import Plan, PlanSource, build_plan, check_aliases, stream_plan
+                      plan_job, plan_pipeline, stream_into, write_pipeline)
+from .detect import Job, detect, is_pipeline
+from .engine import Plan, PlanSource, build_plan, check_aliases
 from .keymaps.rules import Drop, Spec
-from .manifest import FORMAT_VERSION, tensor_rows, write_manifest
+from .manifest import component_manifest, write_manifest
 from .writers import TORCH_METADATA, writer_for
 
 
@@ -108,37 +105,17 @@ def write_back(bp: BackPlan, folder: Path, opts: Options, progress) -> Component
     weights_name = bp.layout.output_file
     writer = writer_for(weights_name)(folder / weights_name, [(t.name, t.dtype, t.shape) for t in plan.targets],
                                       TORCH_METADATA)
-    try:
-        digests = stream_plan(plan, bp.source, writer, progress)
+
+    def check():  # what the forward half found: NaN/Inf in the source, tied copies that differ
         bad = bp.source.bad + check_aliases(bp.forward, job.source)
         if bad:
             raise DataError(f"{plan.source}: {len(bad)} tensor(s) cannot be converted: " + "; ".join(bad))
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        job.source.close()
-    writer.close()
+
+    digests = stream_into(writer, plan, bp.source, progress, check)
     (folder / "config.json").write_text(json.dumps(bp.config, indent=2) + "\n")
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "component": job.component,
-        "layout": bp.layout.name,
-        "target": bp.to,
-        "source_layout": job.layout,
-        "versions": versions("mindspore", "torch", "safetensors"),
-        "source": {"path": str(job.path), "description": plan.source,
-                   "files": [{"name": str(p), **file_entry(p)} for p in job.source.files]},
-        "dtype_policy": opts.dtype,
-        "weights_format": Path(weights_name).suffix.lstrip("."),
-        "weights_file": weights_name,
-        "config": bp.config,
-        "files": {"config.json": file_entry(folder / "config.json"),
-                  weights_name: {"size": writer.size, "sha256": writer.file_sha256}},
-        "tensors": tensor_rows(plan, digests),
-        "dropped": [{"key": k, "reason": r} for k, r in bp.forward.dropped + plan.dropped],
-        "notes": bp.notes,
-    }
+    manifest = component_manifest(job, plan, digests, folder, weights_name, writer, bp.config, bp.notes, opts.dtype,
+                                  layout=bp.layout.name, target=bp.to, dropped=bp.forward.dropped + plan.dropped,
+                                  source_layout=job.layout)
     write_manifest(folder, manifest)
     return _result(bp, folder)
 
@@ -188,41 +165,15 @@ def _convert_back_pipeline(src: Path, out: Path, opts: Options, dry_run: bool, p
     the tokenizer and scheduler copied and ``model_index.json`` kept."""
     if opts.to != "diffusers":
         raise UsageError(f"--to {opts.to} writes the transformer alone; pass {src / 'transformer'}")
-    if opts.config is not None:
-        raise SourceError(f"{src}: --config applies to one component; a pipeline's components carry their own")
-    index = read_json(src / "model_index.json")
-    absent = [name for name in tuple(registry.COMPONENTS) + PIPELINE_COPIED if not (src / name).is_dir()]
-    if absent:
-        raise SourceError(f"{src}: pipeline folder lacks {', '.join(absent)}/")
-    planned, problems = {}, []
-    for name in registry.COMPONENTS:
-        job = None
-        try:
-            job = detect(src / name, name, ema=opts.ema)
-            planned[name] = plan_back(job, opts.to, opts)
-        except PlanError as exc:
-            problems.extend(f"{name}: {p}" for p in exc.problems)
-        except ToolError as exc:
-            problems.append(str(exc))
-        finally:
-            if job is not None:
-                job.source.close()
-    if problems:
-        raise PlanError(str(src), problems)
+    index, planned = plan_pipeline(src, opts, lambda job: plan_back(job, opts.to, opts))
     if dry_run:
         return {"dry_run": True, "components": [_summary(bp, "-", dry_run=True) for bp in planned.values()]}
-    bar = byte_progress(sum(bp.plan.total_bytes for bp in planned.values()), "pipeline", progress)
-    try:
-        with atomic_folder(out) as tmp:
-            tmp.mkdir()
-            for name, bp in planned.items():
-                bar.set_description(name)
-                write_back(bp, tmp / name, opts, bar.update)
-            for name in PIPELINE_COPIED:
-                shutil.copytree(src / name, tmp / name)
-            (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-    finally:
-        bar.close()
-    return {"output": str(out), "seconds": round(time.time() - started, 2),
-            "components": [_summary(bp, out / name) for name, bp in planned.items()],
+
+    def write_one(name, folder, update):
+        write_back(planned[name], folder, opts, update)
+        return _summary(planned[name], out / name)
+
+    total = sum(bp.plan.total_bytes for bp in planned.values())
+    summaries = write_pipeline(src, out, index, list(planned), total, write_one, progress)
+    return {"output": str(out), "seconds": round(time.time() - started, 2), "components": summaries,
             "copied": list(PIPELINE_COPIED)}

@@ -24,7 +24,7 @@ import numpy as np
 from pixart_core import dtypes
 from pixart_core.errors import SourceError
 
-from .sources import Source, TensorInfo
+from .sources import ByteRangeSource, TensorInfo
 
 # wire types and field numbers of the messages above
 VARINT, I64, LEN, I32 = 0, 1, 2, 5
@@ -206,7 +206,7 @@ def is_zip(path: Path) -> bool:
         return f.read(4) == b"PK\x03\x04"
 
 
-class CkptSource(Source):
+class CkptSource(ByteRangeSource):
     """A MindSpore ``.ckpt`` read lazily: each tensor's chunks are read into a fresh array."""
 
     kind = "mindspore"
@@ -223,39 +223,25 @@ class CkptSource(Source):
             raise SourceError(f"{path}: not a readable MindSpore checkpoint ({exc})") from exc
         self._handle = None
 
-    def _read_bytes(self, key: str, begin: int, end: int, out: np.ndarray) -> np.ndarray:
-        """Content bytes ``begin:end`` of ``key`` into ``out`` (whose buffer is exactly that long)."""
+    def _read_span(self, info, begin, shape):
+        out = np.empty(shape, dtypes.numpy_dtype(info.dtype))
         view = memoryview(out.reshape(-1).view(np.uint8))
+        end = begin + len(view)
         try:
             if self._handle is None:
                 self._handle = open(self.files[0], "rb")
             pos, filled = 0, 0
-            for offset, length in self._chunks[key]:
+            for offset, length in self._chunks[info.key]:  # the chunks that overlap begin:end
                 lo, hi = max(begin, pos), min(end, pos + length)
                 if lo < hi:
                     self._handle.seek(offset + lo - pos)
-                    got = self._handle.readinto(view[filled:filled + hi - lo])
-                    if got != hi - lo:
-                        raise SourceError(f"{self.files[0]}: truncated inside tensor {key}")
-                    filled += got
+                    if self._handle.readinto(view[filled:filled + hi - lo]) != hi - lo:
+                        raise SourceError(f"{self.files[0]}: truncated inside tensor {info.key}")
+                    filled += hi - lo
                 pos += length
         except OSError as exc:
-            raise SourceError(f"{self.files[0]}: cannot read tensor {key} ({exc})") from exc
+            raise SourceError(f"{self.files[0]}: cannot read tensor {info.key} ({exc})") from exc
         return out
-
-    def read(self, key):
-        info = self.infos[key]
-        out = np.empty(info.shape, dtypes.numpy_dtype(info.dtype))
-        return self._read_bytes(key, 0, info.nbytes, out)
-
-    def read_rows(self, key, start, stop):
-        info = self.infos[key]
-        if not info.shape:
-            return self.read(key)
-        stop = min(stop, info.shape[0])
-        row = dtypes.nbytes(info.dtype, info.shape[1:])
-        out = np.empty((stop - start, *info.shape[1:]), dtypes.numpy_dtype(info.dtype))
-        return self._read_bytes(key, start * row, stop * row, out)
 
     def close(self):
         if self._handle is not None:

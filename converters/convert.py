@@ -21,14 +21,12 @@ from tqdm import tqdm
 from pixart_core import dtypes, registry
 from pixart_core.components import PIPELINE_COPIED
 from pixart_core.errors import OutputError, PlanError, SourceError, ToolError, UsageError
-from pixart_core.manifests import file_entry
-from pixart_core.stamps import versions
 
 from .configs import resolve_config
 from .detect import Job, detect, is_pipeline, read_json
 from .engine import Plan, build_plan, stream_plan
 from .keymaps import spec_for
-from .manifest import FORMAT_VERSION, tensor_rows, write_manifest
+from .manifest import component_manifest, write_manifest
 from .writers import MINDSPORE_METADATA, WRITERS
 
 
@@ -93,35 +91,28 @@ def write_component(job: Job, folder: Path, opts: Options, written: dict, notes:
     weights_name = f"{component.weights_stem}.{opts.fmt}"
     entries = [(t.name, t.dtype, t.shape) for t in plan.targets]
     writer = WRITERS[opts.fmt](folder / weights_name, entries, MINDSPORE_METADATA)
+    digests = stream_into(writer, plan, job.source, progress)
+    (folder / "config.json").write_text(json.dumps(written, indent=2) + "\n")
+    manifest = component_manifest(job, plan, digests, folder, weights_name, writer, written, notes, opts.dtype,
+                                  layout=plan.spec, target="mindspore", dropped=plan.dropped)
+    write_manifest(folder, manifest)
+    return ComponentResult(job.component, job.layout, str(job.path), folder, plan, written, notes, weights_name)
+
+
+def stream_into(writer, plan: Plan, source, progress, check=None) -> dict[str, str]:
+    """``stream_plan`` into ``writer``, then ``check()``; the writer is closed when both succeed and aborted
+    otherwise, the source closed either way. Returns the tensors' sha256 by name."""
     try:
-        digests = stream_plan(plan, job.source, writer, progress)
+        digests = stream_plan(plan, source, writer, progress)
+        if check is not None:
+            check()
     except BaseException:
         writer.abort()
         raise
     finally:
-        job.source.close()
+        source.close()
     writer.close()
-    (folder / "config.json").write_text(json.dumps(written, indent=2) + "\n")
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "component": job.component,
-        "layout": plan.spec,
-        "target": "mindspore",
-        "versions": versions("mindspore", "torch", "safetensors"),
-        "source": {"path": str(job.path), "description": plan.source,
-                   "files": [{"name": str(p), **file_entry(p)} for p in job.source.files]},
-        "dtype_policy": opts.dtype,
-        "weights_format": opts.fmt,
-        "weights_file": weights_name,
-        "config": written,
-        "files": {"config.json": file_entry(folder / "config.json"),
-                  weights_name: {"size": writer.size, "sha256": writer.file_sha256}},
-        "tensors": tensor_rows(plan, digests),
-        "dropped": [{"key": k, "reason": r} for k, r in plan.dropped],
-        "notes": notes,
-    }
-    write_manifest(folder, manifest)
-    return ComponentResult(job.component, job.layout, str(job.path), folder, plan, written, notes, weights_name)
+    return digests
 
 
 def refuse_native(job: Job) -> None:
@@ -204,6 +195,27 @@ def convert(src, out, component: str = "auto", opts: Options | None = None, over
 def convert_pipeline(src: Path, out: Path, opts: Options, dry_run: bool, progress: bool, started: float) -> dict:
     """A diffusers PixArt-Sigma pipeline folder: the three networks converted, tokenizer and scheduler copied,
     ``model_index.json`` written; every component planned (and every problem reported) before any writing."""
+    def plan_one(job):
+        refuse_native(job)
+        return (job, *plan_job(job, opts))
+
+    def write_one(name, folder, update):
+        job, _, written, notes, plan = planned[name]
+        return write_component(job, folder, opts, written, notes, plan, update).summary()
+
+    index, planned = plan_pipeline(src, opts, plan_one)
+    if dry_run:
+        return {"dry_run": True, "components": [_plan_summary(job, plan, written, notes)
+                                                for job, _, written, notes, plan in planned.values()]}
+    total = sum(plan.total_bytes for *_, plan in planned.values())
+    summaries = write_pipeline(src, out, index, list(planned), total, write_one, progress)
+    return {"output": str(out), "seconds": round(time.time() - started, 2), "components": summaries,
+            "copied": list(PIPELINE_COPIED)}
+
+
+def plan_pipeline(src: Path, opts: Options, plan_one) -> tuple[dict, dict]:
+    """(``model_index.json``, {component: ``plan_one(job)``}) for every component of a pipeline folder, all planned
+    before anything is written; one PlanError lists the problems of every component."""
     if not is_pipeline(src):
         raise SourceError(f"{src}: not a pipeline folder (no model_index.json)")
     if opts.config is not None:
@@ -217,8 +229,7 @@ def convert_pipeline(src: Path, out: Path, opts: Options, dry_run: bool, progres
         job = None
         try:
             job = detect(src / name, name, ema=opts.ema)
-            refuse_native(job)
-            planned[name] = (job, *plan_job(job, opts))
+            planned[name] = plan_one(job)
         except PlanError as exc:
             problems.extend(f"{name}: {p}" for p in exc.problems)
         except ToolError as exc:
@@ -228,19 +239,21 @@ def convert_pipeline(src: Path, out: Path, opts: Options, dry_run: bool, progres
                 job.source.close()
     if problems:
         raise PlanError(str(src), problems)
-    if dry_run:
-        return {"dry_run": True, "components": [_plan_summary(job, plan, written, notes)
-                                                for job, _, written, notes, plan in planned.values()]}
-    total = sum(plan.total_bytes for *_, plan in planned.values())
+    return index, planned
+
+
+def write_pipeline(src: Path, out: Path, index: dict, names: list[str], total: int, write_one,
+                   progress: bool) -> list[dict]:
+    """Write a pipeline folder atomically: ``write_one(name, folder, update) -> summary`` per component, the
+    tokenizer and scheduler copied, ``model_index.json`` kept. Returns the summaries."""
     bar = byte_progress(total, "pipeline", progress)
     summaries = []
     try:
         with atomic_folder(out) as tmp:
             tmp.mkdir()
-            for name, (job, _, written, notes, plan) in planned.items():
+            for name in names:
                 bar.set_description(name)
-                result = write_component(job, tmp / name, opts, written, notes, plan, bar.update)
-                summary = result.summary()
+                summary = write_one(name, tmp / name, bar.update)
                 summary["folder"] = str(out / name)
                 summaries.append(summary)
             for name in PIPELINE_COPIED:
@@ -248,8 +261,7 @@ def convert_pipeline(src: Path, out: Path, opts: Options, dry_run: bool, progres
             (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     finally:
         bar.close()
-    return {"output": str(out), "seconds": round(time.time() - started, 2), "components": summaries,
-            "copied": list(PIPELINE_COPIED)}
+    return summaries
 
 
 def _plan_summary(job: Job, plan: Plan, written: dict, notes: list[str]) -> dict:

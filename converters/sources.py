@@ -193,6 +193,26 @@ def safetensors_infos(path: Path) -> dict[str, TensorInfo]:
     return infos
 
 
+class ByteRangeSource(Source):
+    """A source whose tensors are byte ranges of files: ``read`` and ``read_rows`` are one ``_read_span``."""
+
+    def _read_span(self, info: TensorInfo, begin: int, shape) -> np.ndarray:
+        """A fresh array of ``shape`` from the tensor's bytes starting ``begin`` bytes into it."""
+        raise NotImplementedError
+
+    def read(self, key):
+        info = self.infos[key]
+        return self._read_span(info, 0, info.shape)
+
+    def read_rows(self, key, start, stop):
+        info = self.infos[key]
+        if not info.shape:
+            return self.read(key)
+        stop = min(stop, info.shape[0])
+        row = dtypes.nbytes(info.dtype, info.shape[1:])
+        return self._read_span(info, start * row, (stop - start, *info.shape[1:]))
+
+
 # ``__metadata__`` of safetensors written on the MindSpore side: MindSpore's own writer says "ms"; this tool says
 # "np" (which mindone's loaders accept) with its name as producer
 PRODUCER = "pixart-mindspore"
@@ -203,7 +223,7 @@ def written_by_mindspore(metadata: dict | None) -> bool:
     return metadata.get("format") == "ms" or metadata.get("producer") == PRODUCER
 
 
-class SafetensorsSource(Source):
+class SafetensorsSource(ByteRangeSource):
     """safetensors read with numpy alone: each tensor's byte range is read into a fresh array (no mapped pages
     accumulate in RSS)."""
 
@@ -240,17 +260,8 @@ class SafetensorsSource(Source):
             raise SourceError(f"{info.file}: truncated inside tensor {info.key}")
         return out
 
-    def read(self, key):
-        info = self.infos[key]
-        return self._read_range(info, info.offset, info.shape)
-
-    def read_rows(self, key, start, stop):
-        info = self.infos[key]
-        if not info.shape:
-            return self.read(key)
-        stop = min(stop, info.shape[0])
-        row = dtypes.nbytes(info.dtype, info.shape[1:])
-        return self._read_range(info, info.offset + start * row, (stop - start, *info.shape[1:]))
+    def _read_span(self, info, begin, shape):
+        return self._read_range(info, info.offset + begin, shape)
 
     def close(self):
         for handle in self._open.values():

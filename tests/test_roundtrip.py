@@ -114,7 +114,9 @@ def test_original_round_trip_is_bit_exact(converted_pixart, pixart_pth, workdir)
     assert_bit_exact(source, state, "original")
     config = json.loads((back / "config.json").read_text())
     assert np.array_equal(state["pos_embed"].numpy(), original_pos_embed(config))
-    missing, unexpected = OriginalPixArtMS().load_state_dict(state, strict=True)
+    reference = OriginalPixArtMS(sample_size=config["sample_size"], pe_interpolation=config["interpolation_scale"])
+    assert torch.equal(state["pos_embed"], reference.pos_embed)  # what the original's constructor computes
+    missing, unexpected = reference.load_state_dict(state, strict=True)
     assert not missing and not unexpected
     manifest = json.loads((back / "manifest.json").read_text())
     assert manifest["target"] == "original" and manifest["weights_file"] == ORIGINAL
@@ -199,3 +201,13 @@ def test_verify_catches_a_changed_pth(converted_pixart, tmp_path):
     (back / ORIGINAL).write_bytes(bytes(data))
     result = run_cli("verify", back)
     assert result.exit_code == 1, result.output
+
+
+def test_bf16_through_a_mindspore_ckpt(pixart_diffusers_dir, workdir):
+    """bf16 weights in a MindSpore .ckpt come back as the source rounded to bf16, byte for byte."""
+    ms_folder, back = workdir / "rt-bf16-ms", workdir / "rt-bf16-back"
+    assert run_cli("convert", pixart_diffusers_dir, "-o", ms_folder, "--dtype", "bf16", "--format", "ckpt").exit_code == 0
+    convert_back(ms_folder, back, "diffusers")
+    source, got = torch_tensors(pixart_diffusers_dir), torch_tensors(back)
+    assert set(got) == set(source)
+    assert_bit_exact({k: v.to(torch.bfloat16) for k, v in source.items()}, got, "bf16")

@@ -235,23 +235,11 @@ class Tie(Rule):
 
 
 @dataclass(frozen=True, eq=False)
-class Refuse(Rule):
+class Refuse(Drop):
     """A source tensor this layout cannot convert faithfully: it stops the plan, with the reason."""
-
-    source: str
-    reason: str
-
-    targets = ()
-
-    @property
-    def sources(self):
-        return (self.source,)
 
     def resolve(self, key, fields, infos, plan):
         plan.problems.append(f"{key}: {self.reason}")
-        return None
-
-    def inverse(self):
         return None
 
 
