@@ -23,7 +23,7 @@ from pixart_core.components import PIPELINE_COPIED
 from pixart_core.errors import OutputError, PlanError, SourceError, ToolError, UsageError
 
 from .configs import resolve_config
-from .detect import Job, detect, is_pipeline, read_json
+from .detect import Job, detect, is_mindspore_folder, is_pipeline, read_json
 from .engine import Plan, build_plan, stream_plan
 from .keymaps import spec_for
 from .manifest import component_manifest, write_manifest
@@ -170,6 +170,9 @@ def convert(src, out, component: str = "auto", opts: Options | None = None, over
     if not dry_run:
         check_output(src, out, overwrite)
     if component == "pipeline" or (component == "auto" and is_pipeline(src)):
+        if is_pipeline(src) and all(is_mindspore_folder(src / name) for name in registry.COMPONENTS):
+            raise UsageError(f"{src}: already a MindSpore pipeline written by pixart-ms; --to mindspore has nothing "
+                             "to convert (use --to diffusers to convert it back)")
         return convert_pipeline(src, out, opts, dry_run, progress, started)
     job = detect(src, component, ema=opts.ema)
     refuse_native(job)

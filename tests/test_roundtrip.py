@@ -69,7 +69,8 @@ def test_pipeline_round_trip_is_bit_exact(tiny_pipeline, pipeline_back):
         for weights in (pipeline_back / name).glob("*.safetensors"):
             assert read_safetensors_header(weights)[0]["__metadata__"]["format"] == "pt"
     for name in PIPELINE_COPIED:
-        assert sorted(p.name for p in (pipeline_back / name).iterdir()) == sorted(p.name for p in (src / name).iterdir())
+        copied = sorted(p.name for p in (pipeline_back / name).iterdir())
+        assert copied == sorted(p.name for p in (src / name).iterdir())
     assert json.loads((pipeline_back / "model_index.json").read_text()) == json.loads((src / "model_index.json")
                                                                                       .read_text())
     assert run_cli("verify", pipeline_back).exit_code == 0
@@ -169,7 +170,7 @@ def test_to_that_does_not_fit_the_source(tiny_pipeline, pixart_diffusers_dir, co
     src, ms_out, _ = tiny_pipeline
     out = tmp_path / "out"
     assert_clean_failure(run_cli("convert", ms_out / "transformer", "-o", out), out, "already a MindSpore folder")
-    assert_clean_failure(run_cli("convert", ms_out, "-o", out), out, "already a MindSpore folder")
+    assert_clean_failure(run_cli("convert", ms_out, "-o", out), out, "already a MindSpore pipeline")
     assert_clean_failure(run_cli("convert", ms_out / "vae", "-o", out, "--to", "original"), out,
                          "--to original does not fit a vae")
     assert_clean_failure(run_cli("convert", ms_out, "-o", out, "--to", "original"), out, "transformer alone")
@@ -206,7 +207,8 @@ def test_verify_catches_a_changed_pth(converted_pixart, tmp_path):
 def test_bf16_through_a_mindspore_ckpt(pixart_diffusers_dir, workdir):
     """bf16 weights in a MindSpore .ckpt come back as the source rounded to bf16, byte for byte."""
     ms_folder, back = workdir / "rt-bf16-ms", workdir / "rt-bf16-back"
-    assert run_cli("convert", pixart_diffusers_dir, "-o", ms_folder, "--dtype", "bf16", "--format", "ckpt").exit_code == 0
+    result = run_cli("convert", pixart_diffusers_dir, "-o", ms_folder, "--dtype", "bf16", "--format", "ckpt")
+    assert result.exit_code == 0, result.output
     convert_back(ms_folder, back, "diffusers")
     source, got = torch_tensors(pixart_diffusers_dir), torch_tensors(back)
     assert set(got) == set(source)

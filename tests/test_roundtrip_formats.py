@@ -67,8 +67,9 @@ def test_field_numbers_are_mindspores():
     assert fields(pb.Checkpoint.DESCRIPTOR) == {"value": ckpt_source.CHECKPOINT_VALUE}
     assert fields(pb.Checkpoint.DESCRIPTOR.nested_types_by_name["Value"]) == {
         "tag": ckpt_source.VALUE_TAG, "tensor": ckpt_source.VALUE_TENSOR, "maptensor": ckpt_source.VALUE_MAPTENSOR}
-    assert fields(pb.TensorProto.DESCRIPTOR) == {"dims": ckpt_source.TENSOR_DIMS, "tensor_type": ckpt_source.TENSOR_TYPE,
-                                                 "tensor_content": ckpt_source.TENSOR_CONTENT}
+    assert fields(pb.TensorProto.DESCRIPTOR) == {
+        "dims": ckpt_source.TENSOR_DIMS, "tensor_type": ckpt_source.TENSOR_TYPE,
+        "tensor_content": ckpt_source.TENSOR_CONTENT}
 
 
 def test_ckpt_reader_equals_load_checkpoint(tmp_path):

@@ -2,8 +2,9 @@
 
 Sources: the original ``PixArtMS`` ``.pth`` (``{"state_dict": ...}``, fused ``qkv`` / ``kv_linear``), diffusers'
 ``PixArtTransformer2DModel`` folders, mindone's training checkpoints and our own MindSpore folders; written back
-(``convert --to``) as diffusers folders and original ``.pth`` files. MindSpore network ``mindspore_nets.pixart.PixArtTransformer2D`` with
-diffusers' parameter names; torch reference diffusers' class. Exported per latent size (aspect-ratio bucket).
+(``convert --to``) as diffusers folders and original ``.pth`` files. MindSpore network
+``mindspore_nets.pixart.PixArtTransformer2D`` with diffusers' parameter names; torch reference diffusers' class.
+Exported per latent size (aspect-ratio bucket).
 """
 from __future__ import annotations
 
