@@ -61,17 +61,20 @@ def print_summary(result: dict) -> None:
               "folder or an original .pth (from MindSpore weights, ours or mindone's).")
 @click.option("--ema", is_flag=True, help="Convert the EMA weights of a training checkpoint.")
 @click.option("--drop-y-embedding", is_flag=True, help="Do not keep the original's y_embedding buffer.")
+@click.option("--y-embedding-from", type=click.Path(path_type=Path),
+              help="Take the transformer's y_embedding (caption-dropout embedding) from this checkpoint: mindone's "
+              "training saves none, the original layout needs it.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
-def convert_command(src, out, component, config, sample_size, dtype, fmt, to, ema, drop_y_embedding, overwrite,
-                    dry_run, as_json):
+def convert_command(src, out, component, config, sample_size, dtype, fmt, to, ema, drop_y_embedding,
+                    y_embedding_from, overwrite, dry_run, as_json):
     """Convert PyTorch weights (original .pth, diffusers, transformers) to a MindSpore folder, or MindSpore weights
     back to a torch layout (--to)."""
     from .convert import Options, convert
 
     opts = Options(config=config, sample_size=sample_size, dtype=dtype, fmt=fmt, ema=ema,
-                   keep_y_embedding=not drop_y_embedding, to=to)
+                   keep_y_embedding=not drop_y_embedding, to=to, y_embedding_from=y_embedding_from)
     try:
         result = convert(src, out, component, opts, overwrite=overwrite, dry_run=dry_run, progress=not as_json)
     except ToolError as exc:

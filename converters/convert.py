@@ -65,6 +65,7 @@ class Options:
     ema: bool = False
     keep_y_embedding: bool = True
     to: str = "mindspore"  # the layout written: our MindSpore folders, or a torch layout (converters.backward)
+    y_embedding_from: Path | None = None  # a checkpoint to take the transformer's caption-dropout embedding from
 
 
 def plan_job(job: Job, opts: Options):
@@ -72,6 +73,8 @@ def plan_job(job: Job, opts: Options):
     from mindspore_nets.loading import parameter_table
 
     config, written, notes = resolve_config(job, opts.config, opts.sample_size)
+    if opts.y_embedding_from is not None:
+        notes.append(borrow_y_embedding(job, opts))
     component = registry.component(job.component)
     prefix = registry.layout(job.layout).ema_prefix
     if opts.ema and prefix and not any(k.startswith(prefix) for k in job.source.infos):
@@ -82,6 +85,37 @@ def plan_job(job: Job, opts: Options):
     plan = build_plan(spec, job.source, table, component.extras, opts.dtype, component.keep_fp32)
     plan.raise_if_problems()
     return config, written, notes, plan
+
+
+def borrow_y_embedding(job: Job, opts: Options) -> str:
+    """``--y-embedding-from``: the caption-dropout embedding, frozen in training and therefore absent from mindone's
+    checkpoints of trainable parameters, taken from another checkpoint of the same model (the one training started
+    from); the original layout cannot do without it. Returns the note recorded in the manifest."""
+    from .keymaps.pixart import Y_EMBEDDING
+    from .sources import OverlaySource
+
+    if job.component != "transformer":
+        raise UsageError(f"--y-embedding-from applies to the transformer, not the {job.component}")
+    if not opts.keep_y_embedding:
+        raise UsageError("--y-embedding-from and --drop-y-embedding contradict each other")
+    here = name_in_layout(job.layout, Y_EMBEDDING)
+    if here in job.source.infos:
+        raise UsageError(f"{job.path} has its own {here}; --y-embedding-from would replace it")
+    donor = detect(opts.y_embedding_from, "transformer")
+    there = name_in_layout(donor.layout, Y_EMBEDDING)
+    if there not in donor.source.infos:
+        donor.source.close()
+        raise SourceError(f"{opts.y_embedding_from}: no caption-dropout embedding ({there or Y_EMBEDDING}) in it")
+    job.source = OverlaySource(job.source, {here: (donor.source, there)})
+    return f"{here} taken from {opts.y_embedding_from} ({there})"
+
+
+def name_in_layout(layout: str, name: str) -> str | None:
+    """The key a layout gives one of our MindSpore names (its key map run backwards)."""
+    from .keymaps.rules import fill
+
+    hit = spec_for(layout).inverse().first_rule(name)
+    return fill(hit[0].targets[0], hit[2]) if hit and hit[0].targets else None
 
 
 def write_component(job: Job, folder: Path, opts: Options, written: dict, notes: list[str], plan: Plan,

@@ -61,6 +61,36 @@ class Source:
         pass
 
 
+class OverlaySource(Source):
+    """A source with tensors added from other sources: ``extra`` maps a new key to (source, its key there)."""
+
+    def __init__(self, base: Source, extra: dict):
+        self.base, self.extra = base, extra
+        self.files = [*base.files, *(f for src, _ in extra.values() for f in src.files)]
+        self.kind, self.description = base.kind, base.description
+        self.infos = dict(base.infos)
+        for key, (src, name) in extra.items():
+            info = src.infos[name]
+            self.infos[key] = TensorInfo(key, info.shape, info.dtype, info.file)
+
+    def read(self, key):
+        if key in self.extra:
+            src, name = self.extra[key]
+            return src.read(name)
+        return self.base.read(key)
+
+    def read_rows(self, key, start, stop):
+        if key in self.extra:
+            src, name = self.extra[key]
+            return src.read_rows(name, start, stop)
+        return self.base.read_rows(key, start, stop)
+
+    def close(self):
+        self.base.close()
+        for src, _ in self.extra.values():
+            src.close()
+
+
 def torch_to_numpy(tensor) -> np.ndarray:
     """A contiguous CPU torch tensor as a numpy array sharing its memory (bfloat16 through an int16 view)."""
     import torch

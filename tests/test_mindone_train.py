@@ -145,6 +145,28 @@ def test_trainable_parameters_only(mindone, pixart_diffusers_dir, workdir, tmp_p
                          "needs y_embedder.y_embedding", "trainable parameters only")
 
 
+def test_y_embedding_from_the_starting_checkpoint(mindone, pixart_pth, converted_pixart, pixart_diffusers_dir,
+                                                 workdir, tmp_path):
+    """mindone saves no frozen y_embedding; --y-embedding-from takes it from the checkpoint training started from
+    (an original .pth, or our MindSpore folder of it), recorded in the manifest."""
+    cfg = pixart_diffusers_dir / "config.json"
+    for name, donor in (("pth", pixart_pth), ("ms", converted_pixart["pth"])):
+        out = workdir / f"mindone-epoch-original-{name}"
+        convert(mindone["epoch"], out, cfg, "--to", "original", "--y-embedding-from", donor)
+        state = torch.load(out / "PixArt-Sigma.pth", weights_only=True)["state_dict"]
+        assert np.array_equal(state[Y].numpy(), mindone["y"])
+        assert np.array_equal(state["blocks.0.attn.qkv.weight"].numpy(), mindone["trained"]["blocks.0.attn.qkv.weight"])
+        OriginalPixArtMS().load_state_dict(state, strict=True)
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert any("taken from" in note for note in manifest["notes"])
+        assert len(manifest["source"]["files"]) == 2
+    out = tmp_path / "out"
+    assert_clean_failure(run_cli("convert", mindone["epoch"], "-o", out, "--config", cfg, "--to", "original",
+                                 "--y-embedding-from", pixart_diffusers_dir), out, "no caption-dropout embedding")
+    assert_clean_failure(run_cli("convert", mindone["resume"], "-o", out, "--config", cfg, "--to", "original",
+                                 "--y-embedding-from", pixart_pth), out, "has its own y_embedder.y_embedding")
+
+
 def test_unknown_entry_stops_the_plan(mindone, pixart_diffusers_dir, tmp_path):
     named = {**mindone["trained"], "lora_down.blocks.0.weight": np.ones((4, 16), np.float32)}
     path = save_ms(tmp_path / "odd.ckpt", named)

@@ -86,8 +86,12 @@ def complete_original(plan, config: dict) -> None:
     plan.add_generated(Generated("pos_embed", pos.shape, "float32", lambda: original_pos_embed(config),
                                  f"sin-cos table for sample_size {config['sample_size']}, interpolation_scale "
                                  f"{config.get('interpolation_scale')}"))
-    if not any(t.name == ORIGINAL_Y for t in plan.targets):
+    y = next((t for t in plan.targets if t.name == ORIGINAL_Y), None)
+    if y is None:
         plan.problems.append(
             f"the original layout needs {ORIGINAL_Y} (the caption-dropout embedding, used as the unconditional "
-            f"caption) and the source has no {Y_EMBEDDING}: a checkpoint of the trainable parameters only; convert "
-            "the EMA or whole-network checkpoint of the same run, or use --to diffusers")
+            f"caption) and the source has no {Y_EMBEDDING}: a checkpoint of the trainable parameters only; pass "
+            "--y-embedding-from with the checkpoint training started from, or use --to diffusers")
+    elif len(y.shape) != 2 or y.shape[1] != config["caption_channels"]:
+        plan.problems.append(f"{ORIGINAL_Y}: {y.shape} from {', '.join(y.group.sources)}, expected (tokens, "
+                             f"{config['caption_channels']})")
