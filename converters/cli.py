@@ -9,6 +9,7 @@ import click
 from pixart_core import registry
 from pixart_core.cli import fail
 from pixart_core.errors import CheckFailed, ToolError
+from pixart_core.naming import fold
 
 
 def _human_bytes(n: int) -> str:
@@ -23,13 +24,17 @@ def print_summary(result: dict) -> None:
     if result.get("dry_run"):
         click.echo("dry run: nothing written")
     for comp in result["components"]:
-        click.echo(f"{comp['component']}: {comp['layout']} from {comp['source']}")
+        written = f" -> {comp['written_layout']}" if comp.get("written_layout") else ""
+        click.echo(f"{comp['component']}: {comp['layout']}{written} from {comp['source']}")
         click.echo(f"  {comp['tensors']} tensors, {comp['values']:,} values, {_human_bytes(comp['bytes'])}, "
                    f"dtype {'/'.join(comp['dtypes'])}")
         for extra in comp["extras"]:
             click.echo(f"  kept extra: {extra}")
+        by_reason: dict[str, list[str]] = {}
         for drop in comp["dropped"]:
-            click.echo(f"  dropped: {drop['key']} ({drop['reason']})")
+            by_reason.setdefault(drop["reason"], []).append(drop["key"])
+        for reason, keys in by_reason.items():
+            click.echo(f"  dropped: {', '.join(fold(keys))} ({reason})")
         for note in comp["notes"]:
             click.echo(f"  note: {note}")
         if result.get("dry_run"):
@@ -51,18 +56,25 @@ def print_summary(result: dict) -> None:
 @click.option("--dtype", type=click.Choice(["keep", "fp32", "fp16", "bf16"]), default="keep", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["safetensors", "ckpt"]), default="safetensors",
               show_default=True)
+@click.option("--to", "to", type=click.Choice(["mindspore", "diffusers", "original"]), default="mindspore",
+              show_default=True, help="Layout written: a MindSpore folder, or back to a diffusers/transformers "
+              "folder or an original .pth (from MindSpore weights, ours or mindone's).")
 @click.option("--ema", is_flag=True, help="Convert the EMA weights of a training checkpoint.")
 @click.option("--drop-y-embedding", is_flag=True, help="Do not keep the original's y_embedding buffer.")
+@click.option("--y-embedding-from", type=click.Path(path_type=Path),
+              help="Take the transformer's y_embedding (caption-dropout embedding) from this checkpoint: mindone's "
+              "training saves none, the original layout needs it.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
-def convert_command(src, out, component, config, sample_size, dtype, fmt, ema, drop_y_embedding, overwrite,
-                    dry_run, as_json):
-    """Convert PyTorch weights (original .pth, diffusers, transformers) to a MindSpore folder."""
+def convert_command(src, out, component, config, sample_size, dtype, fmt, to, ema, drop_y_embedding,
+                    y_embedding_from, overwrite, dry_run, as_json):
+    """Convert PyTorch weights (original .pth, diffusers, transformers) to a MindSpore folder, or MindSpore weights
+    back to a torch layout (--to)."""
     from .convert import Options, convert
 
     opts = Options(config=config, sample_size=sample_size, dtype=dtype, fmt=fmt, ema=ema,
-                   keep_y_embedding=not drop_y_embedding)
+                   keep_y_embedding=not drop_y_embedding, to=to, y_embedding_from=y_embedding_from)
     try:
         result = convert(src, out, component, opts, overwrite=overwrite, dry_run=dry_run, progress=not as_json)
     except ToolError as exc:

@@ -37,7 +37,7 @@ def resolve_config(job: Job, config_path=None, sample_size: int | None = None):
 
 def pixart_config(job: Job, data: dict, sample_size, notes, given: bool) -> dict:
     infos = job.source.infos
-    if job.layout == "pixart_original" and not given:
+    if registry.layout(job.layout).shapes_from_weights and not given:
         data.update(_pixart_shapes(job))
         notes.append(f"architecture read from the weights: {data['num_layers']} layers, hidden "
                      f"{data['num_attention_heads'] * PIXART_HEAD_DIM}, {data['num_attention_heads']} heads of "

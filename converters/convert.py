@@ -1,4 +1,5 @@
-"""``convert``: source path -> MindSpore folder (config.json, weights, manifest.json), atomically.
+"""``convert``: source path -> MindSpore folder (config.json, weights, manifest.json), atomically; ``--to diffusers``
+/ ``--to original`` go the other way through the same plans (``converters.backward``).
 
 Everything is checked before the first byte moves: the output location, the layout, the config and the full
 plan against the target network. The folder is written under a temporary name beside the target and renamed
@@ -19,16 +20,14 @@ from tqdm import tqdm
 
 from pixart_core import dtypes, registry
 from pixart_core.components import PIPELINE_COPIED
-from pixart_core.errors import OutputError, PlanError, SourceError, ToolError
-from pixart_core.manifests import file_entry
-from pixart_core.stamps import versions
+from pixart_core.errors import OutputError, PlanError, SourceError, ToolError, UsageError
 
 from .configs import resolve_config
-from .detect import Job, detect, is_pipeline, read_json
+from .detect import Job, detect, is_mindspore_folder, is_pipeline, read_json
 from .engine import Plan, build_plan, stream_plan
 from .keymaps import spec_for
-from .manifest import FORMAT_VERSION, tensor_rows, write_manifest
-from .writers import WRITERS
+from .manifest import component_manifest, write_manifest
+from .writers import MINDSPORE_METADATA, WRITERS
 
 
 @dataclass
@@ -65,17 +64,56 @@ class Options:
     fmt: str = "safetensors"
     ema: bool = False
     keep_y_embedding: bool = True
+    to: str = "mindspore"  # the layout written: our MindSpore folders, or a torch layout (converters.backward)
+    y_embedding_from: Path | None = None  # a checkpoint to take the transformer's caption-dropout embedding from
 
 
 def plan_job(job: Job, opts: Options):
     """Config and checked plan for one component; raises PlanError listing every problem."""
     config, written, notes = resolve_config(job, opts.config, opts.sample_size)
+    if opts.y_embedding_from is not None:
+        notes.append(borrow_y_embedding(job, opts))
     component = registry.component(job.component)
-    spec = spec_for(job.layout, keep_y_embedding=opts.keep_y_embedding)
+    prefix = registry.layout(job.layout).ema_prefix
+    if opts.ema and prefix and not any(k.startswith(prefix) for k in job.source.infos):
+        raise SourceError(f"{job.path}: --ema given but no {prefix}* entries (an EMA file of plain names converts "
+                          "without --ema)")
+    spec = spec_for(job.layout, keep_y_embedding=opts.keep_y_embedding, ema=opts.ema)
     table = component.parameter_shapes(config)  # the network's own table, checked equal in the tests
     plan = build_plan(spec, job.source, table, component.extras, opts.dtype, component.keep_fp32)
     plan.raise_if_problems()
     return config, written, notes, plan
+
+
+def borrow_y_embedding(job: Job, opts: Options) -> str:
+    """``--y-embedding-from``: the caption-dropout embedding, frozen in training and therefore absent from mindone's
+    checkpoints of trainable parameters, taken from another checkpoint of the same model (the one training started
+    from); the original layout cannot do without it. Returns the note recorded in the manifest."""
+    from .keymaps.pixart import Y_EMBEDDING
+    from .sources import OverlaySource
+
+    if job.component != "transformer":
+        raise UsageError(f"--y-embedding-from applies to the transformer, not the {job.component}")
+    if not opts.keep_y_embedding:
+        raise UsageError("--y-embedding-from and --drop-y-embedding contradict each other")
+    here = name_in_layout(job.layout, Y_EMBEDDING)
+    if here in job.source.infos:
+        raise UsageError(f"{job.path} has its own {here}; --y-embedding-from would replace it")
+    donor = detect(opts.y_embedding_from, "transformer")
+    there = name_in_layout(donor.layout, Y_EMBEDDING)
+    if there not in donor.source.infos:
+        donor.source.close()
+        raise SourceError(f"{opts.y_embedding_from}: no caption-dropout embedding ({there or Y_EMBEDDING}) in it")
+    job.source = OverlaySource(job.source, {here: (donor.source, there)})
+    return f"{here} taken from {opts.y_embedding_from} ({there})"
+
+
+def name_in_layout(layout: str, name: str) -> str | None:
+    """The key a layout gives one of our MindSpore names (its key map run backwards)."""
+    from .keymaps.rules import fill
+
+    hit = spec_for(layout).inverse().first_rule(name)
+    return fill(hit[0].targets[0], hit[2]) if hit and hit[0].targets else None
 
 
 def write_component(job: Job, folder: Path, opts: Options, written: dict, notes: list[str], plan: Plan,
@@ -84,35 +122,37 @@ def write_component(job: Job, folder: Path, opts: Options, written: dict, notes:
     folder.mkdir(parents=True)
     weights_name = f"{component.weights_stem}.{opts.fmt}"
     entries = [(t.name, t.dtype, t.shape) for t in plan.targets]
-    writer = WRITERS[opts.fmt](folder / weights_name, entries, {"format": "ms", "producer": "pixart-mindspore"})
+    writer = WRITERS[opts.fmt](folder / weights_name, entries, MINDSPORE_METADATA)
+    digests = stream_into(writer, plan, job.source, progress)
+    (folder / "config.json").write_text(json.dumps(written, indent=2) + "\n")
+    manifest = component_manifest(job, plan, digests, folder, weights_name, writer, written, notes, opts.dtype,
+                                  layout=plan.spec, target="mindspore", dropped=plan.dropped)
+    write_manifest(folder, manifest)
+    return ComponentResult(job.component, job.layout, str(job.path), folder, plan, written, notes, weights_name)
+
+
+def stream_into(writer, plan: Plan, source, progress, check=None) -> dict[str, str]:
+    """``stream_plan`` into ``writer``, then ``check()``; the writer is closed when both succeed and aborted
+    otherwise, the source closed either way. Returns the tensors' sha256 by name."""
     try:
-        digests = stream_plan(plan, job.source, writer, progress)
+        digests = stream_plan(plan, source, writer, progress)
+        if check is not None:
+            check()
     except BaseException:
         writer.abort()
         raise
     finally:
-        job.source.close()
+        source.close()
     writer.close()
-    (folder / "config.json").write_text(json.dumps(written, indent=2) + "\n")
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "component": job.component,
-        "layout": plan.spec,
-        "versions": versions("mindspore", "torch", "safetensors"),
-        "source": {"path": str(job.path), "description": plan.source,
-                   "files": [{"name": str(p), **file_entry(p)} for p in job.source.files]},
-        "dtype_policy": opts.dtype,
-        "weights_format": opts.fmt,
-        "weights_file": weights_name,
-        "config": written,
-        "files": {"config.json": file_entry(folder / "config.json"),
-                  weights_name: {"size": writer.size, "sha256": writer.file_sha256}},
-        "tensors": tensor_rows(plan, digests),
-        "dropped": [{"key": k, "reason": r} for k, r in plan.dropped],
-        "notes": notes,
-    }
-    write_manifest(folder, manifest)
-    return ComponentResult(job.component, job.layout, str(job.path), folder, plan, written, notes, weights_name)
+    return digests
+
+
+def refuse_native(job: Job) -> None:
+    """``--to mindspore`` on a folder this tool already wrote for MindSpore has nothing to convert."""
+    if registry.layout(job.layout).native:
+        job.source.close()
+        raise UsageError(f"{job.path}: already a MindSpore folder written by pixart-ms; --to mindspore has nothing "
+                         "to convert (use --to diffusers or --to original to convert it back)")
 
 
 def check_output(src: Path, out: Path, overwrite: bool) -> None:
@@ -155,11 +195,19 @@ def convert(src, out, component: str = "auto", opts: Options | None = None, over
     opts = opts or Options()
     src, out = Path(src), Path(out)
     started = time.time()
+    if opts.to != "mindspore":
+        from .backward import convert_back
+
+        return convert_back(src, out, component, opts, overwrite, dry_run, progress)
     if not dry_run:
         check_output(src, out, overwrite)
     if component == "pipeline" or (component == "auto" and is_pipeline(src)):
+        if is_pipeline(src) and all(is_mindspore_folder(src / name) for name in registry.COMPONENTS):
+            raise UsageError(f"{src}: already a MindSpore pipeline written by pixart-ms; --to mindspore has nothing "
+                             "to convert (use --to diffusers to convert it back)")
         return convert_pipeline(src, out, opts, dry_run, progress, started)
     job = detect(src, component, ema=opts.ema)
+    refuse_native(job)
     try:
         config, written, notes, plan = plan_job(job, opts)
     except ToolError:
@@ -182,6 +230,27 @@ def convert(src, out, component: str = "auto", opts: Options | None = None, over
 def convert_pipeline(src: Path, out: Path, opts: Options, dry_run: bool, progress: bool, started: float) -> dict:
     """A diffusers PixArt-Sigma pipeline folder: the three networks converted, tokenizer and scheduler copied,
     ``model_index.json`` written; every component planned (and every problem reported) before any writing."""
+    def plan_one(job):
+        refuse_native(job)
+        return (job, *plan_job(job, opts))
+
+    def write_one(name, folder, update):
+        job, _, written, notes, plan = planned[name]
+        return write_component(job, folder, opts, written, notes, plan, update).summary()
+
+    index, planned = plan_pipeline(src, opts, plan_one)
+    if dry_run:
+        return {"dry_run": True, "components": [_plan_summary(job, plan, written, notes)
+                                                for job, _, written, notes, plan in planned.values()]}
+    total = sum(plan.total_bytes for *_, plan in planned.values())
+    summaries = write_pipeline(src, out, index, list(planned), total, write_one, progress)
+    return {"output": str(out), "seconds": round(time.time() - started, 2), "components": summaries,
+            "copied": list(PIPELINE_COPIED)}
+
+
+def plan_pipeline(src: Path, opts: Options, plan_one) -> tuple[dict, dict]:
+    """(``model_index.json``, {component: ``plan_one(job)``}) for every component of a pipeline folder, all planned
+    before anything is written; one PlanError lists the problems of every component."""
     if not is_pipeline(src):
         raise SourceError(f"{src}: not a pipeline folder (no model_index.json)")
     if opts.config is not None:
@@ -195,7 +264,7 @@ def convert_pipeline(src: Path, out: Path, opts: Options, dry_run: bool, progres
         job = None
         try:
             job = detect(src / name, name, ema=opts.ema)
-            planned[name] = (job, *plan_job(job, opts))
+            planned[name] = plan_one(job)
         except PlanError as exc:
             problems.extend(f"{name}: {p}" for p in exc.problems)
         except ToolError as exc:
@@ -205,19 +274,21 @@ def convert_pipeline(src: Path, out: Path, opts: Options, dry_run: bool, progres
                 job.source.close()
     if problems:
         raise PlanError(str(src), problems)
-    if dry_run:
-        return {"dry_run": True, "components": [_plan_summary(job, plan, written, notes)
-                                                for job, _, written, notes, plan in planned.values()]}
-    total = sum(plan.total_bytes for *_, plan in planned.values())
+    return index, planned
+
+
+def write_pipeline(src: Path, out: Path, index: dict, names: list[str], total: int, write_one,
+                   progress: bool) -> list[dict]:
+    """Write a pipeline folder atomically: ``write_one(name, folder, update) -> summary`` per component, the
+    tokenizer and scheduler copied, ``model_index.json`` kept. Returns the summaries."""
     bar = byte_progress(total, "pipeline", progress)
     summaries = []
     try:
         with atomic_folder(out) as tmp:
             tmp.mkdir()
-            for name, (job, _, written, notes, plan) in planned.items():
+            for name in names:
                 bar.set_description(name)
-                result = write_component(job, tmp / name, opts, written, notes, plan, bar.update)
-                summary = result.summary()
+                summary = write_one(name, tmp / name, bar.update)
                 summary["folder"] = str(out / name)
                 summaries.append(summary)
             for name in PIPELINE_COPIED:
@@ -225,8 +296,7 @@ def convert_pipeline(src: Path, out: Path, opts: Options, dry_run: bool, progres
             (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     finally:
         bar.close()
-    return {"output": str(out), "seconds": round(time.time() - started, 2), "components": summaries,
-            "copied": list(PIPELINE_COPIED)}
+    return summaries
 
 
 def _plan_summary(job: Job, plan: Plan, written: dict, notes: list[str]) -> dict:

@@ -1,7 +1,10 @@
 """Find what a source path is: its layout, its component, its weight files and its config.
 
 A folder is recognized by its ``config.json`` (each layout's ``config_match`` in the registry) and its weight
-files; a single file by sentinel keys in its header, the way timm sniffs formats.
+files, or, when this tool wrote it for MindSpore, by its ``manifest.json``; a single file by sentinel keys in its
+header, the way timm sniffs formats, trusted only in the source kinds its layout lists (the original PixArt names
+in a MindSpore checkpoint are mindone's training layout). A ``.ckpt`` is a torch zip or a MindSpore protobuf: the
+first bytes tell.
 """
 from __future__ import annotations
 
@@ -11,7 +14,9 @@ from pathlib import Path
 
 from pixart_core import registry
 from pixart_core.errors import SourceError
+from pixart_core.manifests import MANIFEST, read_manifest
 
+from .ckpt_source import CkptSource, is_zip
 from .sources import SafetensorsSource, Source, TorchSource, shard_files
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -51,9 +56,12 @@ def open_weights(path: Path, ema: bool = False) -> Source:
         return TorchSource(shards, index=path, ema=ema)
     if path.suffix == ".safetensors":
         return SafetensorsSource([path])
+    if path.suffix == ".ckpt" and path.is_file() and not is_zip(path):
+        return CkptSource(path)
     if path.suffix in TORCH_SUFFIXES:
         return TorchSource([path], ema=ema)
-    raise SourceError(f"{path}: unknown weights format (expected .safetensors, .pth, .pt, .bin or *.index.json)")
+    raise SourceError(f"{path}: unknown weights format (expected .safetensors, .ckpt, .pth, .pt, .bin or "
+                      "*.index.json)")
 
 
 def layout_of_config(config: dict, path: Path) -> str:
@@ -68,7 +76,7 @@ def layout_of_config(config: dict, path: Path) -> str:
 def layout_of_keys(source: Source) -> str:
     keys = set(source.infos)
     for layout in registry.LAYOUTS.values():
-        if layout.sentinels and all(k in keys for k in layout.sentinels):
+        if layout.sentinels and source.kind in layout.kinds and all(k in keys for k in layout.sentinels):
             return layout.name
     sample = ", ".join(sorted(keys)[:5]) or "no tensors"
     raise SourceError(f"{source.description}: unknown layout: no PixArt, T5 or VAE sentinel keys (found {sample})")
@@ -89,11 +97,14 @@ def detect(path, component: str = "auto", ema: bool = False) -> Job:
     if path.is_dir():
         if (path / "model_index.json").is_file():
             raise SourceError(f"{path}: a pipeline folder; convert it with --component pipeline (or auto)")
-        if not (path / "config.json").is_file():
+        if is_mindspore_folder(path):
+            job = _native_job(path)
+        elif not (path / "config.json").is_file():
             raise SourceError(f"{path}: unknown layout: a folder without config.json or model_index.json")
-        config = read_json(path / "config.json")
-        layout = layout_of_config(config, path / "config.json")
-        job = Job(path, layout, open_weights(folder_weights(path, layout), ema=ema), config)
+        else:
+            config = read_json(path / "config.json")
+            layout = layout_of_config(config, path / "config.json")
+            job = Job(path, layout, open_weights(folder_weights(path, layout), ema=ema), config)
     else:
         source = open_weights(path, ema=ema)
         job = Job(path, layout_of_keys(source), source, None)
@@ -104,3 +115,28 @@ def detect(path, component: str = "auto", ema: bool = False) -> Job:
 
 def is_pipeline(path) -> bool:
     return Path(path).is_dir() and (Path(path) / "model_index.json").is_file()
+
+
+def is_mindspore_folder(path) -> bool:
+    """A component folder this tool converted for MindSpore (its manifest says so; older manifests have no
+    ``target`` and were all MindSpore). A folder ``convert --to diffusers`` wrote is a diffusers folder."""
+    path = Path(path)
+    if not (path / MANIFEST).is_file():
+        return False
+    try:
+        manifest = read_manifest(path, "converted")
+    except SourceError:
+        return False
+    return manifest.get("target", "mindspore") == "mindspore"
+
+
+def _native_job(path: Path) -> Job:
+    manifest = read_manifest(path, "converted")
+    component = manifest["component"]
+    if component not in registry.COMPONENTS:
+        raise SourceError(f"{path / MANIFEST}: unknown component {component!r}")
+    weights = path / str(manifest["weights_file"])
+    if not weights.is_file():
+        raise SourceError(f"{path}: the weights file {weights.name} its manifest names is missing")
+    config = read_json(path / "config.json")
+    return Job(path, registry.native_layout(component).name, open_weights(weights), config)

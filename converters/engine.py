@@ -70,6 +70,15 @@ class Plan:
         if self.problems:
             raise PlanError(self.source, self.problems)
 
+    def add_generated(self, rule) -> None:
+        """A target computed rather than read (``keymaps.rules.Generated``), written after the others."""
+        if any(t.name == rule.target for t in self.targets):
+            self.problems.append(f"{rule.target} is both in the source and computed")
+            return
+        group = Group(rule, (), (rule.target,))
+        self.groups.append(group)
+        self.targets.append(Target(rule.target, tuple(rule.shape), rule.dtype, rule.dtype, group))
+
 
 def _target_dtype(name: str, source_dtype: str, policy: str | None, keep_fp32) -> str:
     if not policy or source_dtype not in dtypes.FLOAT_NAMES:
@@ -170,34 +179,69 @@ def stream_plan(plan: Plan, source: Source, writer, progress=None) -> dict[str, 
     digests: dict[str, str] = {}
     for target in plan.targets:
         if target.name not in ready:
-            group = target.group
-            arrays = []
-            for key in group.sources:
-                array = source.read(key)
-                expected = source.infos[key]
-                if tuple(array.shape) != expected.shape or dtypes.name_of_numpy(array.dtype) != expected.dtype:
-                    raise DataError(f"{source.description}: {key} read as {tuple(array.shape)} {array.dtype}, "
-                                    f"header said {expected.shape} {expected.dtype}")
-                if expected.dtype in dtypes.FLOAT_NAMES:
-                    nonfinite = count_nonfinite(array)
-                    if nonfinite:
-                        bad.append(f"{key}: {nonfinite} NaN/Inf value(s)")
-                arrays.append(array)
-            for name, value in zip(group.targets, group.rule.apply(arrays)):
-                ready[name] = _cast(by_name[name], value, bad)
-            del arrays
+            ready.update(produce_group(target.group, source, by_name, bad))
         value = ready.pop(target.name)
         digests[target.name] = writer.write(target.name, value)
         if progress is not None:
             progress(target.nbytes)
         del value
     source.close()  # the alias check reads its own row blocks; drop the stream's open files first
-    for copy, kept in plan.aliases:
-        if not _equal_in_chunks(source, copy, kept):
-            bad.append(f"{copy} is not a tied copy of {kept}: their values differ, dropping it would lose data")
+    bad.extend(check_aliases(plan, source))
     if bad:
         raise DataError(f"{plan.source}: {len(bad)} tensor(s) cannot be converted: " + "; ".join(bad))
     return digests
+
+
+def produce_group(group: Group, source: Source, by_name: dict, bad: list[str]) -> dict[str, np.ndarray]:
+    """Read one group's source tensors, check them, apply its rule and cast: target name -> array. NaN/Inf and
+    fp16 overflow are appended to ``bad``."""
+    arrays = []
+    for key in group.sources:
+        array = source.read(key)
+        expected = source.infos[key]
+        if tuple(array.shape) != expected.shape or dtypes.name_of_numpy(array.dtype) != expected.dtype:
+            raise DataError(f"{source.description}: {key} read as {tuple(array.shape)} {array.dtype}, "
+                            f"header said {expected.shape} {expected.dtype}")
+        if expected.dtype in dtypes.FLOAT_NAMES:
+            nonfinite = count_nonfinite(array)
+            if nonfinite:
+                bad.append(f"{key}: {nonfinite} NaN/Inf value(s)")
+        arrays.append(array)
+    return {name: _cast(by_name[name], value, bad)
+            for name, value in zip(group.targets, group.rule.apply(arrays))}
+
+
+def check_aliases(plan: Plan, source: Source) -> list[str]:
+    """The tied copies a plan dropped must equal what they are tied to, byte for byte."""
+    return [f"{copy} is not a tied copy of {kept}: their values differ, dropping it would lose data"
+            for copy, kept in plan.aliases if not _equal_in_chunks(source, copy, kept)]
+
+
+class PlanSource(Source):
+    """The targets of a checked plan as a source: reading a target reads and transforms its group (its fused
+    siblings wait until they are read). Chains a plan into a MindSpore-named intermediate that a second plan
+    (a torch layout's spec inverted) reads, one group at a time; ``bad`` collects what ``produce_group`` finds."""
+
+    def __init__(self, plan: Plan, source: Source):
+        from .sources import TensorInfo
+
+        self.plan, self.source = plan, source
+        self.files = source.files
+        self.kind = source.kind
+        self.description = source.description
+        self.infos = {t.name: TensorInfo(t.name, t.shape, t.dtype, None) for t in plan.targets}
+        self._by_name = {t.name: t for t in plan.targets}
+        self._ready: dict[str, np.ndarray] = {}
+        self.bad: list[str] = []
+
+    def read(self, key):
+        if key not in self._ready:
+            self._ready.update(produce_group(self._by_name[key].group, self.source, self._by_name, self.bad))
+        return self._ready.pop(key)
+
+    def close(self):
+        self._ready = {}
+        self.source.close()
 
 
 def _equal_in_chunks(source: Source, a: str, b: str, chunk_bytes: int = 64 * 2**20) -> bool:

@@ -30,6 +30,33 @@ def tensor_rows(plan, digests: dict) -> list[dict]:
     return rows
 
 
+def component_manifest(job, plan, digests: dict, folder: Path, weights_name: str, writer, config: dict,
+                       notes: list[str], dtype_policy: str, *, layout: str, target: str, dropped, **more) -> dict:
+    """The manifest of one converted component folder (either direction)."""
+    from pixart_core.manifests import file_entry
+    from pixart_core.stamps import versions
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "component": job.component,
+        "layout": layout,
+        "target": target,
+        **more,
+        "versions": versions("mindspore", "torch", "safetensors"),
+        "source": {"path": str(job.path), "description": plan.source,
+                   "files": [{"name": str(p), **file_entry(p)} for p in job.source.files]},
+        "dtype_policy": dtype_policy,
+        "weights_format": Path(weights_name).suffix.lstrip("."),
+        "weights_file": weights_name,
+        "config": config,
+        "files": {"config.json": file_entry(Path(folder) / "config.json"),
+                  weights_name: {"size": writer.size, "sha256": writer.file_sha256}},
+        "tensors": tensor_rows(plan, digests),
+        "dropped": [{"key": k, "reason": r} for k, r in dropped],
+        "notes": notes,
+    }
+
+
 def write_manifest(folder: Path, manifest: dict) -> None:
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 

@@ -3,7 +3,8 @@ arrays (bfloat16 through ``ml_dtypes``).
 
 Formats: safetensors (single file or sharded with an ``*.index.json``), parsed here with numpy only (no torch);
 torch pickles (``.pth`` / ``.bin``, single or sharded) read only through ``torch.load(weights_only=True, mmap=True)``;
-and in-memory dicts of numpy arrays or torch tensors (round trips, references). Mapped pages count in the process's
+MindSpore ``.ckpt`` protobuf files, scanned here without loading them (``converters.ckpt_source``); and in-memory
+dicts of numpy arrays or torch tensors (round trips, references). Mapped pages count in the process's
 RSS, so the torch reader re-opens its files after ``REOPEN_BYTES`` have been read: peak memory stays at the largest
 tensor plus a constant whatever the checkpoint's size.
 """
@@ -39,11 +40,14 @@ class TensorInfo:
 
 
 class Source:
-    """Base: ``infos`` maps key -> TensorInfo; ``read(key)`` returns a contiguous numpy array."""
+    """Base: ``infos`` maps key -> TensorInfo; ``read(key)`` returns a contiguous numpy array. ``kind`` says which
+    framework wrote the file: ``torch``, ``safetensors`` (torch-side or unknown), ``mindspore`` (a ``.ckpt``, or
+    safetensors MindSpore or this tool wrote) or ``memory``; a layout may be recognised only in some kinds."""
 
     files: list[Path]
     infos: dict[str, TensorInfo]
     description: str
+    kind: str = "memory"
 
     def read(self, key: str) -> np.ndarray:
         raise NotImplementedError
@@ -55,6 +59,36 @@ class Source:
 
     def close(self) -> None:
         pass
+
+
+class OverlaySource(Source):
+    """A source with tensors added from other sources: ``extra`` maps a new key to (source, its key there)."""
+
+    def __init__(self, base: Source, extra: dict):
+        self.base, self.extra = base, extra
+        self.files = [*base.files, *(f for src, _ in extra.values() for f in src.files)]
+        self.kind, self.description = base.kind, base.description
+        self.infos = dict(base.infos)
+        for key, (src, name) in extra.items():
+            info = src.infos[name]
+            self.infos[key] = TensorInfo(key, info.shape, info.dtype, info.file)
+
+    def read(self, key):
+        if key in self.extra:
+            src, name = self.extra[key]
+            return src.read(name)
+        return self.base.read(key)
+
+    def read_rows(self, key, start, stop):
+        if key in self.extra:
+            src, name = self.extra[key]
+            return src.read_rows(name, start, stop)
+        return self.base.read_rows(key, start, stop)
+
+    def close(self):
+        self.base.close()
+        for src, _ in self.extra.values():
+            src.close()
 
 
 def torch_to_numpy(tensor) -> np.ndarray:
@@ -189,7 +223,37 @@ def safetensors_infos(path: Path) -> dict[str, TensorInfo]:
     return infos
 
 
-class SafetensorsSource(Source):
+class ByteRangeSource(Source):
+    """A source whose tensors are byte ranges of files: ``read`` and ``read_rows`` are one ``_read_span``."""
+
+    def _read_span(self, info: TensorInfo, begin: int, shape) -> np.ndarray:
+        """A fresh array of ``shape`` from the tensor's bytes starting ``begin`` bytes into it."""
+        raise NotImplementedError
+
+    def read(self, key):
+        info = self.infos[key]
+        return self._read_span(info, 0, info.shape)
+
+    def read_rows(self, key, start, stop):
+        info = self.infos[key]
+        if not info.shape:
+            return self.read(key)
+        stop = min(stop, info.shape[0])
+        row = dtypes.nbytes(info.dtype, info.shape[1:])
+        return self._read_span(info, start * row, (stop - start, *info.shape[1:]))
+
+
+# ``__metadata__`` of safetensors written on the MindSpore side: MindSpore's own writer says "ms"; this tool says
+# "np" (which mindone's loaders accept) with its name as producer
+PRODUCER = "pixart-mindspore"
+
+
+def written_by_mindspore(metadata: dict | None) -> bool:
+    metadata = metadata or {}
+    return metadata.get("format") == "ms" or metadata.get("producer") == PRODUCER
+
+
+class SafetensorsSource(ByteRangeSource):
     """safetensors read with numpy alone: each tensor's byte range is read into a fresh array (no mapped pages
     accumulate in RSS)."""
 
@@ -203,6 +267,9 @@ class SafetensorsSource(Source):
         if index is not None:
             check_index(index, self.infos)
         self._open = {}
+        metadata = read_safetensors_header(self.files[0])[0].get("__metadata__") if self.files else None
+        self.kind = "mindspore" if written_by_mindspore(metadata if isinstance(metadata, dict) else None) \
+            else "safetensors"
 
     def _handle(self, path: Path):
         handle = self._open.get(path)
@@ -223,17 +290,8 @@ class SafetensorsSource(Source):
             raise SourceError(f"{info.file}: truncated inside tensor {info.key}")
         return out
 
-    def read(self, key):
-        info = self.infos[key]
-        return self._read_range(info, info.offset, info.shape)
-
-    def read_rows(self, key, start, stop):
-        info = self.infos[key]
-        if not info.shape:
-            return self.read(key)
-        stop = min(stop, info.shape[0])
-        row = dtypes.nbytes(info.dtype, info.shape[1:])
-        return self._read_range(info, info.offset + start * row, (stop - start, *info.shape[1:]))
+    def _read_span(self, info, begin, shape):
+        return self._read_range(info, info.offset + begin, shape)
 
     def close(self):
         for handle in self._open.values():
@@ -275,6 +333,8 @@ def select_state_dict(obj, path: Path, ema: bool) -> dict:
 
 
 class TorchSource(Source):
+    kind = "torch"
+
     def __init__(self, paths: list[Path], index: Path | None = None, ema: bool = False):
         import torch
 

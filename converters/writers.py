@@ -5,6 +5,7 @@ the header goes first and tensors follow one at a time; nothing but the current 
   ``mindspore.load_checkpoint(path, format="safetensors")`` reads.
 - ckpt: MindSpore's protobuf ``Checkpoint``, written as one serialized message per chunk; protobuf merges
   concatenated messages and MindSpore joins consecutive chunks with the same tag, as its own writer does.
+- pth (``converters.pth_writer``): torch's zip format, for the original layout.
 """
 from __future__ import annotations
 
@@ -17,9 +18,14 @@ import numpy as np
 
 from pixart_core import dtypes
 
-from .sources import read_safetensors_header
+from .sources import PRODUCER, read_safetensors_header
 
 CKPT_CHUNK = 512 * 2**20
+# safetensors ``__metadata__``: "np" is what mindone's diffusers and transformers loaders and
+# ``mindspore.load_checkpoint(format="safetensors")`` all accept (mindone's T5 loader rejects MindSpore's own "ms");
+# "pt" for the torch layouts ``convert --to`` writes, as diffusers and transformers expect
+MINDSPORE_METADATA = {"format": "np", "producer": PRODUCER}
+TORCH_METADATA = {"format": "pt", "producer": PRODUCER}
 
 
 def tensor_bytes(array: np.ndarray) -> np.ndarray:
@@ -130,12 +136,26 @@ class TensorDictWriter(_Writer):
 WRITERS = {"safetensors": SafetensorsWriter, "ckpt": CkptWriter}
 
 
+def writer_for(path: Path):
+    """The writer class of a weights file name (``.safetensors``, ``.ckpt``, ``.pth``)."""
+    suffix = Path(path).suffix
+    if suffix == ".pth":
+        from .pth_writer import PthWriter
+
+        return PthWriter
+    return WRITERS[suffix.lstrip(".")]
+
+
 def hash_weights_file(path: Path) -> tuple[str, int, list[tuple[str, str, tuple[int, ...], str]]]:
     """One sequential read of a weights file we wrote: (sha256 of the file, its size, and (name, dtype, shape,
     sha256 of the tensor's bytes) for every tensor). Raises ValueError for a damaged file."""
     path = Path(path)
     file_digest = hashlib.sha256()
     tensors = []
+    if path.suffix == ".pth":
+        from .pth_writer import hash_pth
+
+        return hash_pth(path)
     if path.suffix == ".safetensors":
         header, start = read_safetensors_header(path)
         with open(path, "rb") as f:

@@ -35,9 +35,14 @@ class TensorSpec:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
 
+SOURCE_KINDS = ("torch", "safetensors", "mindspore", "memory")  # who wrote a source file (converters.sources)
+
+
 @dataclass(frozen=True)
 class Layout:
-    """A source layout of a component: its key-map spec, and how a source in it is recognised."""
+    """A weights layout of a component: its key-map spec (layout names -> our MindSpore names), how a source in it
+    is recognised and, for a torch layout that ``convert --to`` writes, how it is written (the same spec inverted).
+    """
 
     name: str
     spec: str  # "module:factory" of the key-map Spec
@@ -45,6 +50,13 @@ class Layout:
     config_match: Callable[[dict], bool] | None = None  # recognises the layout's config.json
     folder_weights: tuple[str, ...] = ()  # a folder's weights files, in order of preference
     options: tuple[str, ...] = ()  # keyword options the spec factory takes
+    kinds: tuple[str, ...] = SOURCE_KINDS  # source kinds the sentinels are trusted in
+    native: bool = False  # our own MindSpore folders (recognised by their manifest, never by sentinels)
+    shapes_from_weights: bool = False  # the architecture can be read from the weights (original PixArt names)
+    ema_prefix: str = ""  # the prefix of EMA copies inside one file (--ema converts those)
+    writes: str = ""  # the ``convert --to`` name this layout is written as ("diffusers", "original")
+    output_file: str = ""  # the weights file written (its suffix picks the writer)
+    complete: str | None = None  # "module:function(plan, config)": what a written file holds beyond the weights
 
     def make_spec(self, **options):
         return load(self.spec)(**{k: v for k, v in options.items() if k in self.options})
@@ -168,3 +180,18 @@ def views_of(names) -> list[str]:
 
 def layout(name: str) -> Layout:
     return LAYOUTS[name]
+
+
+def native_layout(component_name: str) -> Layout:
+    """The layout of our own MindSpore folders of a component."""
+    return next(lay for lay in component(component_name).layouts if lay.native)
+
+
+def written_layout(component_name: str, to: str) -> Layout:
+    """The layout ``convert --to TO`` writes for a component; UsageError when it has none."""
+    entry = component(component_name)
+    for lay in entry.layouts:
+        if lay.writes == to:
+            return lay
+    choices = sorted({lay.writes for lay in entry.layouts if lay.writes} | {"mindspore"})
+    raise UsageError(f"--to {to} does not fit a {component_name}: it is written as {', '.join(choices)}")

@@ -37,20 +37,16 @@ def save_pixart_diffusers(model, folder: Path) -> Path:
     return Path(folder)
 
 
-def original_state_dict(model, sample_size: int | None = None, y_tokens: int = 300, seed: int = 0) -> dict:
+def original_state_dict(model, y_tokens: int = 300, seed: int = 0) -> dict:
     """The original ``PixArtMS`` state dict of a diffusers model: our key map run backwards, plus the two
-    buffers the released .pth files carry (``pos_embed`` for ``sample_size``, ``y_embedder.y_embedding``)."""
+    buffers the released .pth files carry: ``pos_embed`` as ``convert --to original`` recomputes it, and a random
+    ``y_embedder.y_embedding`` (diffusers' model has none)."""
     from converters.engine import run_in_memory
-    from converters.keymaps.pixart import pixart_original
-    from mindspore_nets.pixart import sincos_pos_embed
+    from converters.keymaps.pixart import original_pos_embed, pixart_original
 
     cfg = model.config
     state = run_in_memory(pixart_original().inverse(), {k: v.detach() for k, v in model.state_dict().items()})
-    sample_size = sample_size or cfg.sample_size
-    grid = sample_size // cfg.patch_size
-    dim = cfg.num_attention_heads * cfg.attention_head_dim
-    state["pos_embed"] = torch.from_numpy(
-        sincos_pos_embed(dim, grid, grid, grid, sample_size / 64)).unsqueeze(0)
+    state["pos_embed"] = torch.from_numpy(original_pos_embed(dict(cfg)).copy())
     gen = torch.Generator().manual_seed(seed + 1)
     state["y_embedder.y_embedding"] = torch.randn(y_tokens, cfg.caption_channels, generator=gen) * 0.1
     return state

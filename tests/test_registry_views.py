@@ -12,7 +12,7 @@ import pytest
 
 from pixart_core import registry
 from pixart_core.components import transformer as transformer_entry
-from pixart_core.registry import TensorSpec, View
+from pixart_core.registry import TensorSpec
 
 from .conftest import run_cli
 

@@ -8,7 +8,9 @@ no word for are ours: ``attn1.sr`` / ``attn1.sr_norm`` (KV compression) and ``at
 """
 from __future__ import annotations
 
-from .rules import Drop, Rename, Spec, Split, identity
+import numpy as np
+
+from .rules import Drop, Generated, Rename, Spec, Split, identity
 
 Y_EMBEDDING = "caption_projection.y_embedding"
 
@@ -52,3 +54,44 @@ def pixart_original(keep_y_embedding: bool = True) -> Spec:
 def pixart_diffusers() -> Spec:
     """diffusers names are our names; anything the network does not have is reported by the plan."""
     return Spec("pixart_diffusers", "transformer", (identity(),))
+
+
+def pixart_mindspore() -> Spec:
+    """Our MindSpore folders: diffusers' names, plus the extra the original route keeps."""
+    return Spec("pixart_mindspore", "transformer", (
+        Rename(Y_EMBEDDING, Y_EMBEDDING, "caption-dropout embedding, kept for training", extra=True),
+        identity(),
+    ))
+
+
+def original_pos_embed(config: dict) -> np.ndarray:
+    """The original ``PixArtMS``'s ``pos_embed`` buffer, (1, tokens, hidden) fp32, for the model's sample size and
+    interpolation scale (what its constructor computes; the one implementation the demo and tests use too)."""
+    from mindspore_nets.config import PixArtConfig
+    from mindspore_nets.pixart import sincos_pos_embed
+
+    cfg = PixArtConfig.from_dict(config)
+    grid = cfg.sample_size // cfg.patch_size
+    return sincos_pos_embed(cfg.hidden_size, grid, grid, cfg.base_size, cfg.pos_interpolation_scale)[None]
+
+
+ORIGINAL_Y = "y_embedder.y_embedding"
+
+
+def complete_original(plan, config: dict) -> None:
+    """What an original ``PixArtMS`` state dict holds beyond the weights (it loads with ``strict=True``): the
+    ``pos_embed`` buffer, recomputed by a named rule; ``y_embedder.y_embedding``, which cannot be recomputed (it is
+    the unconditional caption at inference), so a source without it is refused."""
+    pos = original_pos_embed(config)
+    plan.add_generated(Generated("pos_embed", pos.shape, "float32", lambda: original_pos_embed(config),
+                                 f"sin-cos table for sample_size {config['sample_size']}, interpolation_scale "
+                                 f"{config.get('interpolation_scale')}"))
+    y = next((t for t in plan.targets if t.name == ORIGINAL_Y), None)
+    if y is None:
+        plan.problems.append(
+            f"the original layout needs {ORIGINAL_Y} (the caption-dropout embedding, used as the unconditional "
+            f"caption) and the source has no {Y_EMBEDDING}: a checkpoint of the trainable parameters only; pass "
+            "--y-embedding-from with the checkpoint training started from, or use --to diffusers")
+    elif len(y.shape) != 2 or y.shape[1] != config["caption_channels"]:
+        plan.problems.append(f"{ORIGINAL_Y}: {y.shape} from {', '.join(y.group.sources)}, expected (tokens, "
+                             f"{config['caption_channels']})")

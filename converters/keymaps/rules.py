@@ -84,13 +84,14 @@ class Rename(OneSource):
     target: str
     note: str = ""
     extra: bool = False
+    read_only: bool = False  # a legacy spelling that is read but never written back
 
     @property
     def targets(self):
         return (self.target,)
 
     def inverse(self):
-        return Rename(self.target, self.source, self.note, self.extra)
+        return None if self.read_only else Rename(self.target, self.source, self.note, self.extra)
 
 
 @dataclass(frozen=True, eq=False)
@@ -169,13 +170,14 @@ class Drop(OneSource):
 class Alias(OneSource):
     """A tied copy of another source tensor (T5's ``encoder.embed_tokens.weight`` is ``shared.weight``). When the
     other is present this one is checked equal to it, byte for byte (after the stream), and dropped; when it is
-    absent this one is renamed to ``target`` in its place. The inverse writes only the other name, as the torch
-    side ties on load."""
+    absent this one is renamed to ``target`` in its place. The inverse (``Tie``) writes both names, as
+    transformers' own files carry both."""
 
     source: str
     same_as: str
     target: str
     reason: str
+    extra: bool = False
 
     @property
     def targets(self):
@@ -183,8 +185,8 @@ class Alias(OneSource):
 
     def resolve(self, key, fields, infos, plan):
         other = fill(self.same_as, fields)
-        if other not in infos:
-            return Rename(self.source, self.target, self.reason)  # the tied partner is absent: this one stands in
+        if other not in infos:  # the tied partner is absent: this one stands in
+            return Rename(self.source, self.target, self.reason, self.extra)
         if infos[other].shape != infos[key].shape:
             plan.problems.append(f"{key} {infos[key].shape} should equal {other} {infos[other].shape}")
         else:
@@ -193,7 +195,74 @@ class Alias(OneSource):
         return None
 
     def inverse(self):
+        if self.target != self.same_as:
+            return None  # a stand-in under a third name: nothing to write back
+        return Tie(self.target, (self.same_as, self.source), self.reason)
+
+
+@dataclass(frozen=True, eq=False)
+class Tie(Rule):
+    """One source tensor written under several names, each a copy (``shared.weight`` and its tied
+    ``encoder.embed_tokens.weight`` in transformers' T5 layout)."""
+
+    source: str
+    targets: tuple[str, ...]
+    note: str = ""
+
+    @property
+    def sources(self):
+        return (self.source,)
+
+    def target_shapes(self, shapes):
+        return [shapes[0]] * len(self.targets)
+
+    def apply(self, arrays):
+        return [arrays[0]] * len(self.targets)
+
+    def op(self, sources, targets):
+        return f"tie({len(targets)})"
+
+    def inverse(self):
+        return Alias(self.targets[1], self.targets[0], self.source, self.note)
+
+
+@dataclass(frozen=True, eq=False)
+class Refuse(Drop):
+    """A source tensor this layout cannot convert faithfully: it stops the plan, with the reason."""
+
+    def resolve(self, key, fields, infos, plan):
+        plan.problems.append(f"{key}: {self.reason}")
         return None
+
+
+@dataclass(frozen=True, eq=False)
+class Generated(Rule):
+    """A target computed rather than read (the original's ``pos_embed`` buffer, from the config); added to a plan
+    by ``Plan.add_generated``, recorded in the manifest with ``note``."""
+
+    target: str
+    shape: tuple[int, ...]
+    dtype: str
+    make: object  # () -> np.ndarray
+    note: str = ""
+
+    sources = ()
+
+    @property
+    def targets(self):
+        return (self.target,)
+
+    def apply(self, arrays):
+        value = np.ascontiguousarray(self.make())
+        if value.shape != tuple(self.shape):
+            raise RuntimeError(f"{self.target}: computed {value.shape}, planned {self.shape}")
+        return [value]
+
+    def op(self, sources, targets):
+        return f"computed ({self.note})"
+
+    def inverse(self):
+        return Drop(self.target, f"recomputed on the other side ({self.note})")
 
 
 @dataclass(frozen=True)

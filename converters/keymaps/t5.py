@@ -14,3 +14,8 @@ def t5_transformers() -> Spec:
         identity(),
     )
     return Spec("t5_transformers", "text_encoder", rules)
+
+
+def t5_mindspore() -> Spec:
+    """Our MindSpore folders: transformers' names, the embedding once (``shared.weight``)."""
+    return Spec("t5_mindspore", "text_encoder", (identity(),))

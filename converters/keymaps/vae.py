@@ -10,10 +10,15 @@ OLD = "older diffusers attention naming"
 def vae_diffusers() -> Spec:
     att = "{part}.mid_block.attentions.{n}"
     rules = (
-        Rename(f"{att}.query.{{p}}", f"{att}.to_q.{{p}}", OLD),
-        Rename(f"{att}.key.{{p}}", f"{att}.to_k.{{p}}", OLD),
-        Rename(f"{att}.value.{{p}}", f"{att}.to_v.{{p}}", OLD),
-        Rename(f"{att}.proj_attn.{{p}}", f"{att}.to_out.0.{{p}}", OLD),
+        Rename(f"{att}.query.{{p}}", f"{att}.to_q.{{p}}", OLD, read_only=True),
+        Rename(f"{att}.key.{{p}}", f"{att}.to_k.{{p}}", OLD, read_only=True),
+        Rename(f"{att}.value.{{p}}", f"{att}.to_v.{{p}}", OLD, read_only=True),
+        Rename(f"{att}.proj_attn.{{p}}", f"{att}.to_out.0.{{p}}", OLD, read_only=True),
         identity(),
     )
     return Spec("vae_diffusers", "vae", rules)
+
+
+def vae_mindspore() -> Spec:
+    """Our MindSpore folders: diffusers' current names."""
+    return Spec("vae_mindspore", "vae", (identity(),))

@@ -78,9 +78,10 @@ COMPONENT = register(
         weights_stem="model",
         class_name="T5EncoderModel",
         layouts=(
+            Layout("t5_mindspore", "converters.keymaps.t5:t5_mindspore", native=True),
             Layout("t5_transformers", "converters.keymaps.t5:t5_transformers",
                    sentinels=("encoder.block.0.layer.0.SelfAttention.q.weight",), config_match=_is_t5,
-                   folder_weights=TRANSFORMERS_WEIGHTS),
+                   folder_weights=TRANSFORMERS_WEIGHTS, writes="diffusers", output_file=TRANSFORMERS_WEIGHTS[1]),
         ),
         views=("text_encoder",),
         parameter_shapes=parameter_shapes,

@@ -1,8 +1,10 @@
 """The PixArt-Sigma diffusion transformer (DiT): everything the toolkit knows about it.
 
-Sources: the original ``PixArtMS`` ``.pth`` (``{"state_dict": ...}``, fused ``qkv`` / ``kv_linear``) and diffusers'
-``PixArtTransformer2DModel`` folders; MindSpore network ``mindspore_nets.pixart.PixArtTransformer2D`` with
-diffusers' parameter names; torch reference diffusers' class. Exported per latent size (aspect-ratio bucket).
+Sources: the original ``PixArtMS`` ``.pth`` (``{"state_dict": ...}``, fused ``qkv`` / ``kv_linear``), diffusers'
+``PixArtTransformer2DModel`` folders, mindone's training checkpoints and our own MindSpore folders; written back
+(``convert --to``) as diffusers folders and original ``.pth`` files. MindSpore network
+``mindspore_nets.pixart.PixArtTransformer2D`` with diffusers' parameter names; torch reference diffusers' class.
+Exported per latent size (aspect-ratio bucket).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from ..registry import Component, Layout, TensorSpec, View, register
 from ._shared import DIFFUSERS_WEIGHTS, Table, class_name_is, init_kwargs, to_torch
 
 INPUTS = ("hidden_states", "timestep", "encoder_hidden_states", "encoder_attention_mask")
+ORIGINAL_SENTINELS = ("x_embedder.proj.weight", "t_block.1.weight")
 
 
 def parameter_shapes(cfg) -> dict:
@@ -86,12 +89,21 @@ COMPONENT = register(
         weights_stem="diffusion_pytorch_model",
         class_name="PixArtTransformer2DModel",
         layouts=(
+            Layout("pixart_mindspore", "converters.keymaps.pixart:pixart_mindspore", native=True),
             Layout("pixart_original", "converters.keymaps.pixart:pixart_original",
-                   sentinels=("x_embedder.proj.weight", "t_block.1.weight"), options=("keep_y_embedding",)),
+                   sentinels=ORIGINAL_SENTINELS, options=("keep_y_embedding",),
+                   kinds=("torch", "safetensors", "memory"), shapes_from_weights=True,
+                   writes="original", output_file="PixArt-Sigma.pth",
+                   complete="converters.keymaps.pixart:complete_original"),
+            # the original names as mindone's examples/pixart_sigma training saves them (MindSpore .ckpt), with
+            # optimizer / EMA / frozen VAE and T5 entries dropped by named rules
+            Layout("pixart_mindone_train", "converters.keymaps.mindone:pixart_mindone_train",
+                   sentinels=ORIGINAL_SENTINELS, options=("keep_y_embedding", "ema"), kinds=("mindspore",),
+                   shapes_from_weights=True, ema_prefix="ema."),
             Layout("pixart_diffusers", "converters.keymaps.pixart:pixart_diffusers",
                    sentinels=("pos_embed.proj.weight", "adaln_single.linear.weight"),
                    config_match=class_name_is("PixArtTransformer2DModel", "Transformer2DModel"),
-                   folder_weights=DIFFUSERS_WEIGHTS),
+                   folder_weights=DIFFUSERS_WEIGHTS, writes="diffusers", output_file=DIFFUSERS_WEIGHTS[1]),
         ),
         views=("transformer",),
         parameter_shapes=parameter_shapes,

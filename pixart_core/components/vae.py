@@ -133,9 +133,11 @@ COMPONENT = register(
         weights_stem="diffusion_pytorch_model",
         class_name="AutoencoderKL",
         layouts=(
+            Layout("vae_mindspore", "converters.keymaps.vae:vae_mindspore", native=True),
             Layout("vae_diffusers", "converters.keymaps.vae:vae_diffusers",
                    sentinels=("encoder.conv_in.weight", "decoder.conv_in.weight"),
-                   config_match=class_name_is("AutoencoderKL"), folder_weights=DIFFUSERS_WEIGHTS),
+                   config_match=class_name_is("AutoencoderKL"), folder_weights=DIFFUSERS_WEIGHTS,
+                   writes="diffusers", output_file=DIFFUSERS_WEIGHTS[1]),
         ),
         views=("vae_decoder", "vae_encoder"),
         parameter_shapes=parameter_shapes,
