@@ -1,17 +1,16 @@
 """``convert``: source path -> MindSpore folder (config.json, weights, manifest.json), atomically.
 
-Everything is checked before the first byte moves: the output location, the layout, the config and the full
-plan against the target network. The folder is written under a temporary name beside the target and renamed
-into place only when complete, so a failed run leaves nothing at the target.
+Everything is checked before the first byte moves: the output location, the arguments, the layout, the config and
+the full plan against the target network, then the free space. The folder is written under a temporary name beside
+the target, fsynced and renamed into place only when complete (``pixart_core.outputs``), so a failed or interrupted
+run leaves nothing at the target.
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,12 +18,14 @@ from tqdm import tqdm
 
 from pixart_core import dtypes, registry
 from pixart_core.components import PIPELINE_COPIED
-from pixart_core.errors import OutputError, PlanError, SourceError, ToolError
+from pixart_core.errors import PlanError, SourceError, ToolError
 from pixart_core.manifests import file_entry
+from pixart_core.naming import fold
+from pixart_core.outputs import atomic_folder, check_output
 from pixart_core.stamps import versions
 
-from .configs import resolve_config
-from .detect import Job, detect, is_pipeline, read_json
+from .configs import check_sample_size, read_given_config, resolve_config
+from .detect import Job, detect, is_pipeline, read_json, refuse_mindspore_output
 from .engine import Plan, build_plan, stream_plan
 from .keymaps import spec_for
 from .manifest import FORMAT_VERSION, tensor_rows, write_manifest
@@ -41,9 +42,13 @@ class ComponentResult:
     config: dict
     notes: list[str] = field(default_factory=list)
     weights_file: str | None = None
+    dtype_policy: str = "keep"
 
     def summary(self) -> dict:
         plan = self.plan
+        # fp16 asked, fp32 kept by the component's dtype policy (T5's wo overflows fp16)
+        kept = [t.name for t in plan.targets if self.dtype_policy == "fp16" and t.dtype == "float32"
+                and t.source_dtype in dtypes.FLOAT_NAMES and not t.extra]
         return {
             "component": self.component, "layout": self.layout, "source": self.source,
             "folder": str(self.folder), "weights_file": self.weights_file,
@@ -52,6 +57,7 @@ class ComponentResult:
             "values": sum(dtypes.numel(t.shape) for t in plan.targets if not t.extra),
             "bytes": plan.total_bytes,
             "dtypes": sorted({t.dtype for t in plan.targets}),
+            "kept_fp32": fold(kept),
             "dropped": [{"key": k, "reason": r} for k, r in plan.dropped],
             "notes": self.notes,
         }
@@ -114,35 +120,8 @@ def write_component(job: Job, folder: Path, opts: Options, written: dict, notes:
         "notes": notes,
     }
     write_manifest(folder, manifest)
-    return ComponentResult(job.component, job.layout, str(job.path), folder, plan, written, notes, weights_name)
-
-
-def check_output(src: Path, out: Path, overwrite: bool) -> None:
-    src, out = Path(src).resolve(), Path(out).resolve()
-    if out == src or out in src.parents:
-        raise OutputError(f"{out}: refusing to write over the input {src}")
-    if out.exists() and not overwrite:
-        raise OutputError(f"{out}: already exists (pass --overwrite to replace it)")
-    if not out.parent.is_dir():
-        raise OutputError(f"{out.parent}: output parent folder does not exist")
-
-
-@contextmanager
-def atomic_folder(out: Path):
-    """Yield a temporary folder beside ``out``; on success it replaces ``out``, on failure it disappears."""
-    out = Path(out).resolve()
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    return ComponentResult(job.component, job.layout, str(job.path), folder, plan, written, notes, weights_name,
+                           opts.dtype)
 
 
 def byte_progress(total: int, desc: str, enabled: bool):
@@ -151,16 +130,34 @@ def byte_progress(total: int, desc: str, enabled: bool):
                 file=sys.stderr, dynamic_ncols=True, mininterval=0.2 if sys.stderr.isatty() else 5.0)
 
 
+def planned_bytes(plan: Plan) -> int:
+    """What writing ``plan`` puts on disk: the tensors, plus headers and manifest rows."""
+    return plan.total_bytes + 1024 * len(plan.targets)
+
+
+def check_arguments(src: Path, out: Path, opts: Options, overwrite: bool, dry_run: bool) -> None:
+    """Every check that needs no source read: paths first, then the options."""
+    if not src.exists():
+        raise SourceError(f"{src}: no such file or folder")
+    if not dry_run:
+        check_output(out, inputs=[src], overwrite=overwrite)
+    check_sample_size(opts.sample_size, opts.config is not None)
+    if opts.config is not None:
+        read_given_config(opts.config)  # readable now; its component is checked once the source's is known
+    refuse_mindspore_output(src)
+
+
 def convert(src, out, component: str = "auto", opts: Options | None = None, overwrite: bool = False,
-            dry_run: bool = False, progress: bool = True) -> dict:
-    """Convert one component, or a whole diffusers pipeline folder. Returns a JSON-able summary."""
+            dry_run: bool = False, progress: bool = True, log=None) -> dict:
+    """Convert one component, or a whole diffusers pipeline folder. Returns a JSON-able summary. ``log``: where
+    one-line notes about the output location go (stderr by default)."""
     opts = opts or Options()
     src, out = Path(src), Path(out)
     started = time.time()
-    if not dry_run:
-        check_output(src, out, overwrite)
+    check_arguments(src, out, opts, overwrite, dry_run)
+    log = log or (lambda line: print(line, file=sys.stderr))
     if component == "pipeline" or (component == "auto" and is_pipeline(src)):
-        return convert_pipeline(src, out, opts, dry_run, progress, started)
+        return convert_pipeline(src, out, opts, dry_run, progress, started, log)
     job = detect(src, component, ema=opts.ema)
     try:
         config, written, notes, plan = plan_job(job, opts)
@@ -169,10 +166,10 @@ def convert(src, out, component: str = "auto", opts: Options | None = None, over
         raise
     if dry_run:
         job.source.close()
-        return {"dry_run": True, "components": [_plan_summary(job, plan, written, notes)]}
+        return {"dry_run": True, "components": [_plan_summary(job, plan, written, notes, opts.dtype)]}
     bar = byte_progress(plan.total_bytes, job.component, progress)
     try:
-        with atomic_folder(out) as tmp:
+        with atomic_folder(out, planned_bytes(plan), log) as tmp:
             result = write_component(job, tmp, opts, written, notes, plan, bar.update)
     finally:
         bar.close()
@@ -181,7 +178,8 @@ def convert(src, out, component: str = "auto", opts: Options | None = None, over
     return {"output": str(out), "seconds": round(time.time() - started, 2), "components": [summary]}
 
 
-def convert_pipeline(src: Path, out: Path, opts: Options, dry_run: bool, progress: bool, started: float) -> dict:
+def convert_pipeline(src: Path, out: Path, opts: Options, dry_run: bool, progress: bool, started: float,
+                     log=print) -> dict:
     """A diffusers PixArt-Sigma pipeline folder: the three networks converted, tokenizer and scheduler copied,
     ``model_index.json`` written; every component planned (and every problem reported) before any writing."""
     if not is_pipeline(src):
@@ -208,13 +206,14 @@ def convert_pipeline(src: Path, out: Path, opts: Options, dry_run: bool, progres
     if problems:
         raise PlanError(str(src), problems)
     if dry_run:
-        return {"dry_run": True, "components": [_plan_summary(job, plan, written, notes)
+        return {"dry_run": True, "components": [_plan_summary(job, plan, written, notes, opts.dtype)
                                                 for job, _, written, notes, plan in planned.values()]}
     total = sum(plan.total_bytes for *_, plan in planned.values())
+    copied_bytes = sum(f.stat().st_size for name in PIPELINE_COPIED for f in (src / name).rglob("*") if f.is_file())
     bar = byte_progress(total, "pipeline", progress)
     summaries = []
     try:
-        with atomic_folder(out) as tmp:
+        with atomic_folder(out, sum(planned_bytes(p) for *_, p in planned.values()) + copied_bytes, log) as tmp:
             tmp.mkdir()
             for name, (job, _, written, notes, plan) in planned.items():
                 bar.set_description(name)
@@ -231,8 +230,9 @@ def convert_pipeline(src: Path, out: Path, opts: Options, dry_run: bool, progres
             "copied": list(PIPELINE_COPIED)}
 
 
-def _plan_summary(job: Job, plan: Plan, written: dict, notes: list[str]) -> dict:
-    result = ComponentResult(job.component, job.layout, str(job.path), Path("-"), plan, written, notes)
+def _plan_summary(job: Job, plan: Plan, written: dict, notes: list[str], policy: str) -> dict:
+    result = ComponentResult(job.component, job.layout, str(job.path), Path("-"), plan, written, notes,
+                             dtype_policy=policy)
     summary = result.summary()
     summary["plan"] = [{"target": t.name, "sources": list(t.group.sources), "op": t.group.op,
                         "shape": list(t.shape), "dtype": t.dtype} for t in plan.targets]
