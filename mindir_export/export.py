@@ -27,25 +27,31 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from converters.convert import atomic_folder, check_output
 from converters.detect import read_json
-from mindspore_nets.loading import load_network, run_cell
+from mindspore_nets.buckets import model_buckets, select_buckets
+from mindspore_nets.metrics import TOLERANCES
 from pixart_core import dtypes, registry
 from pixart_core.components import PIPELINE_COPIED
 from pixart_core.components.vae import scale_factor
 from pixart_core.errors import CheckFailed, SourceError, UsageError
 from pixart_core.inputs import sample_inputs
-from pixart_core.manifests import EXPORT_KIND, MANIFEST, file_entry, file_sha256, read_manifest
+from pixart_core.manifests import (EXPORT_KIND, MANIFEST, file_entry, file_problems, file_sha256, read_manifest,
+                                   stored_dtype)
+from pixart_core.outputs import atomic_folder, check_output
 from pixart_core.stamps import versions
 
 from . import lite
-from .specs import (DEFAULT_MAX_LENGTH, EXPORT_DTYPES, ComponentSpec, GraphSpec, build_component, export_buckets,
-                    select_buckets)
+
+if TYPE_CHECKING:  # MindSpore is imported only once the arguments have been checked
+    from .specs import ComponentSpec, GraphSpec
 
 FORMAT_VERSION = 1
+EXPORT_DTYPES = ("fp32", "fp16")  # bf16 has no kernels on 910A/310P
+DEFAULT_MAX_LENGTH = 300
 
 
 @dataclass
@@ -111,7 +117,7 @@ def bucket_plan(found: dict[str, Path], spec: str) -> tuple[dict[str, tuple[int,
         tconfig = {"sample_size": vae_config.get("sample_size", 1024) // scale, "patch_size": 1}
     else:
         return {}, scale, "none (no transformer or VAE)"
-    table, how = export_buckets(tconfig, scale)
+    table, how = model_buckets(tconfig, scale)
     try:
         keys = select_buckets(spec, table)
     except ValueError as exc:
@@ -191,6 +197,8 @@ def written_files(folder: Path, stem: str) -> tuple[str, list[Path], bool]:
 def fp16_finite(component: str, folder: Path, spec: ComponentSpec, mode: str) -> tuple[bool, str]:
     """Run the fp16 eager network on every graph's validation inputs: the VAE is exported in fp16 only if all of
     its outputs are finite."""
+    from mindspore_nets.loading import load_network, run_cell
+
     net = load_network(component, folder, "fp16")
     cell = registry.view(component).cell(net)
     with execution_mode(graph=False):
@@ -203,8 +211,12 @@ def fp16_finite(component: str, folder: Path, spec: ComponentSpec, mode: str) ->
     return True, "finite in fp16 on the validation inputs"
 
 
-def export_component(spec: ComponentSpec, folder: Path, target: Path, opts: ExportOptions, log) -> dict:
-    """Export, reload and validate every graph of one component into ``target``; returns its manifest entry."""
+def export_component(spec: ComponentSpec, folder: Path, target: Path, opts: ExportOptions, log,
+                     tolerance_dtype: str | None = None) -> dict:
+    """Export, reload and validate every graph of one component into ``target``; returns its manifest entry.
+    ``tolerance_dtype``: whose parity tolerance applies against the torch reference (default the export dtype)."""
+    from mindspore_nets.loading import load_network, run_cell
+
     from . import validate
 
     target.mkdir(parents=True)
@@ -260,7 +272,7 @@ def export_component(spec: ComponentSpec, folder: Path, target: Path, opts: Expo
             if where is not None:
                 shutil.rmtree(where, ignore_errors=True)
             ref = validate.torch_output(spec.name, reference, arrays) if reference is not None else None
-            record, found = validate.check_output(out, case.outputs[0], eager, ref, spec.dtype)
+            record, found = validate.check_output(out, case.outputs[0], eager, ref, tolerance_dtype or spec.dtype)
             record["vs_eager"]["reference"] = REFERENCE_KIND[spec.dtype]
             record["case"] = case.label
             record["ran"] = "the exported graph" if where is None else "proxy: the same Cell exported at this size"
@@ -350,16 +362,12 @@ def _component_entry(spec: ComponentSpec, records: list[dict], target: Path, fol
 # ----------------------------------------------------------------------------------------------------------------
 # the whole export
 
-def export_pipeline(out_dir, export_dir, log=print, **options) -> dict:
-    """Export a converted pipeline (or one converted component) to ``export_dir``; returns the manifest.
-
-    Options are ``ExportOptions`` fields. Raises ``SourceError``/``OutputError`` (exit 2) on bad input and
-    ``CheckFailed`` (exit 1) when a graph fails validation; nothing is left at ``export_dir`` then.
-    """
-    opts = ExportOptions(**options)
-    out, export_dir = Path(out_dir), Path(export_dir)
-    started = time.time()
-    check_output(out, export_dir, opts.overwrite)
+def check_export(out: Path, export_dir: Path, opts: ExportOptions):
+    """Every check that needs no MindSpore: the output location, the options, the converted folders, the
+    components and buckets. Returns (found, components, buckets, vae scale, bucket table source, configs)."""
+    if not out.exists():
+        raise SourceError(f"{out}: no such folder")
+    check_output(export_dir, inputs=[out], overwrite=opts.overwrite)
     if opts.batch < 1 or opts.max_length < 1:
         raise UsageError(f"--batch and --max-length must be positive (got {opts.batch}, {opts.max_length})")
     if opts.validation not in ("full", "proxy"):
@@ -369,6 +377,10 @@ def export_pipeline(out_dir, export_dir, log=print, **options) -> dict:
             raise UsageError(f"{name} {value!r}: choose fp32 or fp16 (bf16 has no kernels on 910A/310P)")
     found = source_folders(out)
     components = choose_components(found, opts.components, out)
+    for folder in sorted({found[c] for c in components}):  # a truncated weights file, named before MindSpore
+        problems = file_problems(folder, read_manifest(folder, "converted")["files"], hashes=False)
+        if problems:
+            raise SourceError(f"{problems[0]} (`pixart-ms verify {folder}` checks every byte)")
     buckets, vae_scale, bucket_source = bucket_plan(found, opts.buckets)
     unknown_modes = sorted(set(opts.precision_modes) - set(components))
     if unknown_modes:
@@ -376,22 +388,49 @@ def export_pipeline(out_dir, export_dir, log=print, **options) -> dict:
     bad_modes = {c: m for c, m in opts.precision_modes.items() if m not in lite.PRECISION_MODES}
     if bad_modes:
         raise UsageError(f"unknown Lite precision_mode(s) {bad_modes}; choose from {', '.join(lite.PRECISION_MODES)}")
-
     configs = {c: read_json(found[c] / "config.json") for c in components}
     if "transformer" in components and opts.gears and len({(h // vae_scale, w // vae_scale)
                                                            for h, w in buckets.values()}) > 100:
         raise UsageError("Lite supports at most 100 gears; choose fewer buckets")
+    if "transformer" in components and "text_encoder" in found:
+        d_model = read_json(found["text_encoder"] / "config.json")["d_model"]
+        if d_model != configs["transformer"]["caption_channels"]:
+            raise SourceError(f"{out}: text encoder d_model {d_model} != transformer caption_channels "
+                              f"{configs['transformer']['caption_channels']}")
+    return found, components, buckets, vae_scale, bucket_source, configs
+
+
+def planned_export_bytes(found: dict[str, Path], specs: list[ComponentSpec], out: Path) -> int:
+    """About what the export writes: each graph stores its component's weights in the export dtype (the VAE's
+    encoder and decoder are counted with the whole VAE: an upper bound), plus the copied folders."""
+    total = 0
+    for spec in specs:
+        rows = read_manifest(found[spec.name], "converted")["tensors"]
+        values = sum(dtypes.numel(r["shape"]) for r in rows if not r.get("extra"))
+        total += values * dtypes.get(spec.dtype).itemsize * len(spec.graphs)
+    for name in PIPELINE_COPIED:
+        total += sum(f.stat().st_size for f in (out / name).rglob("*") if f.is_file())
+    return total
+
+
+def export_pipeline(out_dir, export_dir, log=print, **options) -> dict:
+    """Export a converted pipeline (or one converted component) to ``export_dir``; returns the manifest.
+
+    Options are ``ExportOptions`` fields. Raises ``SourceError``/``OutputError`` (exit 2) on bad input and
+    ``CheckFailed`` (exit 1) when a graph fails validation; nothing is left at ``export_dir`` then.
+    """
+    opts = ExportOptions(**options)
+    out, export_dir = Path(out_dir), Path(export_dir)
+    started = time.time()
+    found, components, buckets, vae_scale, bucket_source, configs = check_export(out, export_dir, opts)
+    from .specs import build_component  # MindSpore: only now that every argument is known to be good
+
     notes = []
     specs = []
     for name in components:
         dtype = opts.text_encoder_dtype if name == "text_encoder" else opts.dtype
         spec = build_component(name, configs[name], dtype, opts.batch, opts.max_length, buckets, vae_scale,
                                opts.gears and name == "transformer", precision_mode=opts.precision_modes.get(name))
-        if name == "transformer" and "text_encoder" in found:
-            d_model = read_json(found["text_encoder"] / "config.json")["d_model"]
-            if d_model != configs[name]["caption_channels"]:
-                raise SourceError(f"{out}: text encoder d_model {d_model} != transformer caption_channels "
-                                  f"{configs[name]['caption_channels']}")
         if registry.view(name).fp16_needs_check and dtype == "fp16":
             ok, why = fp16_finite(name, found[name], spec, opts.validation)
             if not ok:
@@ -402,12 +441,22 @@ def export_pipeline(out_dir, export_dir, log=print, **options) -> dict:
             else:
                 notes.append(f"{name}: fp16 NaN check passed ({why})")
         specs.append(spec)
+    tolerance_dtypes = {}
+    for spec in specs:
+        stored = stored_dtype(read_manifest(found[spec.name], "converted"))
+        tolerance_dtypes[spec.name] = max((spec.dtype, stored), key=TOLERANCES.get)
+        if tolerance_dtypes[spec.name] != spec.dtype:
+            line = (f"{spec.name}: {found[spec.name]} stores {stored} weights (manifest); the graph is compared with "
+                    f"the torch reference at the {stored} tolerance {TOLERANCES[stored]:g}")
+            notes.append(line)
+            log(f"note: {line}")
 
     manifest_components = {}
-    with atomic_folder(export_dir) as tmp:
+    with atomic_folder(export_dir, planned_export_bytes(found, specs, out), log) as tmp:
         tmp.mkdir()
         for spec in specs:
-            manifest_components[spec.name] = export_component(spec, found[spec.name], tmp / spec.name, opts, log)
+            manifest_components[spec.name] = export_component(spec, found[spec.name], tmp / spec.name, opts, log,
+                                                              tolerance_dtypes[spec.name])
             (tmp / spec.name / "config.json").write_bytes((found[spec.name] / "config.json").read_bytes())
             for graph in spec.graphs:
                 lite.write_config(tmp / spec.name / f"{graph.stem}.cfg", graph, spec.precision_mode)
@@ -490,7 +539,7 @@ def export_and_infer(converted_dir, work_dir, prompt: str = "a small red fox in 
     work_dir.mkdir(parents=True, exist_ok=True)
     export_dir, image = work_dir / "export", work_dir / "offline.png"
     export_pipeline(converted_dir, export_dir, log=log, buckets=buckets, overwrite=True)
-    result = infer(export_dir, prompt, image, steps=steps, progress=False)
+    result = infer(export_dir, prompt, image, steps=steps, progress=False, overwrite=True)
     from PIL import Image
 
     offline = np.asarray(Image.open(image))

@@ -30,17 +30,19 @@ def kind_of(manifest: dict) -> str | None:
 def read_manifest(folder, kind: str | None = None) -> dict:
     """The manifest of ``folder``; raises SourceError when it is missing, unreadable, foreign, or not ``kind``."""
     path = Path(folder) / MANIFEST
+    what = {"converted": "a converted folder", "export": "an export folder", None: "a folder"}
     try:
         manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SourceError(f"{folder}: no {MANIFEST}; not a folder written by pixart-ms") from None
+    except (FileNotFoundError, NotADirectoryError):
+        if not Path(folder).exists():
+            raise SourceError(f"{folder}: no such file or folder") from None
+        raise SourceError(f"{folder}: no {MANIFEST}; not {what[kind]} written by pixart-ms") from None
     except (OSError, ValueError) as exc:
         raise SourceError(f"{path}: unreadable manifest ({exc})") from exc
     found = kind_of(manifest)
     if found is None:
         raise SourceError(f"{path}: not a pixart-ms manifest (a foreign manifest.json)")
     if kind is not None and found != kind:
-        what = {"converted": "a converted folder", "export": "an export folder"}
         raise SourceError(f"{folder}: {what[found]}, not {what[kind]}")
     return manifest
 
@@ -65,9 +67,9 @@ def file_entry(path: Path) -> dict:
     return {"size": Path(path).stat().st_size, "sha256": file_sha256(path)}
 
 
-def file_problems(folder, files: dict, names=None) -> list[str]:
+def file_problems(folder, files: dict, names=None, hashes: bool = True) -> list[str]:
     """Problems of the files a manifest lists (``name -> {"size", "sha256"}``), or of ``names`` among them:
-    missing, another size, other bytes. Sizes are compared first, so a truncated file costs no hashing."""
+    missing, another size, other bytes (``hashes``). Sizes are compared first: a truncated file costs no hashing."""
     folder = Path(folder)
     problems = []
     for name in (files if names is None else names):
@@ -76,7 +78,7 @@ def file_problems(folder, files: dict, names=None) -> list[str]:
             problems.append(f"{path}: missing")
         elif path.stat().st_size != entry["size"]:
             problems.append(f"{path}: {path.stat().st_size} bytes, the manifest says {entry['size']}")
-        elif file_sha256(path) != entry["sha256"]:
+        elif hashes and file_sha256(path) != entry["sha256"]:
             problems.append(f"{path}: sha256 differs from the manifest (the file was changed or damaged)")
     return problems
 
