@@ -59,6 +59,17 @@ def _raise_interrupted(signum, frame):
     raise Interrupted(signum, signal.Signals(signum).name)
 
 
+def _exit_interrupted(line: str, code: int):
+    echo(f"error: {line}; nothing was kept", err=True)
+    if "mindspore" not in sys.modules and any(m.startswith("mindspore._c_expression") for m in sys.modules):
+        # the signal cut `import mindspore` short: MindSpore's exit handlers would then abort the interpreter
+        # with a C++ error and a core dump, so leave without them (the writers have cleaned up already)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 @contextmanager
 def interruptible():
     """SIGTERM raises ``Interrupted`` (SIGINT raises KeyboardInterrupt already), so every ``with`` block that
@@ -68,11 +79,9 @@ def interruptible():
     try:
         yield
     except KeyboardInterrupt:
-        echo("error: interrupted by SIGINT; nothing was kept", err=True)
-        sys.exit(128 + signal.SIGINT)
+        _exit_interrupted("interrupted by SIGINT", 128 + signal.SIGINT)
     except Interrupted as exc:
-        echo(f"error: {exc}; nothing was kept", err=True)
-        sys.exit(exc.exit_code)
+        _exit_interrupted(str(exc), exc.exit_code)
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous)
