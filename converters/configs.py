@@ -31,7 +31,8 @@ def read_given_config(config_path, component: str | None = None) -> dict:
     data = read_json(config_path)
     found = config_component(data)
     if found is not None and component is not None and found[0] != component:
-        raise ConfigError(f"{config_path}: describes a {found[1]} ({found[0]}), not a {component}")
+        article = "an" if found[1][:1].upper() in "AEIOU" else "a"
+        raise ConfigError(f"{config_path}: describes {article} {found[1]} ({found[0]}), not a {component}")
     return data
 
 
