@@ -75,12 +75,10 @@ class Options:
 
 def plan_job(job: Job, opts: Options):
     """Config and checked plan for one component; raises PlanError listing every problem."""
-    from mindspore_nets.loading import parameter_table
-
     config, written, notes = resolve_config(job, opts.config, opts.sample_size)
     component = registry.component(job.component)
     spec = spec_for(job.layout, keep_y_embedding=opts.keep_y_embedding)
-    table = {name: shape for name, (shape, _) in parameter_table(component.network_class(), config).items()}
+    table = component.parameter_shapes(config)  # the network's own table, checked equal in the tests
     plan = build_plan(spec, job.source, table, component.extras, opts.dtype, component.keep_fp32)
     plan.raise_if_problems()
     return config, written, notes, plan

@@ -14,7 +14,8 @@ from pixart_core import registry
 from pixart_core.cli import component_option, echo, fail, note, split_names
 from pixart_core.errors import ToolError, UsageError
 
-CHOICES = [*registry.VIEWS, "vae"]
+def choices() -> list[str]:
+    return [*registry.VIEWS, "vae"]
 
 
 def _precision_modes(values: tuple[str, ...]) -> dict:
@@ -31,7 +32,7 @@ def _precision_modes(values: tuple[str, ...]) -> dict:
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "export_dir", required=True, type=click.Path(path_type=Path),
               help="Export folder to create.")
-@component_option(CHOICES, "Graphs to export (default: every component present; vae = its decoder and encoder).",
+@component_option(choices(), "Graphs to export (default: every component present; vae = its decoder and encoder).",
                   aliases=("--components",))
 @click.option("--buckets", default="square", show_default=True,
               help="Aspect-ratio buckets of the model's table: square, all, or ratios such as 1.0,0.57.")
@@ -63,7 +64,7 @@ def export_command(out, export_dir, component, buckets, batch, dtype, text_encod
 
     try:
         manifest = export_pipeline(
-            out, export_dir, log=log, components=split_names(component, CHOICES) or None,
+            out, export_dir, log=log, components=split_names(component, choices()) or None,
             buckets=buckets, batch=batch, dtype=dtype, text_encoder_dtype=text_encoder_dtype, gears=gears,
             max_length=max_length, overwrite=overwrite, torch_reference=not no_torch_reference,
             precision_modes=_precision_modes(precision_modes), split_threshold=split_threshold,

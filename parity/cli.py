@@ -18,8 +18,11 @@ from pixart_core.cli import component_option, echo, fail, note, split_names
 from pixart_core.errors import SourceError, ToolError, UsageError
 from pixart_core.outputs import atomic_folder, check_output
 
-CHOICES = [*registry.COMPONENTS, *[v for v in registry.VIEWS if v not in registry.COMPONENTS]]
 REPORT_KEYS = ("source", "output", "dtype", "components", "ok")
+
+
+def choices() -> list[str]:
+    return [*registry.COMPONENTS, *[v for v in registry.VIEWS if v not in registry.COMPONENTS]]
 
 
 def is_parity_report(folder: Path) -> bool:
@@ -75,7 +78,7 @@ def resolve_latent(out: Path, found: dict[str, Path], bucket: str | None, height
 @click.command("parity")
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@component_option(CHOICES, "Components to compare (default: all in OUT; vae = its encoder and decoder).")
+@component_option(choices(), "Components to compare (default: all in OUT; vae = its encoder and decoder).")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="MindSpore compute dtype (bf16 on CPU: bf16 weights, fp32 compute).")
 @click.option("--tolerance", type=float, help="Relative-L2 tolerance per tap, > 0 (default: fp32 1e-5, fp16 5e-3, "
@@ -98,7 +101,7 @@ def parity_command(src, out, component, dtype, tolerance, bucket, height, width,
     from .harness import components_of, tolerance_dtypes
 
     try:
-        requested = registry.views_of(split_names(component, CHOICES))
+        requested = registry.views_of(split_names(component, choices()))
         try:
             steps_t = tuple(float(t) for t in timesteps.split(","))
         except ValueError:

@@ -9,6 +9,7 @@ use: importing the registry costs neither torch nor MindSpore.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass, field
 from typing import Callable
@@ -84,6 +85,7 @@ class Component:
     class_name: str  # written as _class_name (diffusers) or architectures (transformers) in config.json
     layouts: tuple[Layout, ...]
     views: tuple[str, ...]
+    parameter_shapes: Callable  # config object -> {name: shape} of the network's parameters (no MindSpore needed)
     torch_model: Callable  # config dict -> fp32 torch reference module (random weights)
     extras: tuple[str, ...] = ()  # tensors kept beside the parameters (unused at inference)
     tied_in_torch: tuple[str, ...] = ()  # torch-side names of a parameter tied to another
@@ -118,12 +120,23 @@ def register(component: Component, *views: View) -> Component:
         LAYOUTS[layout.name] = layout
         LAYOUT_COMPONENT[layout.name] = component.name
     for view in views:
-        if view.name in VIEWS:
-            raise ValueError(f"view {view.name!r} registered twice")
-        if view.component != component.name:
-            raise ValueError(f"view {view.name} belongs to {view.component}, registered with {component.name}")
-        VIEWS[view.name] = view
+        _add_view(view)
     return component
+
+
+def add_view(view: View) -> View:
+    """Add one more view to a registered component (another graph of it): export, validation, the Lite files and
+    the CLI choices pick it up from here."""
+    owner = component(view.component)
+    COMPONENTS[owner.name] = dataclasses.replace(owner, views=(*owner.views, view.name))
+    return _add_view(view)
+
+
+def _add_view(view: View) -> View:
+    if view.name in VIEWS:
+        raise ValueError(f"view {view.name!r} registered twice")
+    VIEWS[view.name] = view
+    return view
 
 
 def component(name: str) -> Component:

@@ -68,18 +68,22 @@ class Rule:
         raise NotImplementedError
 
 
+class OneSource(Rule):
+    """A rule kind that consumes one source tensor, ``source``."""
+
+    @property
+    def sources(self):
+        return (self.source,)
+
+
 @dataclass(frozen=True, eq=False)
-class Rename(Rule):
+class Rename(OneSource):
     """One source tensor becomes one target tensor, bytes unchanged."""
 
     source: str
     target: str
     note: str = ""
     extra: bool = False
-
-    @property
-    def sources(self):
-        return (self.source,)
 
     @property
     def targets(self):
@@ -90,17 +94,13 @@ class Rename(Rule):
 
 
 @dataclass(frozen=True, eq=False)
-class Split(Rule):
+class Split(OneSource):
     """One fused source tensor is cut into equal chunks along ``axis`` (qkv -> to_q, to_k, to_v)."""
 
     source: str
     targets: tuple[str, ...]
     axis: int = 0
     note: str = ""
-
-    @property
-    def sources(self):
-        return (self.source,)
 
     def target_shapes(self, shapes):
         shape, n, axis = shapes[0], len(self.targets), self.axis
@@ -149,17 +149,13 @@ class Concat(Rule):
 
 
 @dataclass(frozen=True, eq=False)
-class Drop(Rule):
+class Drop(OneSource):
     """A source tensor that is deliberately not converted, with the reason recorded in the manifest."""
 
     source: str
     reason: str
 
     targets = ()
-
-    @property
-    def sources(self):
-        return (self.source,)
 
     def resolve(self, key, fields, infos, plan):
         plan.dropped.append((key, self.reason))
@@ -170,7 +166,7 @@ class Drop(Rule):
 
 
 @dataclass(frozen=True, eq=False)
-class Alias(Rule):
+class Alias(OneSource):
     """A tied copy of another source tensor (T5's ``encoder.embed_tokens.weight`` is ``shared.weight``). When the
     other is present this one is checked equal to it, byte for byte (after the stream), and dropped; when it is
     absent this one is renamed to ``target`` in its place. The inverse writes only the other name, as the torch
@@ -180,10 +176,6 @@ class Alias(Rule):
     same_as: str
     target: str
     reason: str
-
-    @property
-    def sources(self):
-        return (self.source,)
 
     @property
     def targets(self):

@@ -25,3 +25,24 @@ def to_torch(arrays: dict, names) -> dict:
     import torch
 
     return {k: None if arrays.get(k) is None else torch.from_numpy(arrays[k]) for k in names}
+
+
+class Table(dict):
+    """A parameter table (name -> shape) built the way the networks declare their parameters."""
+
+    def linear(self, name: str, out: int, inp: int, bias: bool = True) -> "Table":
+        self[f"{name}.weight"] = (out, inp)
+        if bias:
+            self[f"{name}.bias"] = (out,)
+        return self
+
+    def conv(self, name: str, out: int, inp: int, kernel: int, groups: int = 1) -> "Table":
+        self[f"{name}.weight"] = (out, inp // groups, kernel, kernel)
+        self[f"{name}.bias"] = (out,)
+        return self
+
+    def norm(self, name: str, dim: int, bias: bool = True) -> "Table":
+        self[f"{name}.weight"] = (dim,)
+        if bias:
+            self[f"{name}.bias"] = (dim,)
+        return self

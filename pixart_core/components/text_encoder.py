@@ -8,13 +8,31 @@ fp16 overflows in the feed-forward output projection ``wo``: it stays fp32 (as t
 from __future__ import annotations
 
 from ..registry import Component, Layout, TensorSpec, View, register
-from ._shared import TRANSFORMERS_WEIGHTS, to_torch
+from ._shared import TRANSFORMERS_WEIGHTS, Table, to_torch
 
 INPUTS = ("input_ids", "attention_mask")
 
 
 def _is_t5(config: dict) -> bool:
     return config.get("model_type") == "t5" or any(a.startswith("T5") for a in config.get("architectures") or [])
+
+
+def parameter_shapes(cfg) -> dict:
+    """Name -> shape of every parameter of ``mindspore_nets.t5.T5Encoder(cfg)``, without MindSpore."""
+    d, inner, t = cfg.d_model, cfg.num_heads * cfg.d_kv, Table()
+    t["shared.weight"] = (cfg.vocab_size, d)
+    for i in range(cfg.num_layers):
+        b = f"encoder.block.{i}.layer"
+        for proj in ("q", "k", "v"):
+            t.linear(f"{b}.0.SelfAttention.{proj}", inner, d, bias=False)
+        t.linear(f"{b}.0.SelfAttention.o", d, inner, bias=False)
+        if i == 0:
+            t[f"{b}.0.SelfAttention.relative_attention_bias.weight"] = (cfg.relative_attention_num_buckets, cfg.num_heads)
+        t.norm(f"{b}.0.layer_norm", d, bias=False)
+        for wi in (("wi_0", "wi_1") if cfg.gated else ("wi",)):
+            t.linear(f"{b}.1.DenseReluDense.{wi}", cfg.d_ff, d, bias=False)
+        t.linear(f"{b}.1.DenseReluDense.wo", d, cfg.d_ff, bias=False).norm(f"{b}.1.layer_norm", d, bias=False)
+    return t.norm("encoder.final_layer_norm", d, bias=False)
 
 
 def torch_model(config: dict):
@@ -65,6 +83,7 @@ COMPONENT = register(
                    folder_weights=TRANSFORMERS_WEIGHTS),
         ),
         views=("text_encoder",),
+        parameter_shapes=parameter_shapes,
         torch_model=torch_model,
         tied_in_torch=("encoder.embed_tokens.weight",),
         # transformers keeps the feed-forward output projection in fp32 when loading T5 in fp16 (it overflows)

@@ -7,9 +7,31 @@ diffusers' parameter names; torch reference diffusers' class. Exported per laten
 from __future__ import annotations
 
 from ..registry import Component, Layout, TensorSpec, View, register
-from ._shared import DIFFUSERS_WEIGHTS, class_name_is, init_kwargs, to_torch
+from ._shared import DIFFUSERS_WEIGHTS, Table, class_name_is, init_kwargs, to_torch
 
 INPUTS = ("hidden_states", "timestep", "encoder_hidden_states", "encoder_attention_mask")
+
+
+def parameter_shapes(cfg) -> dict:
+    """Name -> shape of every parameter of ``mindspore_nets.pixart.PixArtTransformer2D(cfg)``, without MindSpore."""
+    d, t = cfg.hidden_size, Table()
+    t["scale_shift_table"] = (2, d)
+    t.conv("pos_embed.proj", d, cfg.in_channels, cfg.patch_size)
+    t.linear("adaln_single.emb.timestep_embedder.linear_1", d, 256).linear("adaln_single.emb.timestep_embedder.linear_2", d, d)
+    t.linear("adaln_single.linear", 6 * d, d)
+    t.linear("caption_projection.linear_1", d, cfg.caption_channels).linear("caption_projection.linear_2", d, d)
+    for i in range(cfg.num_layers):
+        b = f"transformer_blocks.{i}"
+        t[f"{b}.scale_shift_table"] = (6, d)
+        for attn in ("attn1", "attn2"):
+            for proj in ("to_q", "to_k", "to_v", "to_out.0"):
+                t.linear(f"{b}.{attn}.{proj}", d, d)
+            if attn == "attn1" and cfg.qk_norm:
+                t.norm(f"{b}.attn1.q_norm", d).norm(f"{b}.attn1.k_norm", d)
+            if attn == "attn1" and cfg.sr_ratio(i) > 1:
+                t.conv(f"{b}.attn1.sr", d, d, cfg.sr_ratio(i), groups=d).norm(f"{b}.attn1.sr_norm", d)
+        t.linear(f"{b}.ff.net.0.proj", 4 * d, d).linear(f"{b}.ff.net.2", d, 4 * d)
+    return t.linear("proj_out", cfg.patch_size ** 2 * cfg.output_channels, d)
 
 
 def torch_model(config: dict):
@@ -72,6 +94,7 @@ COMPONENT = register(
                    folder_weights=DIFFUSERS_WEIGHTS),
         ),
         views=("transformer",),
+        parameter_shapes=parameter_shapes,
         torch_model=torch_model,
         # the original's caption-dropout embedding (T5 of "" at 300 tokens): training needs it, inference does not
         extras=("caption_projection.y_embedding",),

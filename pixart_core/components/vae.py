@@ -8,7 +8,7 @@ outputs stay finite (the SDXL VAE in plain fp16 can produce NaN).
 from __future__ import annotations
 
 from ..registry import Component, Layout, TensorSpec, View, register
-from ._shared import DIFFUSERS_WEIGHTS, class_name_is, init_kwargs, to_torch
+from ._shared import DIFFUSERS_WEIGHTS, Table, class_name_is, init_kwargs, to_torch
 
 
 def scale_factor(config: dict | None) -> int:
@@ -16,6 +16,53 @@ def scale_factor(config: dict | None) -> int:
     if not config:
         return 8
     return 2 ** (len(config["block_out_channels"]) - 1)
+
+
+def _resnet(t: Table, name: str, inp: int, out: int) -> None:
+    t.norm(f"{name}.norm1", inp).conv(f"{name}.conv1", out, inp, 3).norm(f"{name}.norm2", out)
+    t.conv(f"{name}.conv2", out, out, 3)
+    if inp != out:
+        t.conv(f"{name}.conv_shortcut", out, inp, 1)
+
+
+def _mid_block(t: Table, name: str, c: int, attention: bool) -> None:
+    _resnet(t, f"{name}.resnets.0", c, c)
+    _resnet(t, f"{name}.resnets.1", c, c)
+    if attention:
+        t.norm(f"{name}.attentions.0.group_norm", c)
+        for proj in ("to_q", "to_k", "to_v", "to_out.0"):
+            t.linear(f"{name}.attentions.0.{proj}", c, c)
+
+
+def parameter_shapes(cfg) -> dict:
+    """Name -> shape of every parameter of ``mindspore_nets.vae.AutoencoderKL(cfg)``, without MindSpore."""
+    chans, lc, t = list(cfg.block_out_channels), cfg.latent_channels, Table()
+    t.conv("encoder.conv_in", chans[0], cfg.in_channels, 3)
+    out = chans[0]
+    for i in range(len(chans)):
+        inp, out = out, chans[i]
+        for j in range(cfg.layers_per_block):
+            _resnet(t, f"encoder.down_blocks.{i}.resnets.{j}", inp if j == 0 else out, out)
+        if i != len(chans) - 1:
+            t.conv(f"encoder.down_blocks.{i}.downsamplers.0.conv", out, out, 3)
+    _mid_block(t, "encoder.mid_block", chans[-1], cfg.mid_block_add_attention)
+    t.norm("encoder.conv_norm_out", chans[-1]).conv("encoder.conv_out", 2 * lc, chans[-1], 3)
+    t.conv("decoder.conv_in", chans[-1], lc, 3)
+    _mid_block(t, "decoder.mid_block", chans[-1], cfg.mid_block_add_attention)
+    rev = list(reversed(chans))
+    out = rev[0]
+    for i in range(len(rev)):
+        inp, out = out, rev[i]
+        for j in range(cfg.layers_per_block + 1):
+            _resnet(t, f"decoder.up_blocks.{i}.resnets.{j}", inp if j == 0 else out, out)
+        if i != len(rev) - 1:
+            t.conv(f"decoder.up_blocks.{i}.upsamplers.0.conv", out, out, 3)
+    t.norm("decoder.conv_norm_out", chans[0]).conv("decoder.conv_out", cfg.out_channels, chans[0], 3)
+    if cfg.use_quant_conv:
+        t.conv("quant_conv", 2 * lc, 2 * lc, 1)
+    if cfg.use_post_quant_conv:
+        t.conv("post_quant_conv", lc, lc, 1)
+    return t
 
 
 def torch_model(config: dict):
@@ -91,6 +138,7 @@ COMPONENT = register(
                    config_match=class_name_is("AutoencoderKL"), folder_weights=DIFFUSERS_WEIGHTS),
         ),
         views=("vae_decoder", "vae_encoder"),
+        parameter_shapes=parameter_shapes,
         torch_model=torch_model,
         needs_config="a bare vae weights file needs --config CONFIG.json",
     ),
