@@ -153,7 +153,6 @@ def convert(src, out, component: str = "auto", opts: Options | None = None, over
     src, out = Path(src), Path(out)
     started = time.time()
     check_arguments(src, out, opts, overwrite, dry_run)
-    log = log or (lambda line: print(line, file=sys.stderr))
     if component == "pipeline" or (component == "auto" and is_pipeline(src)):
         return convert_pipeline(src, out, opts, dry_run, progress, started, log)
     job = detect(src, component, ema=opts.ema)
@@ -177,7 +176,7 @@ def convert(src, out, component: str = "auto", opts: Options | None = None, over
 
 
 def convert_pipeline(src: Path, out: Path, opts: Options, dry_run: bool, progress: bool, started: float,
-                     log=print) -> dict:
+                     log=None) -> dict:
     """A diffusers PixArt-Sigma pipeline folder: the three networks converted, tokenizer and scheduler copied,
     ``model_index.json`` written; every component planned (and every problem reported) before any writing."""
     if not is_pipeline(src):

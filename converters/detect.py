@@ -97,6 +97,7 @@ def mindspore_output(path) -> str | None:
 
 
 def refuse_mindspore_output(path) -> None:
+    """For conversions to MindSpore (``convert``'s argument check): a pixart-ms output is not a PyTorch source."""
     what = mindspore_output(path)
     if what is not None:
         raise SourceError(f"{path}: already {what}, not a PyTorch source; to convert it back to PyTorch use "
@@ -133,7 +134,6 @@ def detect(path, component: str = "auto", ema: bool = False) -> Job:
     path = Path(path)
     if not path.exists():
         raise SourceError(f"{path}: no such file or folder")
-    refuse_mindspore_output(path)
     if path.is_dir():
         if (path / "model_index.json").is_file():
             raise SourceError(f"{path}: a pipeline folder; convert it with --component pipeline (or auto)")

@@ -243,7 +243,7 @@ def save_images(images: np.ndarray, image_path: Path, log=None) -> list[Path]:
 
     paths = image_paths(image_path, len(images))
     fmt = IMAGE_FORMATS[Path(image_path).suffix.lower()]
-    with atomic_files(paths, images.nbytes, **({"log": log} if log else {})) as temps:
+    with atomic_files(paths, images.nbytes, log) as temps:
         for image, tmp in zip(images, temps):
             Image.fromarray(image).save(tmp, format=fmt)
     return paths

@@ -232,11 +232,11 @@ def _as_output_error(exc: OSError, out: Path) -> OutputError | None:
 
 
 @contextmanager
-def _staged(out: Path, tmp: Path, planned: int, log: Callable):
+def _staged(out: Path, tmp: Path, planned: int, log: Callable | None):
     """Parents made, leftovers removed, space checked; on any failure the stage and made parents disappear."""
     created = _make_parents(out.parent)
     try:
-        remove_leftovers(out.parent, log)
+        remove_leftovers(out.parent, log or _stderr)
         if os.path.lexists(tmp):
             _remove(tmp)
         check_space(out.parent, planned, out)
@@ -254,10 +254,10 @@ def _staged(out: Path, tmp: Path, planned: int, log: Callable):
 
 
 @contextmanager
-def atomic_folder(out, planned_bytes: int = 0, log: Callable = _stderr, ours: Callable = is_ours):
+def atomic_folder(out, planned_bytes: int = 0, log: Callable | None = None, ours: Callable = is_ours):
     """Yield ``.NAME.partial-PID`` beside ``out`` (not yet created); when the block succeeds it is fsynced and
     replaces ``out`` (which ``check_output`` allowed), otherwise it disappears. ``planned_bytes``: the expected
-    size of what the block writes."""
+    size of what the block writes; ``log``: where the line about leftovers goes (stderr by default)."""
     out = absolute(out)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     with _staged(out, tmp, planned_bytes, log):
@@ -282,7 +282,7 @@ def atomic_folder(out, planned_bytes: int = 0, log: Callable = _stderr, ours: Ca
 
 
 @contextmanager
-def atomic_files(paths, planned_bytes: int = 0, log: Callable = _stderr):
+def atomic_files(paths, planned_bytes: int = 0, log: Callable | None = None):
     """Yield one ``.NAME.partial-PID`` path per target file (all in one folder); on success each is fsynced and
     renamed over its target, otherwise they disappear."""
     paths = [absolute(p) for p in paths]
