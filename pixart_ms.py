@@ -1,7 +1,11 @@
-"""The ``pixart-ms`` command: a click group of the packages' commands."""
+"""The ``pixart-ms`` command: a click group of the packages' commands.
+
+Importing it costs neither torch nor MindSpore: each command checks its arguments and paths first and imports the
+heavy libraries only when the work needs them, so a usage error answers at once.
+"""
 from __future__ import annotations
 
-from pixart_core.cli import quiet_mindspore
+from pixart_core.cli import interruptible, quiet_mindspore
 
 quiet_mindspore()  # before anything imports MindSpore
 
@@ -13,7 +17,13 @@ from parity.cli import parity_command  # noqa: E402
 from pixart_demo.cli import demo_command  # noqa: E402
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Group(click.Group):
+    def invoke(self, ctx):
+        with interruptible():  # SIGINT / SIGTERM: the writers clean up, then one line and exit 130 / 143
+            return super().invoke(ctx)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pixart-mindspore")
 def main():
     """PixArt-Sigma from PyTorch to MindSpore and MindSpore Lite: convert, verify, parity, export, infer, demo."""

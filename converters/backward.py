@@ -27,8 +27,10 @@ from pixart_core.components import PIPELINE_COPIED
 from pixart_core.errors import DataError, UsageError
 from pixart_core.naming import fold
 
-from .convert import (ComponentResult, Options, _plan_summary, atomic_folder, byte_progress, check_output,
-                      plan_job, plan_pipeline, stream_into, write_pipeline)
+from pixart_core.outputs import atomic_folder
+
+from .convert import (ComponentResult, Options, _plan_summary, byte_progress, plan_job, plan_pipeline,
+                      planned_bytes, stream_into, write_pipeline)
 from .detect import Job, detect, is_pipeline
 from .engine import Plan, PlanSource, build_plan, check_aliases
 from .keymaps.rules import Drop, Spec
@@ -134,16 +136,14 @@ def _summary(bp: BackPlan, folder, dry_run: bool = False) -> dict:
     return summary
 
 
-def convert_back(src, out, component: str, opts: Options, overwrite: bool, dry_run: bool, progress: bool) -> dict:
-    src, out = Path(src), Path(out)
-    started = time.time()
+def convert_back(src: Path, out: Path, component: str, opts: Options, dry_run: bool, progress: bool, started: float,
+                 log=None) -> dict:
+    """``convert --to diffusers|original`` after ``convert.check_arguments``."""
     if opts.fmt != "safetensors":
         raise UsageError(f"--format {opts.fmt} applies to --to mindspore; --to {opts.to} writes "
                          f"{'safetensors' if opts.to == 'diffusers' else '.pth'}")
-    if not dry_run:
-        check_output(src, out, overwrite)
     if component == "pipeline" or (component == "auto" and is_pipeline(src)):
-        return _convert_back_pipeline(src, out, opts, dry_run, progress, started)
+        return _convert_back_pipeline(src, out, opts, dry_run, progress, started, log)
     job = detect(src, component, ema=opts.ema)
     try:
         bp = plan_back(job, opts.to, opts)
@@ -153,7 +153,7 @@ def convert_back(src, out, component: str, opts: Options, overwrite: bool, dry_r
         return {"dry_run": True, "components": [_summary(bp, "-", dry_run=True)]}
     bar = byte_progress(bp.plan.total_bytes, job.component, progress)
     try:
-        with atomic_folder(out) as tmp:
+        with atomic_folder(out, planned_bytes(bp.plan), log) as tmp:
             write_back(bp, tmp, opts, bar.update)
     finally:
         bar.close()
@@ -161,7 +161,7 @@ def convert_back(src, out, component: str, opts: Options, overwrite: bool, dry_r
 
 
 def _convert_back_pipeline(src: Path, out: Path, opts: Options, dry_run: bool, progress: bool,
-                           started: float) -> dict:
+                           started: float, log=None) -> dict:
     """A pipeline folder (ours, for MindSpore): every component planned before any writing, then written, with
     the tokenizer and scheduler copied and ``model_index.json`` kept."""
     if opts.to != "diffusers":
@@ -175,6 +175,7 @@ def _convert_back_pipeline(src: Path, out: Path, opts: Options, dry_run: bool, p
         return _summary(planned[name], out / name)
 
     total = sum(bp.plan.total_bytes for bp in planned.values())
-    summaries = write_pipeline(src, out, index, list(planned), total, write_one, progress)
+    disk = sum(planned_bytes(bp.plan) for bp in planned.values())
+    summaries = write_pipeline(src, out, index, list(planned), total, disk, write_one, progress, log)
     return {"output": str(out), "seconds": round(time.time() - started, 2), "components": summaries,
             "copied": list(PIPELINE_COPIED)}

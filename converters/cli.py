@@ -7,42 +7,37 @@ from pathlib import Path
 import click
 
 from pixart_core import registry
-from pixart_core.cli import fail
+from pixart_core.cli import echo, fail, note
 from pixart_core.errors import CheckFailed, ToolError
 from pixart_core.naming import fold
-
-
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024
-    return f"{n:.1f} GiB"
+from pixart_core.outputs import human_bytes
 
 
 def print_summary(result: dict) -> None:
     if result.get("dry_run"):
-        click.echo("dry run: nothing written")
+        echo("dry run: nothing written")
     for comp in result["components"]:
         written = f" -> {comp['written_layout']}" if comp.get("written_layout") else ""
-        click.echo(f"{comp['component']}: {comp['layout']}{written} from {comp['source']}")
-        click.echo(f"  {comp['tensors']} tensors, {comp['values']:,} values, {_human_bytes(comp['bytes'])}, "
-                   f"dtype {'/'.join(comp['dtypes'])}")
+        echo(f"{comp['component']}: {comp['layout']}{written} from {comp['source']}")
+        kept = (f" ({', '.join(comp['kept_fp32'])} kept in fp32: fp16 overflows there)"
+                if comp.get("kept_fp32") else "")
+        echo(f"  {comp['tensors']} tensors, {comp['values']:,} values, {human_bytes(comp['bytes'])}, "
+             f"dtype {'/'.join(comp['dtypes'])}{kept}")
         for extra in comp["extras"]:
-            click.echo(f"  kept extra: {extra}")
+            echo(f"  kept extra: {extra}")
         by_reason: dict[str, list[str]] = {}
         for drop in comp["dropped"]:
             by_reason.setdefault(drop["reason"], []).append(drop["key"])
         for reason, keys in by_reason.items():
-            click.echo(f"  dropped: {', '.join(fold(keys))} ({reason})")
-        for note in comp["notes"]:
-            click.echo(f"  note: {note}")
+            echo(f"  dropped: {', '.join(fold(keys))} ({reason})")
+        for line in comp["notes"]:
+            echo(f"  note: {line}")
         if result.get("dry_run"):
             for row in comp["plan"]:
-                click.echo(f"    {row['target']} <- {', '.join(row['sources'])} [{row['op']}] "
-                           f"{tuple(row['shape'])} {row['dtype']}")
+                echo(f"    {row['target']} <- {', '.join(row['sources'])} [{row['op']}] "
+                     f"{tuple(row['shape'])} {row['dtype']}")
     if "output" in result:
-        click.echo(f"wrote {result['output']} in {result['seconds']:.1f} s")
+        echo(f"wrote {result['output']} in {result['seconds']:.1f} s")
 
 
 @click.command("convert")
@@ -52,7 +47,8 @@ def print_summary(result: dict) -> None:
               default="auto", show_default=True)
 @click.option("--config", type=click.Path(path_type=Path, dir_okay=False),
               help="A diffusers/transformers config.json for the source (sizes the weights cannot tell).")
-@click.option("--sample-size", type=int, help="Latent sample size of an original .pth: 32/64/128/256.")
+@click.option("--sample-size", type=int, help="Latent sample size of an original .pth: 32/64/128/256 (another "
+              "size only with --config giving the architecture).")
 @click.option("--dtype", type=click.Choice(["keep", "fp32", "fp16", "bf16"]), default="keep", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["safetensors", "ckpt"]), default="safetensors",
               show_default=True)
@@ -64,7 +60,8 @@ def print_summary(result: dict) -> None:
 @click.option("--y-embedding-from", type=click.Path(path_type=Path),
               help="Take the transformer's y_embedding (caption-dropout embedding) from this checkpoint: mindone's "
               "training saves none, the original layout needs it.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder that pixart-ms wrote (never "
+              "another folder, a file or a symlink).")
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
 def convert_command(src, out, component, config, sample_size, dtype, fmt, to, ema, drop_y_embedding,
@@ -76,11 +73,12 @@ def convert_command(src, out, component, config, sample_size, dtype, fmt, to, em
     opts = Options(config=config, sample_size=sample_size, dtype=dtype, fmt=fmt, ema=ema,
                    keep_y_embedding=not drop_y_embedding, to=to, y_embedding_from=y_embedding_from)
     try:
-        result = convert(src, out, component, opts, overwrite=overwrite, dry_run=dry_run, progress=not as_json)
+        result = convert(src, out, component, opts, overwrite=overwrite, dry_run=dry_run, progress=not as_json,
+                         log=note)
     except ToolError as exc:
         fail(exc)
     if as_json:
-        click.echo(json.dumps(result, indent=1))
+        echo(json.dumps(result, indent=1))
     else:
         print_summary(result)
 
@@ -89,7 +87,8 @@ def convert_command(src, out, component, config, sample_size, dtype, fmt, to, em
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True)
 def verify_command(folder, as_json):
-    """Re-check a converted folder against its manifest (files, sizes, every tensor's bytes)."""
+    """Re-check a converted folder (files, sizes, every tensor's bytes) or an export folder (every file's size and
+    sha256) against its manifest."""
     from .verify import verify
 
     try:
@@ -97,11 +96,11 @@ def verify_command(folder, as_json):
     except ToolError as exc:
         fail(exc)
     if as_json:
-        click.echo(json.dumps(report, indent=1))
+        echo(json.dumps(report, indent=1))
     else:
         for comp, problems in report["components"].items():
-            click.echo(f"{comp}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
+            echo(f"{comp}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
             for p in problems:
-                click.echo(f"  {p}")
+                echo(f"  {p}")
     if not report["ok"]:
         fail(CheckFailed(f"{folder}: verification failed"))

@@ -4,11 +4,36 @@ fixed explicitly in what we write (``use_additional_conditions: false``, an expl
 from __future__ import annotations
 
 from pixart_core import registry
-from pixart_core.errors import ConfigError, SourceError
+from pixart_core.errors import ConfigError, SourceError, UsageError, located
 
-from .detect import Job, read_json
+from .detect import Job, config_component, read_json
 
 PIXART_HEAD_DIM = 72  # every released PixArt (XL/2) uses 16 heads of 72
+# latent sample sizes of the released PixArt-Sigma checkpoints (256, 512, 1024, 2K pixels); any other needs the
+# architecture from a --config (a tiny test model, a custom training)
+RELEASED_SAMPLE_SIZES = (32, 64, 128, 256)
+
+
+def check_sample_size(sample_size: int | None, config_given: bool) -> None:
+    """``--sample-size``: one of the released sizes, or with ``--config`` any positive even size."""
+    if sample_size is None:
+        return
+    if sample_size <= 0 or sample_size % 2:
+        raise UsageError(f"--sample-size {sample_size}: must be a positive multiple of the patch size 2")
+    if sample_size not in RELEASED_SAMPLE_SIZES and not config_given:
+        raise UsageError(f"--sample-size {sample_size}: the released PixArt-Sigma models use "
+                         f"{'/'.join(map(str, RELEASED_SAMPLE_SIZES))} (256/512/1024/2K px); another size needs "
+                         "--config with the model's architecture")
+
+
+def read_given_config(config_path, component: str | None = None) -> dict:
+    """A ``--config`` file: readable JSON, and not the config of another component."""
+    data = read_json(config_path)
+    found = config_component(data)
+    if found is not None and component is not None and found[0] != component:
+        article = "an" if found[1][:1].upper() in "AEIOU" else "a"
+        raise ConfigError(f"{config_path}: describes {article} {found[1]} ({found[0]}), not a {component}")
+    return data
 
 
 def resolve_config(job: Job, config_path=None, sample_size: int | None = None):
@@ -17,7 +42,7 @@ def resolve_config(job: Job, config_path=None, sample_size: int | None = None):
     notes: list[str] = []
     data = dict(job.source_config or {})
     if config_path is not None:
-        data.update(read_json(config_path))
+        data.update(read_given_config(config_path, job.component))
         notes.append(f"config from {config_path}")
     if component.config_from_source:
         data = registry.load(component.config_from_source)(job, data, sample_size, notes,
@@ -27,7 +52,7 @@ def resolve_config(job: Job, config_path=None, sample_size: int | None = None):
     try:
         config = component.config_type().from_dict(data)
     except (ConfigError, TypeError) as exc:
-        raise SourceError(f"{config_path or job.path}: {exc}") from exc
+        raise SourceError(located(config_path or job.path, str(exc))) from exc
     written = {k: v for k, v in data.items() if not k.startswith("_")}
     written.update(config.to_dict())
     if component.writes_class_name:

@@ -1,18 +1,17 @@
 """``convert``: source path -> MindSpore folder (config.json, weights, manifest.json), atomically; ``--to diffusers``
 / ``--to original`` go the other way through the same plans (``converters.backward``).
 
-Everything is checked before the first byte moves: the output location, the layout, the config and the full
-plan against the target network. The folder is written under a temporary name beside the target and renamed
-into place only when complete, so a failed run leaves nothing at the target.
+Everything is checked before the first byte moves: the output location, the arguments, the layout, the config and
+the full plan against the target network, then the free space. The folder is written under a temporary name beside
+the target, fsynced and renamed into place only when complete (``pixart_core.outputs``), so a failed or interrupted
+run leaves nothing at the target.
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,10 +19,12 @@ from tqdm import tqdm
 
 from pixart_core import dtypes, registry
 from pixart_core.components import PIPELINE_COPIED
-from pixart_core.errors import OutputError, PlanError, SourceError, ToolError, UsageError
+from pixart_core.errors import PlanError, SourceError, ToolError, UsageError
+from pixart_core.naming import fold
+from pixart_core.outputs import atomic_folder, check_output
 
-from .configs import resolve_config
-from .detect import Job, detect, is_mindspore_folder, is_pipeline, read_json
+from .configs import check_sample_size, read_given_config, resolve_config
+from .detect import Job, detect, is_pipeline, read_json, refuse_mindspore_output
 from .engine import Plan, build_plan, stream_plan
 from .keymaps import spec_for
 from .manifest import component_manifest, write_manifest
@@ -40,9 +41,13 @@ class ComponentResult:
     config: dict
     notes: list[str] = field(default_factory=list)
     weights_file: str | None = None
+    dtype_policy: str = "keep"
 
     def summary(self) -> dict:
         plan = self.plan
+        # fp16 asked, fp32 kept by the component's dtype policy (T5's wo overflows fp16)
+        kept = [t.name for t in plan.targets if self.dtype_policy == "fp16" and t.dtype == "float32"
+                and t.source_dtype in dtypes.FLOAT_NAMES and not t.extra]
         return {
             "component": self.component, "layout": self.layout, "source": self.source,
             "folder": str(self.folder), "weights_file": self.weights_file,
@@ -51,6 +56,7 @@ class ComponentResult:
             "values": sum(dtypes.numel(t.shape) for t in plan.targets if not t.extra),
             "bytes": plan.total_bytes,
             "dtypes": sorted({t.dtype for t in plan.targets}),
+            "kept_fp32": fold(kept),
             "dropped": [{"key": k, "reason": r} for k, r in plan.dropped],
             "notes": self.notes,
         }
@@ -128,7 +134,8 @@ def write_component(job: Job, folder: Path, opts: Options, written: dict, notes:
     manifest = component_manifest(job, plan, digests, folder, weights_name, writer, written, notes, opts.dtype,
                                   layout=plan.spec, target="mindspore", dropped=plan.dropped)
     write_manifest(folder, manifest)
-    return ComponentResult(job.component, job.layout, str(job.path), folder, plan, written, notes, weights_name)
+    return ComponentResult(job.component, job.layout, str(job.path), folder, plan, written, notes, weights_name,
+                           opts.dtype)
 
 
 def stream_into(writer, plan: Plan, source, progress, check=None) -> dict[str, str]:
@@ -147,67 +154,45 @@ def stream_into(writer, plan: Plan, source, progress, check=None) -> dict[str, s
     return digests
 
 
-def refuse_native(job: Job) -> None:
-    """``--to mindspore`` on a folder this tool already wrote for MindSpore has nothing to convert."""
-    if registry.layout(job.layout).native:
-        job.source.close()
-        raise UsageError(f"{job.path}: already a MindSpore folder written by pixart-ms; --to mindspore has nothing "
-                         "to convert (use --to diffusers or --to original to convert it back)")
-
-
-def check_output(src: Path, out: Path, overwrite: bool) -> None:
-    src, out = Path(src).resolve(), Path(out).resolve()
-    if out == src or out in src.parents:
-        raise OutputError(f"{out}: refusing to write over the input {src}")
-    if out.exists() and not overwrite:
-        raise OutputError(f"{out}: already exists (pass --overwrite to replace it)")
-    if not out.parent.is_dir():
-        raise OutputError(f"{out.parent}: output parent folder does not exist")
-
-
-@contextmanager
-def atomic_folder(out: Path):
-    """Yield a temporary folder beside ``out``; on success it replaces ``out``, on failure it disappears."""
-    out = Path(out).resolve()
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def byte_progress(total: int, desc: str, enabled: bool):
     # redrawn at most every 5 s when stderr is a log file rather than a terminal
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not enabled,
                 file=sys.stderr, dynamic_ncols=True, mininterval=0.2 if sys.stderr.isatty() else 5.0)
 
 
+def planned_bytes(plan: Plan) -> int:
+    """What writing ``plan`` puts on disk: the tensors, plus headers and manifest rows."""
+    return plan.total_bytes + 1024 * len(plan.targets)
+
+
+def check_arguments(src: Path, out: Path, opts: Options, overwrite: bool, dry_run: bool) -> None:
+    """Every check that needs no source read: paths first, then the options."""
+    if not src.exists():
+        raise SourceError(f"{src}: no such file or folder")
+    if not dry_run:
+        check_output(out, inputs=[src], overwrite=overwrite)
+    check_sample_size(opts.sample_size, opts.config is not None)
+    if opts.config is not None:
+        read_given_config(opts.config)  # readable now; its component is checked once the source's is known
+
+
 def convert(src, out, component: str = "auto", opts: Options | None = None, overwrite: bool = False,
-            dry_run: bool = False, progress: bool = True) -> dict:
-    """Convert one component, or a whole diffusers pipeline folder. Returns a JSON-able summary."""
+            dry_run: bool = False, progress: bool = True, log=None) -> dict:
+    """Convert one component, or a whole diffusers pipeline folder (``--to diffusers|original``: back from MindSpore
+    weights). Returns a JSON-able summary. ``log``: where one-line notes about the output location go (stderr by
+    default)."""
     opts = opts or Options()
     src, out = Path(src), Path(out)
     started = time.time()
+    check_arguments(src, out, opts, overwrite, dry_run)
     if opts.to != "mindspore":
         from .backward import convert_back
 
-        return convert_back(src, out, component, opts, overwrite, dry_run, progress)
-    if not dry_run:
-        check_output(src, out, overwrite)
+        return convert_back(src, out, component, opts, dry_run, progress, started, log)
+    refuse_mindspore_output(src)
     if component == "pipeline" or (component == "auto" and is_pipeline(src)):
-        if is_pipeline(src) and all(is_mindspore_folder(src / name) for name in registry.COMPONENTS):
-            raise UsageError(f"{src}: already a MindSpore pipeline written by pixart-ms; --to mindspore has nothing "
-                             "to convert (use --to diffusers to convert it back)")
-        return convert_pipeline(src, out, opts, dry_run, progress, started)
+        return convert_pipeline(src, out, opts, dry_run, progress, started, log)
     job = detect(src, component, ema=opts.ema)
-    refuse_native(job)
     try:
         config, written, notes, plan = plan_job(job, opts)
     except ToolError:
@@ -215,10 +200,10 @@ def convert(src, out, component: str = "auto", opts: Options | None = None, over
         raise
     if dry_run:
         job.source.close()
-        return {"dry_run": True, "components": [_plan_summary(job, plan, written, notes)]}
+        return {"dry_run": True, "components": [_plan_summary(job, plan, written, notes, opts.dtype)]}
     bar = byte_progress(plan.total_bytes, job.component, progress)
     try:
-        with atomic_folder(out) as tmp:
+        with atomic_folder(out, planned_bytes(plan), log) as tmp:
             result = write_component(job, tmp, opts, written, notes, plan, bar.update)
     finally:
         bar.close()
@@ -227,23 +212,21 @@ def convert(src, out, component: str = "auto", opts: Options | None = None, over
     return {"output": str(out), "seconds": round(time.time() - started, 2), "components": [summary]}
 
 
-def convert_pipeline(src: Path, out: Path, opts: Options, dry_run: bool, progress: bool, started: float) -> dict:
+def convert_pipeline(src: Path, out: Path, opts: Options, dry_run: bool, progress: bool, started: float,
+                     log=None) -> dict:
     """A diffusers PixArt-Sigma pipeline folder: the three networks converted, tokenizer and scheduler copied,
     ``model_index.json`` written; every component planned (and every problem reported) before any writing."""
-    def plan_one(job):
-        refuse_native(job)
-        return (job, *plan_job(job, opts))
-
     def write_one(name, folder, update):
         job, _, written, notes, plan = planned[name]
         return write_component(job, folder, opts, written, notes, plan, update).summary()
 
-    index, planned = plan_pipeline(src, opts, plan_one)
+    index, planned = plan_pipeline(src, opts, lambda job: (job, *plan_job(job, opts)))
     if dry_run:
-        return {"dry_run": True, "components": [_plan_summary(job, plan, written, notes)
+        return {"dry_run": True, "components": [_plan_summary(job, plan, written, notes, opts.dtype)
                                                 for job, _, written, notes, plan in planned.values()]}
     total = sum(plan.total_bytes for *_, plan in planned.values())
-    summaries = write_pipeline(src, out, index, list(planned), total, write_one, progress)
+    disk = sum(planned_bytes(plan) for *_, plan in planned.values())
+    summaries = write_pipeline(src, out, index, list(planned), total, disk, write_one, progress, log)
     return {"output": str(out), "seconds": round(time.time() - started, 2), "components": summaries,
             "copied": list(PIPELINE_COPIED)}
 
@@ -277,14 +260,16 @@ def plan_pipeline(src: Path, opts: Options, plan_one) -> tuple[dict, dict]:
     return index, planned
 
 
-def write_pipeline(src: Path, out: Path, index: dict, names: list[str], total: int, write_one,
-                   progress: bool) -> list[dict]:
+def write_pipeline(src: Path, out: Path, index: dict, names: list[str], total: int, disk: int, write_one,
+                   progress: bool, log=None) -> list[dict]:
     """Write a pipeline folder atomically: ``write_one(name, folder, update) -> summary`` per component, the
-    tokenizer and scheduler copied, ``model_index.json`` kept. Returns the summaries."""
+    tokenizer and scheduler copied, ``model_index.json`` kept. ``total``: tensor bytes (progress); ``disk``: what
+    the weights files will take (the free-space check). Returns the summaries."""
+    copied = sum(f.stat().st_size for name in PIPELINE_COPIED for f in (src / name).rglob("*") if f.is_file())
     bar = byte_progress(total, "pipeline", progress)
     summaries = []
     try:
-        with atomic_folder(out) as tmp:
+        with atomic_folder(out, disk + copied, log) as tmp:
             tmp.mkdir()
             for name in names:
                 bar.set_description(name)
@@ -299,8 +284,9 @@ def write_pipeline(src: Path, out: Path, index: dict, names: list[str], total: i
     return summaries
 
 
-def _plan_summary(job: Job, plan: Plan, written: dict, notes: list[str]) -> dict:
-    result = ComponentResult(job.component, job.layout, str(job.path), Path("-"), plan, written, notes)
+def _plan_summary(job: Job, plan: Plan, written: dict, notes: list[str], policy: str = "keep") -> dict:
+    result = ComponentResult(job.component, job.layout, str(job.path), Path("-"), plan, written, notes,
+                             dtype_policy=policy)
     summary = result.summary()
     summary["plan"] = [{"target": t.name, "sources": list(t.group.sources), "op": t.group.op,
                         "shape": list(t.shape), "dtype": t.dtype} for t in plan.targets]

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from pixart_core import registry
 from pixart_core.errors import SourceError
-from pixart_core.manifests import MANIFEST, read_manifest
+from pixart_core.manifests import MANIFEST, kind_of, read_manifest
 
 from .ckpt_source import CkptSource, is_zip
-from .sources import SafetensorsSource, Source, TorchSource, shard_files
+from .sources import SafetensorsSource, Source, TorchSource, read_safetensors_header, shard_files
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
@@ -39,8 +39,10 @@ class Job:
 def read_json(path: Path) -> dict:
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise SourceError(f"{path}: cannot read JSON ({exc})") from exc
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    except ValueError as exc:
+        raise SourceError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise SourceError(f"{path}: expected a JSON object")
     return data
@@ -62,6 +64,52 @@ def open_weights(path: Path, ema: bool = False) -> Source:
         return TorchSource([path], ema=ema)
     raise SourceError(f"{path}: unknown weights format (expected .safetensors, .ckpt, .pth, .pt, .bin or "
                       "*.index.json)")
+
+
+def config_component(config: dict) -> tuple[str, str] | None:
+    """(component, the class the config names) of a config.json one of our layouts recognises, else None."""
+    for layout in registry.LAYOUTS.values():
+        if layout.config_match is not None and layout.config_match(config):
+            named = config.get("_class_name") or next(iter(config.get("architectures") or []), None)
+            return registry.LAYOUT_COMPONENT[layout.name], named or config.get("model_type", "?")
+    return None
+
+
+def mindspore_output(path) -> str | None:
+    """What ``path`` is when pixart-ms wrote it for MindSpore (a converted folder, pipeline or weights file, an
+    export folder), else None: converting it to MindSpore again would be a no-op or a mistake (``--to diffusers`` /
+    ``--to original`` convert back). Folders ``--to diffusers`` wrote are torch folders and pass. Cheap: a
+    manifest, or the safetensors metadata our writer stamps."""
+    path = Path(path)
+    if path.is_dir():
+        for folder in [path, *(path / name for name in registry.COMPONENTS)]:
+            try:
+                kind = kind_of(json.loads((folder / MANIFEST).read_text()))
+            except (OSError, ValueError):
+                continue
+            if kind == "export":
+                return "a MindIR export folder of pixart-ms"
+            if kind == "converted" and is_mindspore_folder(folder):
+                return ("a MindSpore pipeline folder converted by pixart-ms" if folder != path
+                        else "a MindSpore folder converted by pixart-ms")
+        return None
+    if path.suffix == ".safetensors" and path.is_file():
+        try:
+            metadata = read_safetensors_header(path)[0].get("__metadata__") or {}
+        except SourceError:
+            return None
+        if (isinstance(metadata, dict) and metadata.get("producer") == "pixart-mindspore"
+                and metadata.get("format") != "pt"):
+            return "a MindSpore weights file written by pixart-ms"
+    return None
+
+
+def refuse_mindspore_output(path) -> None:
+    """For conversions to MindSpore (``convert``'s argument check): a pixart-ms output is not a PyTorch source."""
+    what = mindspore_output(path)
+    if what is not None:
+        raise SourceError(f"{path}: already {what}, not a PyTorch source; to convert it back to PyTorch use "
+                          "--to diffusers or --to original")
 
 
 def layout_of_config(config: dict, path: Path) -> str:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from pixart_core.errors import SourceError
-from pixart_core.manifests import MANIFEST, file_sha256, read_manifest
+from pixart_core.manifests import MANIFEST, file_problems, read_manifest
 
 from .writers import hash_weights_file
 
@@ -69,23 +69,20 @@ def verify_folder(folder) -> list[str]:
         manifest = read_manifest(folder, "converted")
     except SourceError as exc:
         return [str(exc)]
-    problems = []
     weights_name = manifest["weights_file"]
     weights = folder / weights_name
-    for name, entry in manifest.get("files", {}).items():
-        f = folder / name
-        if not f.is_file():
-            problems.append(f"{f}: missing")
-        elif f.stat().st_size != entry["size"]:
-            problems.append(f"{f}: size {f.stat().st_size} != manifest {entry['size']}")
-        elif name != weights_name and file_sha256(f) != entry["sha256"]:
-            problems.append(f"{f}: sha256 differs from the manifest")
+    files = manifest.get("files", {})
+    # the weights file is hashed below, in the same pass as its tensors
+    problems = file_problems(folder, files, [n for n in files if n != weights_name])
     if not weights.is_file():
-        return problems
+        return problems + [f"{weights}: missing"]
+    if weights_name in files and weights.stat().st_size != files[weights_name]["size"]:
+        problems.append(f"{weights}: {weights.stat().st_size} bytes, the manifest says {files[weights_name]['size']}")
     try:
         file_hash, _, tensors = hash_weights_file(weights)
     except (OSError, ValueError, SourceError, KeyError, TypeError) as exc:  # a damaged file: report, not crash
-        return problems + [f"{weights}: unreadable ({exc})"]
+        detail = str(exc).removeprefix(f"{weights}: ")
+        return problems + [f"{weights}: unreadable ({detail})"]
     if file_hash != manifest["files"][weights_name]["sha256"]:
         problems.append(f"{weights}: sha256 differs from the manifest")
     expected = {row["name"]: row for row in manifest["tensors"]}

@@ -11,9 +11,11 @@ tensor plus a constant whatever the checkpoint's size.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import struct
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -299,6 +301,23 @@ class SafetensorsSource(ByteRangeSource):
         self._open = {}
 
 
+@contextmanager
+def _utf8_name(path: Path):
+    """A name torch can open for ``path``: torch's file reader takes UTF-8 names only, so a file whose name is not
+    valid UTF-8 is opened here and handed over as ``/proc/self/fd/N`` (the mapping outlives the descriptor)."""
+    name = str(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    yield name
+
+
 def _torch_load(path: Path) -> dict:
     """``torch.load`` restricted to tensors and containers, memory-mapped; every failure is a SourceError."""
     import torch
@@ -307,7 +326,8 @@ def _torch_load(path: Path) -> dict:
         raise SourceError(f"{path}: not a torch zip checkpoint (truncated, or the legacy pre-1.6 format, "
                           "which cannot be memory-mapped; re-save it with a current torch)")
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        with _utf8_name(path) as name:
+            return torch.load(name, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()
         detail = next((line for line in first if "GLOBAL" in line or "Unsupported" in line), first[0] if first else "")

@@ -1,7 +1,7 @@
 """``pixart-ms export`` and ``pixart-ms infer``.
 
-``infer`` imports nothing that imports torch: only this package's runtime and pipeline, numpy, sentencepiece,
-Pillow, tqdm and MindSpore (or MindSpore Lite).
+Both check every argument and path before MindSpore is imported. ``infer`` imports nothing that imports torch: only
+this package's runtime and pipeline, numpy, sentencepiece, Pillow, tqdm and MindSpore (or MindSpore Lite).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from pixart_core import registry
-from pixart_core.cli import component_option, fail, split_names
+from pixart_core.cli import component_option, echo, fail, note, split_names
 from pixart_core.errors import ToolError, UsageError
 
 def choices() -> list[str]:
@@ -52,7 +52,7 @@ def _precision_modes(values: tuple[str, ...]) -> dict:
               "16x16 latent (a gears graph itself runs at 16x16).")
 @click.option("--split-threshold", type=int, default=None, hidden=True,
               help="Bytes above which MindSpore splits weights out (testing; MindSpore's is 1 GiB).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing export folder.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing export folder that pixart-ms wrote.")
 @click.option("--json", "as_json", is_flag=True, help="The manifest on stdout.")
 def export_command(out, export_dir, component, buckets, batch, dtype, text_encoder_dtype, gears, max_length,
                    precision_modes, no_torch_reference, validation, split_threshold, overwrite, as_json):
@@ -60,7 +60,7 @@ def export_command(out, export_dir, component, buckets, batch, dtype, text_encod
     from .export import export_pipeline
 
     def log(line):
-        click.echo(line, err=as_json)
+        echo(line, err=as_json or line.startswith("note: "))
 
     try:
         manifest = export_pipeline(
@@ -72,18 +72,18 @@ def export_command(out, export_dir, component, buckets, batch, dtype, text_encod
     except ToolError as exc:
         fail(exc)
     if as_json:
-        click.echo(json.dumps(manifest, indent=1))
+        echo(json.dumps(manifest, indent=1))
         return
-    for note in manifest["notes"]:
-        click.echo(f"note: {note}")
-    click.echo(f"wrote {export_dir} in {manifest['seconds']:.1f} s (manifest.json, {manifest['lite']['script']})")
+    for line in manifest["notes"]:
+        echo(f"note: {line}")
+    echo(f"wrote {export_dir} in {manifest['seconds']:.1f} s (manifest.json, {manifest['lite']['script']})")
 
 
 @click.command("infer")
 @click.argument("export_dir", type=click.Path(path_type=Path))
 @click.option("--prompt", required=True)
-@click.option("-o", "--output", "image_path", required=True, type=click.Path(path_type=Path, dir_okay=False),
-              help="PNG file to write.")
+@click.option("-o", "--output", "image_path", required=True, type=click.Path(path_type=Path),
+              help="Image file to write (.png, .jpg, .webp, ...); a batch writes NAME-1.png, ... beside it.")
 @click.option("--negative-prompt", default="", show_default=True)
 @click.option("--height", type=int, default=None, help="Pixels; must be an exported bucket (default: square).")
 @click.option("--width", type=int, default=None)
@@ -92,26 +92,27 @@ def export_command(out, export_dir, component, buckets, batch, dtype, text_encod
 @click.option("--seed", type=int, default=0, show_default=True, help="numpy seed of the initial noise.")
 @click.option("--backend", type=click.Choice(["auto", "lite", "mindspore"]), default="auto", show_default=True,
               help="auto: MindSpore Lite when it imports, else MindSpore GraphCell.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing image file.")
 @click.option("--json", "as_json", is_flag=True)
 def infer_command(export_dir, prompt, image_path, negative_prompt, height, width, steps, guidance, seed, backend,
-                  as_json):
+                  overwrite, as_json):
     """Text to image from an export folder alone (no torch)."""
     from .pipeline import infer
     from .runtime import BackendError, resolve_backend
 
     try:
-        chosen = resolve_backend(backend)
+        resolve_backend(backend)
     except BackendError as exc:
         fail(UsageError(str(exc)))
-    click.echo(f"backend: {'MindSpore Lite' if chosen == 'lite' else 'MindSpore GraphCell'}", err=True)
     try:
         result = infer(export_dir, prompt, image_path, negative_prompt=negative_prompt, height=height, width=width,
-                       steps=steps, guidance=guidance, seed=seed, backend=backend, progress=not as_json)
+                       steps=steps, guidance=guidance, seed=seed, backend=backend, progress=not as_json,
+                       overwrite=overwrite, log=note)
     except ToolError as exc:
         fail(exc)
     if as_json:
-        click.echo(json.dumps(result, indent=1))
+        echo(json.dumps(result, indent=1))
     else:
-        click.echo(f"backend used: {', '.join(result['backend'])}")
-        click.echo(f"wrote {', '.join(result['images'])} ({result['height']}x{result['width']}, bucket "
-                   f"{result['bucket']}, {steps} steps, guidance {guidance}, seed {seed})")
+        echo(f"backend used: {', '.join(result['backend'])}")
+        echo(f"wrote {', '.join(result['images'])} ({result['height']}x{result['width']}, bucket "
+             f"{result['bucket']}, {steps} steps, guidance {guidance}, seed {seed})")

@@ -25,100 +25,29 @@ import gc
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from converters.convert import atomic_folder, check_output
 from converters.detect import read_json
-from mindspore_nets.loading import load_network, run_cell
+from mindspore_nets.metrics import TOLERANCES
 from pixart_core import dtypes, registry
 from pixart_core.components import PIPELINE_COPIED
-from pixart_core.components.vae import scale_factor
-from pixart_core.errors import CheckFailed, SourceError, UsageError
+from pixart_core.errors import CheckFailed, OutputError, SourceError
 from pixart_core.inputs import sample_inputs
-from pixart_core.manifests import EXPORT_KIND, MANIFEST, file_entry, file_sha256, read_manifest
+from pixart_core.manifests import EXPORT_KIND, MANIFEST, file_entry, file_sha256, read_manifest, stored_dtype
+from pixart_core.outputs import atomic_folder, human_bytes
 from pixart_core.stamps import versions
 
 from . import lite
-from .specs import (DEFAULT_MAX_LENGTH, EXPORT_DTYPES, ComponentSpec, GraphSpec, build_component, export_buckets,
-                    select_buckets)
+from .plan import ExportOptions, check_export, planned_export_bytes
+
+if TYPE_CHECKING:  # MindSpore is imported only once the arguments have been checked
+    from .specs import ComponentSpec, GraphSpec
 
 FORMAT_VERSION = 1
-
-
-@dataclass
-class ExportOptions:
-    components: list[str] | None = None  # default: every component present
-    buckets: str = "square"
-    batch: int = 1
-    dtype: str = "fp32"  # transformer and VAE; the VAE keeps fp32 if fp16 gives NaN/Inf
-    text_encoder_dtype: str = "fp32"  # T5 overflows in fp16: only on request
-    gears: bool = False
-    max_length: int = DEFAULT_MAX_LENGTH
-    overwrite: bool = False
-    torch_reference: bool = True
-    precision_modes: dict = field(default_factory=dict)  # component -> Lite precision_mode override
-    split_threshold: int | None = None  # bytes; MindSpore's is 1 GiB (lowered only to exercise the split path)
-    validation: str = "full"  # "full" | "proxy" (see GraphSpec.validation_cases)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# what is there to export
-
-def source_folders(out: Path) -> dict[str, Path]:
-    """Exportable component -> converted folder, for a converted pipeline or a single-component folder."""
-    out = Path(out)
-    if not out.is_dir():
-        raise SourceError(f"{out}: not a folder")
-    if (out / "model_index.json").is_file():
-        found = {v.name: out / v.component for v in registry.VIEWS.values()
-                 if (out / v.component / "config.json").is_file()}
-        unconverted = sorted({f.name for f in found.values() if not (f / MANIFEST).is_file()})
-        if unconverted:
-            raise SourceError(f"{out}: {', '.join(unconverted)} not converted (no {MANIFEST}); run "
-                              "`pixart-ms convert` first")
-    elif (out / MANIFEST).is_file():
-        component = read_manifest(out, "converted")["component"]
-        found = {v.name: out for v in registry.VIEWS.values() if v.component == component}
-    else:
-        raise SourceError(f"{out}: neither a converted pipeline (model_index.json) nor a converted component "
-                          f"({MANIFEST}); run `pixart-ms convert` first")
-    if not found:
-        raise SourceError(f"{out}: no exportable component found")
-    return found
-
-
-def choose_components(found: dict[str, Path], requested: list[str] | None, out: Path) -> list[str]:
-    if not requested:
-        return [c for c in registry.VIEWS if c in found]
-    requested = registry.views_of(requested)
-    missing = [c for c in requested if c not in found]
-    if missing:
-        raise SourceError(f"{out}: no converted folder for {', '.join(missing)} "
-                          f"(looked for {', '.join(sorted({registry.view(c).component + '/' for c in missing}))})")
-    return requested
-
-
-def bucket_plan(found: dict[str, Path], spec: str) -> tuple[dict[str, tuple[int, int]], int, str]:
-    """(chosen bucket -> pixel size, VAE scale factor, how the table was chosen)."""
-    vae_config = read_json(found["vae_decoder"] / "config.json") if "vae_decoder" in found else None
-    scale = scale_factor(vae_config)
-    if "transformer" in found:
-        tconfig = read_json(found["transformer"] / "config.json")
-    elif vae_config:  # a lone VAE: its pixel sample_size, whole latents
-        tconfig = {"sample_size": vae_config.get("sample_size", 1024) // scale, "patch_size": 1}
-    else:
-        return {}, scale, "none (no transformer or VAE)"
-    table, how = export_buckets(tconfig, scale)
-    try:
-        keys = select_buckets(spec, table)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    return {k: table[k] for k in keys}, scale, how
-
-
+DISK_NEARLY_FULL = 64 * 2**20  # a MindSpore write error with less free than this is taken for a full disk
 # ----------------------------------------------------------------------------------------------------------------
 # MindSpore plumbing
 
@@ -191,6 +120,8 @@ def written_files(folder: Path, stem: str) -> tuple[str, list[Path], bool]:
 def fp16_finite(component: str, folder: Path, spec: ComponentSpec, mode: str) -> tuple[bool, str]:
     """Run the fp16 eager network on every graph's validation inputs: the VAE is exported in fp16 only if all of
     its outputs are finite."""
+    from mindspore_nets.loading import load_network, run_cell
+
     net = load_network(component, folder, "fp16")
     cell = registry.view(component).cell(net)
     with execution_mode(graph=False):
@@ -203,8 +134,12 @@ def fp16_finite(component: str, folder: Path, spec: ComponentSpec, mode: str) ->
     return True, "finite in fp16 on the validation inputs"
 
 
-def export_component(spec: ComponentSpec, folder: Path, target: Path, opts: ExportOptions, log) -> dict:
-    """Export, reload and validate every graph of one component into ``target``; returns its manifest entry."""
+def export_component(spec: ComponentSpec, folder: Path, target: Path, opts: ExportOptions, log,
+                     tolerance_dtype: str | None = None) -> dict:
+    """Export, reload and validate every graph of one component into ``target``; returns its manifest entry.
+    ``tolerance_dtype``: whose parity tolerance applies against the torch reference (default the export dtype)."""
+    from mindspore_nets.loading import load_network, run_cell
+
     from . import validate
 
     target.mkdir(parents=True)
@@ -260,7 +195,7 @@ def export_component(spec: ComponentSpec, folder: Path, target: Path, opts: Expo
             if where is not None:
                 shutil.rmtree(where, ignore_errors=True)
             ref = validate.torch_output(spec.name, reference, arrays) if reference is not None else None
-            record, found = validate.check_output(out, case.outputs[0], eager, ref, spec.dtype)
+            record, found = validate.check_output(out, case.outputs[0], eager, ref, tolerance_dtype or spec.dtype)
             record["vs_eager"]["reference"] = REFERENCE_KIND[spec.dtype]
             record["case"] = case.label
             record["ran"] = "the exported graph" if where is None else "proxy: the same Cell exported at this size"
@@ -284,7 +219,14 @@ def export_graph(cell, inputs, file_stem: Path, threshold: int | None) -> None:
     with execution_mode(graph=True), split_threshold(threshold):
         dummies = [ms.Tensor(shape=[None if d == -1 else d for d in t.shape], dtype=dtypes.ms_dtype(t.dtype))
                    if -1 in t.shape else ms.Tensor(np.zeros(t.shape, dtypes.numpy_dtype(t.dtype))) for t in inputs]
-        ms.export(cell, *dummies, file_name=str(file_stem), file_format="MINDIR")
+        try:
+            ms.export(cell, *dummies, file_name=str(file_stem), file_format="MINDIR")
+        except RuntimeError as exc:  # MindSpore reports a full disk as a RuntimeError of its own
+            free = shutil.disk_usage(file_stem.parent).free
+            if free < DISK_NEARLY_FULL:
+                raise OutputError(f"{file_stem.parent}: no space left while MindSpore wrote {file_stem.name} "
+                                  f"({human_bytes(free)} free); nothing was kept") from exc
+            raise
 
 
 def written_path(folder: Path, stem: str) -> Path:
@@ -359,39 +301,15 @@ def export_pipeline(out_dir, export_dir, log=print, **options) -> dict:
     opts = ExportOptions(**options)
     out, export_dir = Path(out_dir), Path(export_dir)
     started = time.time()
-    check_output(out, export_dir, opts.overwrite)
-    if opts.batch < 1 or opts.max_length < 1:
-        raise UsageError(f"--batch and --max-length must be positive (got {opts.batch}, {opts.max_length})")
-    if opts.validation not in ("full", "proxy"):
-        raise UsageError(f"--validation {opts.validation!r}: choose full or proxy")
-    for name, value in (("--dtype", opts.dtype), ("--text-encoder-dtype", opts.text_encoder_dtype)):
-        if value not in EXPORT_DTYPES:
-            raise UsageError(f"{name} {value!r}: choose fp32 or fp16 (bf16 has no kernels on 910A/310P)")
-    found = source_folders(out)
-    components = choose_components(found, opts.components, out)
-    buckets, vae_scale, bucket_source = bucket_plan(found, opts.buckets)
-    unknown_modes = sorted(set(opts.precision_modes) - set(components))
-    if unknown_modes:
-        raise UsageError(f"precision mode given for component(s) not exported: {', '.join(unknown_modes)}")
-    bad_modes = {c: m for c, m in opts.precision_modes.items() if m not in lite.PRECISION_MODES}
-    if bad_modes:
-        raise UsageError(f"unknown Lite precision_mode(s) {bad_modes}; choose from {', '.join(lite.PRECISION_MODES)}")
+    found, components, buckets, vae_scale, bucket_source, configs = check_export(out, export_dir, opts)
+    from .specs import build_component  # MindSpore: only now that every argument is known to be good
 
-    configs = {c: read_json(found[c] / "config.json") for c in components}
-    if "transformer" in components and opts.gears and len({(h // vae_scale, w // vae_scale)
-                                                           for h, w in buckets.values()}) > 100:
-        raise UsageError("Lite supports at most 100 gears; choose fewer buckets")
     notes = []
     specs = []
     for name in components:
         dtype = opts.text_encoder_dtype if name == "text_encoder" else opts.dtype
         spec = build_component(name, configs[name], dtype, opts.batch, opts.max_length, buckets, vae_scale,
                                opts.gears and name == "transformer", precision_mode=opts.precision_modes.get(name))
-        if name == "transformer" and "text_encoder" in found:
-            d_model = read_json(found["text_encoder"] / "config.json")["d_model"]
-            if d_model != configs[name]["caption_channels"]:
-                raise SourceError(f"{out}: text encoder d_model {d_model} != transformer caption_channels "
-                                  f"{configs[name]['caption_channels']}")
         if registry.view(name).fp16_needs_check and dtype == "fp16":
             ok, why = fp16_finite(name, found[name], spec, opts.validation)
             if not ok:
@@ -402,12 +320,22 @@ def export_pipeline(out_dir, export_dir, log=print, **options) -> dict:
             else:
                 notes.append(f"{name}: fp16 NaN check passed ({why})")
         specs.append(spec)
+    tolerance_dtypes = {}
+    for spec in specs:
+        stored = stored_dtype(read_manifest(found[spec.name], "converted"))
+        tolerance_dtypes[spec.name] = max((spec.dtype, stored), key=TOLERANCES.get)
+        if tolerance_dtypes[spec.name] != spec.dtype:
+            line = (f"{spec.name}: {found[spec.name]} stores {stored} weights (manifest); the graph is compared with "
+                    f"the torch reference at the {stored} tolerance {TOLERANCES[stored]:g}")
+            notes.append(line)
+            log(f"note: {line}")
 
     manifest_components = {}
-    with atomic_folder(export_dir) as tmp:
+    with atomic_folder(export_dir, planned_export_bytes(found, specs, out), log) as tmp:
         tmp.mkdir()
         for spec in specs:
-            manifest_components[spec.name] = export_component(spec, found[spec.name], tmp / spec.name, opts, log)
+            manifest_components[spec.name] = export_component(spec, found[spec.name], tmp / spec.name, opts, log,
+                                                              tolerance_dtypes[spec.name])
             (tmp / spec.name / "config.json").write_bytes((found[spec.name] / "config.json").read_bytes())
             for graph in spec.graphs:
                 lite.write_config(tmp / spec.name / f"{graph.stem}.cfg", graph, spec.precision_mode)
@@ -490,7 +418,7 @@ def export_and_infer(converted_dir, work_dir, prompt: str = "a small red fox in 
     work_dir.mkdir(parents=True, exist_ok=True)
     export_dir, image = work_dir / "export", work_dir / "offline.png"
     export_pipeline(converted_dir, export_dir, log=log, buckets=buckets, overwrite=True)
-    result = infer(export_dir, prompt, image, steps=steps, progress=False)
+    result = infer(export_dir, prompt, image, steps=steps, progress=False, overwrite=True)
     from PIL import Image
 
     offline = np.asarray(Image.open(image))

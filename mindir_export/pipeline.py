@@ -16,6 +16,7 @@ The bucket (graph) is chosen by ``--height/--width``, which must be one of the e
 """
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,14 +25,20 @@ import numpy as np
 
 from mindspore_nets.metrics import psnr as metrics_psnr
 from pixart_core import registry
-from pixart_core.errors import ToolError
-from pixart_core.manifests import read_manifest
+from pixart_core.errors import ToolError, UsageError
+from pixart_core.manifests import file_problems, read_manifest
+from pixart_core.outputs import atomic_files, check_output_file
 
 from .runtime import BackendError, EagerRunner, Runner, open_graph, resolve_backend
 
 
 class InferError(ToolError):
     """An export folder that cannot serve the request (missing component, size, tokenizer): exit 2."""
+
+
+# image formats by file extension (Pillow's names); the extension decides, as Pillow's own save does
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF",
+                 ".tiff": "TIFF"}
 
 
 class T5Tokens:
@@ -80,6 +87,7 @@ class OfflinePipeline:
         self.backend = backend
         self.overrides = dict(runners or {})
         self._cache: dict[tuple[str, str], Runner] = {}
+        self._checked: set[str] = set()
         for name in ("transformer", "text_encoder", "vae_decoder"):
             if name not in self.manifest["components"] and name not in self.overrides:
                 raise InferError(f"{self.dir}: the export has no {name} (exported: "
@@ -136,13 +144,29 @@ class OfflinePipeline:
         key = (component, graph["stem"])
         if key not in self._cache:
             try:
-                path = self.lite_file(graph) or self.dir / graph["file"]
+                lite_path = self.lite_file(graph)
+                path = lite_path or self.dir / graph["file"]
                 if not path.is_file():
                     raise InferError(f"{path}: graph file missing from the export")
+                if lite_path is None:
+                    self.check_files(graph)
                 self._cache[key] = open_graph(path, self.backend)
             except BackendError as exc:
                 raise InferError(str(exc)) from None
         return self._cache[key]
+
+    def check_files(self, graph: dict) -> None:
+        """The graph's files against the export manifest (size, sha256) before MindSpore reads them: a damaged
+        file is named here instead of failing inside ``mindspore.load``."""
+        if graph["stem"] in self._checked:
+            return
+        names = graph.get("files") or [graph["file"]]
+        listed = self.manifest.get("files", {})
+        problems = file_problems(self.dir, listed, [n for n in names if n in listed])
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise InferError(f"{problems[0]}{more}; re-export or restore the file")
+        self._checked.add(graph["stem"])
 
     def lite_file(self, graph: dict) -> Path | None:
         """The Lite-converted graph (``convert_lite.sh`` output) when using Lite and it exists."""
@@ -162,8 +186,7 @@ class OfflinePipeline:
 
         from mindspore_nets.scheduler import DPMSolverMultistep
 
-        if request.steps < 1:
-            raise InferError(f"--steps must be >= 1 (got {request.steps})")
+        check_request(request)
         bucket, height, width = self.bucket(request.height, request.width)
         n = self.p["batch"]
         ids, mask = self.tokens([request.negative_prompt] * n + [request.prompt] * n)
@@ -197,31 +220,64 @@ class OfflinePipeline:
         return sorted({r.backend for r in [*self._cache.values(), *self.overrides.values()]})
 
 
-def save_images(images: np.ndarray, image_path: Path) -> list[Path]:
+def image_paths(image_path: Path, count: int) -> list[Path]:
     """The first image at ``image_path``, any others as ``<stem>-<i><suffix>`` beside it."""
+    image_path = Path(image_path)
+    return [image_path if i == 0 else image_path.with_name(f"{image_path.stem}-{i}{image_path.suffix}")
+            for i in range(count)]
+
+
+def check_image_paths(image_path, count: int, inputs=(), overwrite: bool = False) -> list[Path]:
+    """The image file names are usable (a known extension, no folder or symlink in the way, an existing image
+    only with ``--overwrite``): checked before any work."""
+    image_path = Path(image_path)
+    if image_path.suffix.lower() not in IMAGE_FORMATS:
+        raise UsageError(f"-o {image_path}: unknown image type {image_path.suffix or '(no extension)'}; use one of "
+                         f"{', '.join(IMAGE_FORMATS)}")
+    return [check_output_file(p, inputs, overwrite) for p in image_paths(image_path, count)]
+
+
+def save_images(images: np.ndarray, image_path: Path, log=None) -> list[Path]:
+    """Each image written beside its target, fsynced and renamed into place (``image_paths`` names them)."""
     from PIL import Image
 
-    image_path = Path(image_path)
-    paths = []
-    for i, image in enumerate(images):
-        path = image_path if i == 0 else image_path.with_name(f"{image_path.stem}-{i}{image_path.suffix}")
-        Image.fromarray(image).save(path)
-        paths.append(path)
+    paths = image_paths(image_path, len(images))
+    fmt = IMAGE_FORMATS[Path(image_path).suffix.lower()]
+    with atomic_files(paths, images.nbytes, log) as temps:
+        for image, tmp in zip(images, temps):
+            Image.fromarray(image).save(tmp, format=fmt)
     return paths
+
+
+def check_request(request: Request) -> None:
+    if request.steps < 1:
+        raise UsageError(f"--steps must be >= 1 (got {request.steps})")
+    if not math.isfinite(request.guidance):
+        raise UsageError(f"--guidance {request.guidance}: must be a finite number")
+    if (request.height is None) != (request.width is None):
+        raise UsageError("give both --height and --width, or neither")
 
 
 def infer(export_dir, prompt: str, image_path, negative_prompt: str = "", height: int | None = None,
           width: int | None = None, steps: int = 20, guidance: float = 4.5, seed: int = 0, backend: str = "auto",
-          progress: bool = True) -> dict:
-    """Text to image from the export folder alone; returns a JSON-able summary (paths, bucket, backends)."""
-    image_path = Path(image_path)
-    if not image_path.parent.is_dir():
-        raise InferError(f"{image_path.parent}: output folder does not exist")
-    pipe = OfflinePipeline(export_dir, backend=backend)
+          progress: bool = True, overwrite: bool = False, log=None) -> dict:
+    """Text to image from the export folder alone; returns a JSON-able summary (paths, bucket, backends). Every
+    argument (the image names, the request, the export folder and its bucket) is checked before any graph is
+    loaded; ``log`` hears which backend runs."""
     request = Request(prompt, negative_prompt, height, width, steps, guidance, seed)
-    images = pipe(request, progress=progress)
-    paths = save_images(images, image_path)
+    check_request(request)
+    manifest = read_manifest(export_dir, "export")
+    check_image_paths(image_path, manifest["pipeline"]["batch"], overwrite=overwrite)
+    pipe = OfflinePipeline(export_dir, backend=backend)
     bucket, h, w = pipe.bucket(height, width)
+    for component, key in (("text_encoder", None), ("transformer", bucket), ("vae_decoder", bucket)):
+        graph = pipe.graph_for(component, key)
+        if pipe.lite_file(graph) is None:
+            pipe.check_files(graph)
+    if log is not None:
+        log(f"backend: {'MindSpore Lite' if resolve_backend(backend) == 'lite' else 'MindSpore GraphCell'}")
+    images = pipe(request, progress=progress)
+    paths = save_images(images, image_path, log)
     return {"images": [str(p) for p in paths], "bucket": bucket, "height": h, "width": w, "steps": steps,
             "guidance": guidance, "seed": seed, "backend": pipe.backends()}
 

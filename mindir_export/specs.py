@@ -24,13 +24,12 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-from mindspore_nets.buckets import ASPECT_RATIO_1024_BIN, SAMPLE_SIZE_TO_RESOLUTION, bucket_table
+# the bucket tables are pure data, shared with parity: re-exported under the names export has used
+from mindspore_nets.buckets import model_buckets as export_buckets, select_buckets  # noqa: F401
 from pixart_core import dtypes, registry
 from pixart_core.registry import TensorSpec
 
-EXPORT_DTYPES = ("fp32", "fp16")  # bf16 has no kernels on 910A/310P
 EAGER_TOLERANCE = 1e-6  # GraphCell vs the eager MindSpore network of the same dtype (relative L2)
-DEFAULT_MAX_LENGTH = 300
 
 
 @dataclass
@@ -120,44 +119,6 @@ def _fill(specs: list[TensorSpec], gear) -> list[TensorSpec]:
 
 # ----------------------------------------------------------------------------------------------------------------
 # buckets
-
-def export_buckets(transformer_config: dict, vae_scale: int) -> tuple[dict[str, tuple[int, int]], str]:
-    """(ratio -> (height, width) in pixels, how the table was chosen) for a transformer and VAE.
-
-    Released models (sample_size 32/64/128/256 with an 8x VAE) get diffusers' resolution-binning table, exactly.
-    Any other pair (tiny test models) gets diffusers' 1024 table scaled to ``sample_size * vae_scale`` pixels,
-    each side rounded half-up to a multiple of ``patch_size * vae_scale`` (at least one such step), so every
-    bucket gives a whole token grid. Different ratios may round to the same size; they then share one graph.
-    """
-    sample = int(transformer_config["sample_size"])
-    if vae_scale == 8 and sample in SAMPLE_SIZE_TO_RESOLUTION:
-        return bucket_table(sample), f"diffusers ASPECT_RATIO_{SAMPLE_SIZE_TO_RESOLUTION[sample]}_BIN"
-    base = sample * vae_scale
-    step = int(transformer_config.get("patch_size", 2)) * vae_scale
-
-    def snap(pixels: int) -> int:
-        return max(step, int(pixels * base / 1024 / step + 0.5) * step)
-
-    table = {key: (snap(h), snap(w)) for key, (h, w) in ASPECT_RATIO_1024_BIN.items()}
-    return table, (f"diffusers ASPECT_RATIO_1024_BIN scaled to {base}px (sample_size {sample} x vae scale "
-                   f"{vae_scale}), sides rounded to multiples of {step}px")
-
-
-def select_buckets(spec: str, table: dict[str, tuple[int, int]]) -> list[str]:
-    """``square`` (the 1.0 bucket), ``all``, or comma-separated keys spelled as in the table ("1.0,0.57")."""
-    text = spec.strip()
-    if text.lower() == "square":
-        return ["1.0"]
-    if text.lower() == "all":
-        return list(table)
-    keys = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
-    if not keys:
-        raise ValueError(f"empty bucket list {spec!r}: use square, all, or ratios such as 1.0,0.57")
-    unknown = [k for k in keys if k not in table]
-    if unknown:
-        raise ValueError(f"unknown bucket(s) {', '.join(unknown)}; this model's buckets: {', '.join(table)}")
-    return keys
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # the in-graph position embedding of a gears graph

@@ -36,6 +36,8 @@ __all__ = [
     "closest_bucket",
     "parse_buckets",
     "latent_hw",
+    "model_buckets",
+    "select_buckets",
 ]
 
 # Original ASPECT_RATIO_1024 ("ratio:HxW"), in the original's (ascending) order. Order matters: on a tie,
@@ -154,3 +156,42 @@ def latent_hw(bucket_hw: tuple[int, int], vae_scale_factor: int = 8) -> tuple[in
     """Latent (height, width) for a pixel bucket: ``(h // 8, w // 8)`` like diffusers' ``prepare_latents``."""
     h, w = bucket_hw
     return int(h) // vae_scale_factor, int(w) // vae_scale_factor
+
+
+def model_buckets(transformer_config: dict, vae_scale: int) -> tuple[dict[str, tuple[int, int]], str]:
+    """(ratio -> (height, width) in pixels, how the table was chosen) for a transformer and VAE: the buckets export
+    writes graphs for and parity runs at.
+
+    Released models (sample_size 32/64/128/256 with an 8x VAE) get diffusers' resolution-binning table, exactly.
+    Any other pair (tiny test models) gets diffusers' 1024 table scaled to ``sample_size * vae_scale`` pixels,
+    each side rounded half-up to a multiple of ``patch_size * vae_scale`` (at least one such step), so every
+    bucket gives a whole token grid. Different ratios may round to the same size; they then share one graph.
+    """
+    sample = int(transformer_config["sample_size"])
+    if vae_scale == 8 and sample in SAMPLE_SIZE_TO_RESOLUTION:
+        return bucket_table(sample), f"diffusers ASPECT_RATIO_{SAMPLE_SIZE_TO_RESOLUTION[sample]}_BIN"
+    base = sample * vae_scale
+    step = int(transformer_config.get("patch_size", 2)) * vae_scale
+
+    def snap(pixels: int) -> int:
+        return max(step, int(pixels * base / 1024 / step + 0.5) * step)
+
+    table = {key: (snap(h), snap(w)) for key, (h, w) in ASPECT_RATIO_1024_BIN.items()}
+    return table, (f"diffusers ASPECT_RATIO_1024_BIN scaled to {base}px (sample_size {sample} x vae scale "
+                   f"{vae_scale}), sides rounded to multiples of {step}px")
+
+
+def select_buckets(spec: str, table: dict[str, tuple[int, int]]) -> list[str]:
+    """``square`` (the 1.0 bucket), ``all``, or comma-separated keys spelled as in the table ("1.0,0.57")."""
+    text = spec.strip()
+    if text.lower() == "square":
+        return ["1.0"]
+    if text.lower() == "all":
+        return list(table)
+    keys = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    if not keys:
+        raise ValueError(f"empty bucket list {spec!r}: use square, all, or ratios such as 1.0,0.57")
+    unknown = [k for k in keys if k not in table]
+    if unknown:
+        raise ValueError(f"unknown bucket(s) {', '.join(unknown)}; this model's buckets: {', '.join(table)}")
+    return keys

@@ -36,11 +36,14 @@ def latent_size(config: dict, height=None, width=None, bucket: str = "1.0", vae_
     return h // vae_scale, w // vae_scale
 
 
-def build_cases(view: str, config: dict, *, height=None, width=None, bucket: str = "1.0",
+def build_cases(view: str, config: dict, *, height=None, width=None, bucket: str = "1.0", latent_hw=None,
                 max_length: int = 300, timesteps=(999.0, 500.0, 1.0), seed: int = 0) -> list[Case]:
-    """One case per timestep for the transformer, one case otherwise; batch 1 (B = 2 for the CFG pair)."""
+    """One case per timestep for the transformer, one case otherwise; batch 1 (B = 2 for the CFG pair).
+    ``latent_hw``: the latent grid of every spatial view (the CLI's resolved ``--bucket``), before any other size."""
     entry = registry.view(view)
-    if entry.component == "vae":
+    if latent_hw is not None and entry.spatial:
+        hw = tuple(latent_hw)
+    elif entry.component == "vae":
         scale = scale_factor(config)
         hw = ((height or config["sample_size"]) // scale, (width or config["sample_size"]) // scale)
     else:

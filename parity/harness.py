@@ -10,18 +10,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import mindspore as ms
-
-from converters.keymaps import spec_for
-from converters.references import load_reference
-from mindspore_nets.loading import load_network
 from mindspore_nets.metrics import TOLERANCES, compare
 from pixart_core import registry
 from pixart_core.errors import UsageError
-from pixart_core.manifests import MANIFEST, read_manifest
+from pixart_core.manifests import MANIFEST, read_manifest, stored_dtype
 
-from .cases import build_cases, ms_forward, torch_forward
-from .taps import mindspore_taps, tap_paths, tied_modules, torch_taps
+# torch, MindSpore and the networks are imported by the functions that run them: the CLI checks its arguments
+# with ``components_of`` and ``tolerance_dtypes`` first
 
 
 def components_of(out: Path, requested=None) -> dict[str, Path]:
@@ -62,8 +57,30 @@ def summarize(taps: list[dict], tolerance: float) -> list[dict]:
     return out
 
 
+def tolerance_dtypes(found: dict[str, Path], dtype: str) -> tuple[dict[str, str], list[str]]:
+    """(view -> the dtype whose default tolerance applies, notes) when the user gave no tolerance: the compute
+    dtype, or the stored weights' dtype when it is coarser (fp16 weights computed in fp32 carry fp16 rounding)."""
+    chosen_by_view, notes = {}, []
+    for view, folder in found.items():
+        stored = stored_dtype(read_manifest(folder, "converted"))
+        chosen = chosen_by_view[view] = max((dtype, stored), key=TOLERANCES.get)
+        if chosen != dtype:
+            line = (f"{folder} stores {stored} weights (manifest): {registry.view(view).component} compared at the "
+                    f"{stored} tolerance {TOLERANCES[stored]:g}")
+            if line not in notes:
+                notes.append(line)
+    return chosen_by_view, notes
+
+
 def run_component(component: str, folder: Path, source: Path, dtype: str, tolerance: float, reference=None,
                   network=None, **case_options) -> dict:
+    from converters.keymaps import spec_for
+    from converters.references import load_reference
+    from mindspore_nets.loading import load_network
+
+    from .cases import build_cases, ms_forward, torch_forward
+    from .taps import mindspore_taps, tap_paths, tied_modules, torch_taps
+
     started = time.time()
     manifest = read_manifest(folder, "converted")
     config = manifest["config"]
@@ -111,10 +128,20 @@ def run_component(component: str, folder: Path, source: Path, dtype: str, tolera
 
 def run_parity(src, out, components=None, dtype: str = "fp32", tolerance: float | None = None,
                **case_options) -> dict:
-    """Parity of every requested component of ``out`` (converted from ``src``)."""
+    """Parity of every requested component of ``out`` (converted from ``src``). ``tolerance`` None: each
+    component's default (``tolerance_dtypes``), listed in the report's ``notes``."""
+    import mindspore as ms
+
+    from converters.references import load_reference
+    from mindspore_nets.loading import load_network
+
     ms.set_context(mode=ms.PYNATIVE_MODE)  # hooks see every cell call only in PYNATIVE mode
-    tolerance = TOLERANCES[dtype] if tolerance is None else tolerance
     found = components_of(out, components)
+    if tolerance is None:
+        chosen, notes = tolerance_dtypes(found, dtype)
+        tolerances = {view: TOLERANCES[d] for view, d in chosen.items()}
+    else:
+        tolerances, notes = {view: tolerance for view in found}, []
     results, shared = {}, {}
     for component, folder in found.items():
         # the VAE encoder and decoder share one reference and one network
@@ -122,7 +149,8 @@ def run_parity(src, out, components=None, dtype: str = "fp32", tolerance: float 
         if key not in shared:
             shared[key] = (load_reference(folder, source_of(src, component)), load_network(component, folder, dtype))
         reference, network = shared[key]
-        results[component] = run_component(component, folder, source_of(src, component), dtype, tolerance,
-                                           reference, network, **case_options)
-    return {"source": str(src), "output": str(out), "dtype": dtype, "tolerance": tolerance,
+        results[component] = run_component(component, folder, source_of(src, component), dtype,
+                                           tolerances[component], reference, network, **case_options)
+    return {"source": str(src), "output": str(out), "dtype": dtype,
+            "tolerance": max(tolerances.values(), default=TOLERANCES[dtype]), "notes": notes,
             "components": results, "ok": all(r["ok"] for r in results.values())}

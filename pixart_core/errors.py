@@ -49,3 +49,22 @@ class CheckFailed(ToolError):
     """The work ran but a check failed (parity out of tolerance, verification or validation mismatch)."""
 
     exit_code = 1
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM during a run. A BaseException, like KeyboardInterrupt, so that no handler of ordinary
+    errors turns it into "bad input"; the CLI reports one line and exits 128 + the signal number (130, 143)."""
+
+    def __init__(self, signum: int, name: str):
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {name}")
+
+
+def located(path, message: str) -> str:
+    """``"PATH: message"``, without a second ``PATH: `` when the message already starts with it (messages of
+    wrapped errors often do)."""
+    prefix = f"{path}: "
+    while message.startswith(prefix):
+        message = message[len(prefix):]
+    return prefix + message

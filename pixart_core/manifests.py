@@ -30,17 +30,19 @@ def kind_of(manifest: dict) -> str | None:
 def read_manifest(folder, kind: str | None = None) -> dict:
     """The manifest of ``folder``; raises SourceError when it is missing, unreadable, foreign, or not ``kind``."""
     path = Path(folder) / MANIFEST
+    what = {"converted": "a converted folder", "export": "an export folder", None: "a folder"}
     try:
         manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SourceError(f"{folder}: no {MANIFEST}; not a folder written by pixart-ms") from None
+    except (FileNotFoundError, NotADirectoryError):
+        if not Path(folder).exists():
+            raise SourceError(f"{folder}: no such file or folder") from None
+        raise SourceError(f"{folder}: no {MANIFEST}; not {what[kind]} written by pixart-ms") from None
     except (OSError, ValueError) as exc:
         raise SourceError(f"{path}: unreadable manifest ({exc})") from exc
     found = kind_of(manifest)
     if found is None:
         raise SourceError(f"{path}: not a pixart-ms manifest (a foreign manifest.json)")
     if kind is not None and found != kind:
-        what = {"converted": "a converted folder", "export": "an export folder"}
         raise SourceError(f"{folder}: {what[found]}, not {what[kind]}")
     return manifest
 
@@ -63,3 +65,31 @@ def file_sha256(path: Path, chunk: int = 16 * 2**20) -> str:
 
 def file_entry(path: Path) -> dict:
     return {"size": Path(path).stat().st_size, "sha256": file_sha256(path)}
+
+
+def file_problems(folder, files: dict, names=None, hashes: bool = True) -> list[str]:
+    """Problems of the files a manifest lists (``name -> {"size", "sha256"}``), or of ``names`` among them:
+    missing, another size, other bytes (``hashes``). Sizes are compared first: a truncated file costs no hashing."""
+    folder = Path(folder)
+    problems = []
+    for name in (files if names is None else names):
+        entry, path = files[name], folder / name
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif path.stat().st_size != entry["size"]:
+            problems.append(f"{path}: {path.stat().st_size} bytes, the manifest says {entry['size']}")
+        elif hashes and file_sha256(path) != entry["sha256"]:
+            problems.append(f"{path}: sha256 differs from the manifest (the file was changed or damaged)")
+    return problems
+
+
+def stored_dtype(manifest: dict) -> str:
+    """The dtype most of a converted folder's float tensors are stored in, by the manifest's tensor rows, as the
+    CLI spells it (fp32 / fp16 / bf16). T5's fp32 ``wo`` beside fp16 weights leaves it fp16."""
+    from .dtypes import DTYPES, short
+
+    counts: dict[str, int] = {}
+    for row in manifest.get("tensors", []):
+        if not row.get("extra") and row["dtype"] in DTYPES and DTYPES[row["dtype"]].is_float:
+            counts[row["dtype"]] = counts.get(row["dtype"], 0) + 1
+    return short(max(counts, key=counts.get)) if counts else "fp32"

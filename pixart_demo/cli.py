@@ -14,7 +14,9 @@ from pathlib import Path
 import click
 
 from pixart_core.cli import fail
-from pixart_core.errors import ToolError, UsageError
+from pixart_core.errors import OutputError, ToolError, UsageError
+
+MARKER = ".pixart-demo"  # marks a work folder the demo made: the only kind it writes into again
 
 
 def _require_references():
@@ -24,11 +26,32 @@ def _require_references():
         fail(UsageError("the demo builds its models with diffusers; install pixart-mindspore[reference]"))
 
 
+def _check_workdir(workdir: Path) -> None:
+    """The demo writes only into a new or empty folder, or one an earlier demo made: it replaces its own
+    sub-folders there, and nothing of anyone else's."""
+    if workdir.exists() and not workdir.is_dir():
+        fail(OutputError(f"{workdir}: a file is in the way; give a folder for the demo"))
+    if workdir.is_dir() and any(workdir.iterdir()) and not (workdir / MARKER).is_file():
+        fail(OutputError(f"{workdir}: not empty and not made by `pixart-ms demo`; give a new or empty folder"))
+
+
+def _claim(workdir: Path) -> None:
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / MARKER).write_text("made by `pixart-ms demo`; it replaces its own sub-folders here\n")
+    except OSError as exc:
+        fail(OutputError(f"{workdir}: cannot write ({exc.strerror})"))
+
+
 @click.command("demo")
 @click.argument("workdir", required=False, type=click.Path(path_type=Path), default=Path("pixart-demo"))
 def demo_command(workdir: Path):
-    """Build, convert and check a tiny random PixArt-Sigma pipeline (default work folder: ./pixart-demo)."""
+    """Build, convert and check a tiny random PixArt-Sigma pipeline (default work folder: ./pixart-demo). Its
+    weights are random: the image it generates at the end is noise, by design."""
+    workdir = workdir.resolve()
+    _check_workdir(workdir)
     _require_references()
+    _claim(workdir)
     from converters.convert import Options, convert
     from converters.verify import verify
     from mindir_export.export import export_and_infer
@@ -38,7 +61,6 @@ def demo_command(workdir: Path):
 
     from .tiny import save_pixart_original, save_tiny_pipeline
 
-    workdir = workdir.resolve()
     click.echo(f"work folder: {workdir}")
     sources, converted = workdir / "sources", workdir / "mindspore"
     shutil.rmtree(sources, ignore_errors=True)
@@ -85,11 +107,13 @@ def demo_command(workdir: Path):
         offline = export_and_infer(pipeline_out, workdir / "offline", log=click.echo)
     except ToolError as exc:
         fail(exc)
-    click.echo(f"offline image: {offline['image']} (PSNR vs the eager MindSpore pipeline "
-               f"{offline['psnr_vs_eager']:.1f} dB, backend {', '.join(offline['backend'])})")
+    click.echo(f"offline image: {offline['image']} (random weights, so it is noise; PSNR vs the eager MindSpore "
+               f"pipeline {offline['psnr_vs_eager']:.1f} dB, backend {', '.join(offline['backend'])})")
     checks.append(("offline image equals eager MindSpore (PSNR >= 60 dB)", offline["psnr_vs_eager"] >= 60))
     ok = all(passed for _, passed in checks)
     click.echo(f"\nparity report: {paths['html']}")
     click.echo(f"converted pipeline: {pipeline_out}")
+    click.echo(f"export folder: {offline['export_dir']} (try: pixart-ms infer {offline['export_dir']} "
+               f"--prompt 'a red fox' -o fox.png)")
     click.echo(f"demo: {'PASS' if ok else 'FAIL'}")
     sys.exit(0 if ok else 1)

@@ -131,8 +131,15 @@ def test_existing_output_is_left_alone(tmp_path, pixart_diffusers_dir):
     result = run_cli("convert", pixart_diffusers_dir, "-o", out)
     assert result.exit_code == 2 and "already exists" in result.stderr
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    assert run_cli("convert", pixart_diffusers_dir, "-o", out, "--overwrite").exit_code == 0
-    assert (out / WEIGHTS).is_file() and not (out / "keep.txt").exists()
+    # --overwrite replaces only a folder pixart-ms wrote: a user's folder stays as it is
+    result = run_cli("convert", pixart_diffusers_dir, "-o", out, "--overwrite")
+    assert result.exit_code == 2 and "not a folder pixart-ms wrote" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    ours = tmp_path / "ours"
+    assert run_cli("convert", pixart_diffusers_dir, "-o", ours).exit_code == 0
+    (ours / "stale.txt").write_text("replaced with the folder")
+    assert run_cli("convert", pixart_diffusers_dir, "-o", ours, "--overwrite").exit_code == 0
+    assert (ours / WEIGHTS).is_file() and not (ours / "stale.txt").exists()
     assert run_cli("convert", pixart_diffusers_dir, "-o", pixart_diffusers_dir, "--overwrite").exit_code == 2
 
 
