@@ -139,8 +139,8 @@ def check_against_torch(view: str, net, model, arrays: dict, dtype: str = "fp32"
 def check_view(view: str, model, dtype: str = "fp32", net=None):
     """The standard checks of one view on a tiny model, in the current execution mode: the network (built from the
     model's weights unless given) against torch on a batch of ``BATCH`` (rows with different caption lengths and
-    timesteps), the output shape the graph interface declares, and (PYNATIVE) each row run alone giving its batch
-    row."""
+    timesteps), the output shape the graph interface declares, and (PYNATIVE) the first row run alone (batch 1)
+    giving its batch row; every row of the batch is held to the torch bound already."""
     component = registry.view(view).component
     net = net if net is not None else ms_network(component, model, dtype)
     if dtype == "fp16":
@@ -152,9 +152,8 @@ def check_view(view: str, model, dtype: str = "fp32", net=None):
     assert out.shape == spec.shape, (view, out.shape, spec.shape)
     assert len(out) > 1
     if ms.get_context("mode") == ms.PYNATIVE_MODE:  # in GRAPH mode a second shape is a second compile
-        for i in range(len(out)):
-            alone = ms_output(view, net, {k: v[i:i + 1] for k, v in arrays.items()}, cell).astype(np.float32)
-            assert rel_l2(alone[0], out[i]) <= TOLERANCES[dtype], (view, dtype, i)
+        alone = ms_output(view, net, {k: v[:1] for k, v in arrays.items()}, cell).astype(np.float32)
+        assert rel_l2(alone[0], out[0]) <= TOLERANCES[dtype], (view, dtype)  # batch 1 computes the same row
     return out
 
 
