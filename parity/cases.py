@@ -41,14 +41,7 @@ def build_cases(view: str, config: dict, *, height=None, width=None, bucket: str
     """One case per timestep for the transformer, one case otherwise; batch 1 (B = 2 for the CFG pair).
     ``latent_hw``: the latent grid of every spatial view (the CLI's resolved ``--bucket``), before any other size."""
     entry = registry.view(view)
-    if latent_hw is not None and entry.spatial:
-        hw = tuple(latent_hw)
-    elif entry.component == "vae":
-        scale = scale_factor(config)
-        hw = ((height or config["sample_size"]) // scale, (width or config["sample_size"]) // scale)
-    else:
-        hw = latent_size(config, height, width, bucket) if entry.spatial else None
-    inputs, _ = entry.interface(config, 1, max_length, hw, "float32")
+    inputs, hw = _interface(view, config, height, width, bucket, latent_hw, max_length)
 
     def case(name, timestep=None):
         arrays = sample_inputs(inputs, config, seed, timestep=timestep)
@@ -62,6 +55,26 @@ def build_cases(view: str, config: dict, *, height=None, width=None, bucket: str
     if view == "vae_encoder":
         return [case(f"{first[2]}x{first[3]}px image")]
     return [case(f"{first[2]}x{first[3]} latent")]
+
+
+def case_shapes(view: str, config: dict, *, height=None, width=None, bucket: str = "1.0", latent_hw=None,
+                max_length: int = 300, **_) -> dict[str, tuple]:
+    """Input name -> shape of ``build_cases``' cases, without making them (memory estimates)."""
+    inputs, _ = _interface(view, config, height, width, bucket, latent_hw, max_length)
+    return {spec.name: tuple(spec.shape) for spec in inputs}
+
+
+def _interface(view, config, height, width, bucket, latent_hw, max_length):
+    entry = registry.view(view)
+    if latent_hw is not None and entry.spatial:
+        hw = tuple(latent_hw)
+    elif entry.component == "vae":
+        scale = scale_factor(config)
+        hw = ((height or config["sample_size"]) // scale, (width or config["sample_size"]) // scale)
+    else:
+        hw = latent_size(config, height, width, bucket) if entry.spatial else None
+    inputs, _ = entry.interface(config, 1, max_length, hw, "float32")
+    return inputs, hw
 
 
 def ms_forward(view: str, net, arrays: dict) -> np.ndarray:

@@ -94,11 +94,17 @@ def resolve_latent(out: Path, found: dict[str, Path], bucket: str | None, height
 @click.option("--steps", default=20, show_default=True, help="Sampling steps.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), help="Write parity.json/.md/.html here.")
 @click.option("--overwrite", is_flag=True, help="Replace a report folder an earlier --report wrote.")
+@click.option("--whole", is_flag=True, help="Load both whole networks at once instead of streaming them block by "
+              "block (the VAE is always compared whole).")
+@click.option("--max-memory", default=None, help="Refuse to start when the run's peak-memory estimate exceeds this: "
+              "a size (12GiB, 800M) or a share of RAM (60%) [default: 60% of RAM].")
 @click.option("--json", "as_json", is_flag=True, help="Print parity.json on stdout instead of the summary.")
 def parity_command(src, out, component, dtype, tolerance, bucket, height, width, timesteps, max_length, seed,
-                   sampling, steps, report_dir, overwrite, as_json):
+                   sampling, steps, report_dir, overwrite, whole, max_memory, as_json):
     """Compare converted MindSpore networks with their torch references, layer by layer."""
-    from .harness import components_of, tolerance_dtypes
+    from .cases import case_shapes
+    from .harness import QUERY_ROWS, components_of, tolerance_dtypes
+    from .memory import check_budget, estimate, parse_memory
 
     try:
         requested = registry.views_of(split_names(component, choices()))
@@ -119,6 +125,11 @@ def parity_command(src, out, component, dtype, tolerance, bucket, height, width,
         if report_dir is not None:
             check_output(report_dir, inputs=[src, out], overwrite=overwrite, ours=is_parity_report)
         chosen, notes = tolerance_dtypes(found, dtype) if tolerance is None else ({}, [])
+        budget = parse_memory(max_memory)
+        case_options = dict(height=height, width=width, latent_hw=latent, max_length=max_length)
+        estimates = [estimate(view, folder, case_shapes(view, _config(folder), **case_options), whole, QUERY_ROWS)
+                     for view, folder in found.items()]
+        check_budget(estimates, budget)
     except ToolError as exc:
         fail(exc)
     for line in notes:
@@ -128,8 +139,9 @@ def parity_command(src, out, component, dtype, tolerance, bucket, height, width,
     from .report import markdown, write_reports
 
     try:
-        report = run_parity(src, out, requested or None, dtype, tolerance, height=height, width=width,
+        report = run_parity(src, out, requested or None, dtype, tolerance, whole=whole, height=height, width=width,
                             latent_hw=latent, max_length=max_length, timesteps=steps_t, seed=seed)
+        report["memory_estimate_bytes"] = {e["view"]: e["bytes"] for e in estimates}
         pipeline = (Path(out) / "model_index.json").is_file() and (Path(src) / "model_index.json").is_file()
         if sampling or (sampling is None and pipeline and not requested):
             from .sampling import SAMPLING_TOLERANCE, sampling_parity

@@ -15,6 +15,8 @@ from pixart_core import registry
 from pixart_core.errors import UsageError
 from pixart_core.manifests import MANIFEST, read_manifest, stored_dtype
 
+QUERY_ROWS = 1024  # attention query rows per step: the XL/2's 4096-token score tensor in 4 slices
+
 # torch, MindSpore and the networks are imported by the functions that run them: the CLI checks its arguments
 # with ``components_of`` and ``tolerance_dtypes`` first
 
@@ -121,15 +123,26 @@ def run_component(component: str, folder: Path, source: Path, dtype: str, tolera
     first = next((row["tap"] for row in summary if not row["ok"]), None)
     seconds["load"] = loaded - started
     seconds["total"] = time.time() - started
-    return {"folder": str(folder), "source": str(source), "dtype": dtype, "tolerance": tolerance,
+    return {"folder": str(folder), "source": str(source), "dtype": dtype, "tolerance": tolerance, "mode": "whole",
             "cases": [c.name for c in cases], "taps": taps, "summary": summary, "first_failure": first,
-            "ok": first is None, "seconds": {k: round(v, 3) for k, v in seconds.items()}}
+            "ok": first is None, "local": [],
+            "seconds": {k: round(v, 3) for k, v in seconds.items()}}
 
 
-def run_parity(src, out, components=None, dtype: str = "fp32", tolerance: float | None = None,
-               **case_options) -> dict:
+def run_parity(src, out, components=None, dtype: str = "fp32", tolerance: float | None = None, whole: bool = False,
+               query_rows: int | None = QUERY_ROWS, **case_options) -> dict:
     """Parity of every requested component of ``out`` (converted from ``src``). ``tolerance`` None: each
-    component's default (``tolerance_dtypes``), listed in the report's ``notes``."""
+    component's default (``tolerance_dtypes``), listed in the report's ``notes``. Streamed block by block
+    (``parity.streamed``) unless ``whole`` or the view has no stage description (the VAE); attention in slices of
+    ``query_rows`` query rows (the same numbers, a smaller peak)."""
+    import contextlib
+
+    from mindspore_nets.layers import query_blocks
+
+    from .cases import build_cases
+    from .stages import stages_of
+    from .streamed import run_streamed
+
     import mindspore as ms
 
     from converters.references import load_reference
@@ -143,14 +156,23 @@ def run_parity(src, out, components=None, dtype: str = "fp32", tolerance: float 
     else:
         tolerances, notes = {view: tolerance for view in found}, []
     results, shared = {}, {}
+    rows = contextlib.nullcontext if query_rows is None else (lambda: query_blocks(query_rows))
     for component, folder in found.items():
+        if not whole and stages_of(component) is not None:
+            shared.clear()
+            cases = build_cases(component, read_manifest(folder, "converted")["config"], **case_options)
+            results[component] = run_streamed(component, folder, source_of(src, component), dtype,
+                                              tolerances[component], cases, query_rows=query_rows)
+            continue
         # the VAE encoder and decoder share one reference and one network
         key = (str(folder), registry.view(component).component)
         if key not in shared:
+            shared.clear()
             shared[key] = (load_reference(folder, source_of(src, component)), load_network(component, folder, dtype))
         reference, network = shared[key]
-        results[component] = run_component(component, folder, source_of(src, component), dtype,
-                                           tolerances[component], reference, network, **case_options)
+        with rows():
+            results[component] = run_component(component, folder, source_of(src, component), dtype,
+                                               tolerances[component], reference, network, **case_options)
     return {"source": str(src), "output": str(out), "dtype": dtype,
             "tolerance": max(tolerances.values(), default=TOLERANCES[dtype]), "notes": notes,
             "components": results, "ok": all(r["ok"] for r in results.values())}

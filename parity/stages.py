@@ -1,0 +1,153 @@
+"""How each network splits into stages for block-streamed parity: embedding, blocks, final layers.
+
+A stage description says where the repeated blocks live (the same path on both sides), how to build one block of
+the MindSpore network on its own, and the MindSpore glue around the blocks (the torch side needs none: its own
+forward runs, with the blocks loaded one at a time). The glue mirrors the networks' ``construct`` in
+``mindspore_nets`` step by step; the streamed-vs-whole parity test fails if the two drift apart.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Stages:
+    blocks: str                      # path of the block list, e.g. "transformer_blocks" (torch and MindSpore alike)
+    block_cell: Callable             # (config, index, dtype) -> one MindSpore block, parameters not initialised
+    embed: Callable                  # (net, arrays) -> state: the MindSpore inputs of block 0 and of the final stage
+    run_block: Callable              # (block, index, state, hidden) -> hidden
+    fed: Callable                    # (state, torch args, torch kwargs) -> (state, hidden) from the torch block's inputs
+    final: Callable                  # (net, state, hidden) -> output as float32 numpy
+    # activation bytes of one forward at most, excluding weights: (config, input shapes, query rows) -> bytes
+    activation_bytes: Callable
+    # bytes of one block's tapped outputs (held for the comparison in whole-network mode): (config, shapes) -> bytes
+    block_tap_bytes: Callable
+
+
+def _tensor(x):
+    import mindspore as ms
+
+    if hasattr(x, "detach"):
+        x = x.detach().float().numpy()
+    return ms.Tensor(x)
+
+
+# ---------------------------------------------------------------- transformer (PixArtTransformer2D)
+
+def _pixart_block(config, index, dtype):
+    from mindspore_nets.pixart import PixArtBlock
+
+    return PixArtBlock(config, index, dtype)
+
+
+def _pixart_embed(net, arrays):
+    import mindspore as ms
+
+    from mindspore_nets.layers import key_mask_bias
+
+    hidden = _tensor(arrays["hidden_states"])
+    p = net.patch_size
+    state = {"hw": (hidden.shape[2] // p, hidden.shape[3] // p), "batch": hidden.shape[0]}
+    x = net.pos_embed(hidden.astype(net.compute_dtype))
+    state["modulation"], state["embedded_timestep"] = net.adaln_single(_tensor(arrays["timestep"]))
+    state["context"] = net.caption_projection(_tensor(arrays["encoder_hidden_states"]).astype(net.compute_dtype))
+    mask = arrays.get("encoder_attention_mask")
+    state["bias"] = None if mask is None else key_mask_bias(ms.Tensor(mask))
+    return state, x
+
+
+def _pixart_run_block(block, index, state, hidden):
+    h, w = state["hw"]
+    return block(hidden, state["modulation"], state["context"], state["bias"], h, w)
+
+
+def _pixart_fed(state, args, kwargs):
+    """diffusers calls each block as block(hidden, attention_mask=, encoder_hidden_states=, encoder_attention_mask=,
+    timestep=): the modulation and the projected caption come from the torch side; the key bias is our own (it
+    depends on the mask only)."""
+    fed = dict(state, modulation=_tensor(kwargs["timestep"]), context=_tensor(kwargs["encoder_hidden_states"]))
+    return fed, _tensor(args[0] if args else kwargs["hidden_states"])
+
+
+def _pixart_final(net, state, hidden):
+    from mindspore import ops
+
+    b, (h, w), p = state["batch"], state["hw"], net.patch_size
+    shift, scale = ops.split(net.scale_shift_table.reshape(1, 2, -1) + state["embedded_timestep"].reshape(b, 1, -1),
+                             1, axis=1)
+    x = net.proj_out(net.norm_out(hidden) * (1 + scale) + shift)
+    x = x.reshape(b, h, w, p, p, net.out_channels).transpose(0, 5, 1, 3, 2, 4)
+    return x.reshape(b, net.out_channels, h * p, w * p)
+
+
+def _pixart_activations(config, shapes, query_rows=None):
+    b, _, height, width = shapes["hidden_states"]
+    n = (height // config.patch_size) * (width // config.patch_size)
+    d = config.hidden_size
+    rows = min(n, query_rows or n)
+    scores = 2 * b * config.num_attention_heads * rows * n * 4  # fp32 scores and probabilities
+    return scores + 12 * b * n * 4 * d * 4  # hidden, q/k/v, feed-forward (4d) and taps, fp32
+
+
+def _pixart_taps(config, shapes):
+    b, _, height, width = shapes["hidden_states"]
+    return 4 * b * (height // config.patch_size) * (width // config.patch_size) * config.hidden_size * 4
+
+
+# ---------------------------------------------------------------- text_encoder (T5Encoder)
+
+def _t5_block(config, index, dtype):
+    from mindspore_nets.t5 import T5Block
+
+    return T5Block(config, has_relative_attention_bias=(index == 0), dtype=dtype)
+
+
+def _t5_embed(net, arrays):
+    import mindspore as ms
+
+    return {"mask": ms.Tensor(arrays["attention_mask"])}, net.shared(ms.Tensor(arrays["input_ids"]))
+
+
+def _t5_run_block(block, index, state, hidden):
+    """Block 0 owns the relative position table: the bias (position + key mask) every block adds is made there,
+    as ``T5Stack.construct`` does."""
+    from mindspore_nets.layers import key_mask_bias
+
+    if index == 0:
+        position = block.layer[0].SelfAttention.compute_bias(hidden.shape[1])
+        state["bias"] = position + key_mask_bias(state["mask"])
+    return block(hidden, state["bias"])
+
+
+def _t5_fed(state, args, kwargs):
+    """transformers calls ``T5Block(hidden, attention_mask, position_bias, ...)``: the hidden state comes from the
+    torch side; the bias is our own, made by our block 0 (it depends on block 0's table and the mask only)."""
+    return state, _tensor(args[0] if args else kwargs["hidden_states"])
+
+
+def _t5_final(net, state, hidden):
+    return net.encoder.final_layer_norm(hidden)
+
+
+def _t5_activations(config, shapes, query_rows=None):
+    b, n = shapes["input_ids"]
+    return 2 * b * config.num_heads * n * n * 4 * 2 + b * n * (3 * config.d_ff + 8 * config.d_model) * 4 * 2
+
+
+def _t5_taps(config, shapes):
+    b, n = shapes["input_ids"]
+    return b * n * config.d_model * 4
+
+
+STAGES = {
+    "transformer": Stages("transformer_blocks", _pixart_block, _pixart_embed, _pixart_run_block, _pixart_fed,
+                          _pixart_final, _pixart_activations, _pixart_taps),
+    "text_encoder": Stages("encoder.block", _t5_block, _t5_embed, _t5_run_block, _t5_fed, _t5_final,
+                           _t5_activations, _t5_taps),
+}
+
+
+def stages_of(view: str) -> Stages | None:
+    """The stage description of a view, or None when it is compared whole (the VAE)."""
+    return STAGES.get(view)

@@ -1,0 +1,310 @@
+"""Block-streamed parity: at any time one block of each side is in memory, whatever the depth.
+
+Each side's weights are read lazily, per stage, from its own file: the torch side from the source checkpoint
+through the key map (as ``converters.references`` does for the whole network), the MindSpore side from the
+converted folder. The torch reference runs its own forward with every block but the current one on the ``meta``
+device: a block's forward pre-hook loads it, its forward hook compares it and sends it back to ``meta``. In that
+hook the MindSpore block is built, run on the MindSpore side's own hidden state with every tap compared (so the
+taps are exactly those of whole-network mode: the error accumulated over depth), run once more fed the torch
+block's inputs (``local``: the error the block adds by itself), and freed. The embedding and final stages run the
+same way around the blocks (``parity.stages``).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mindspore_nets.metrics import compare
+from pixart_core import registry
+from pixart_core.errors import DataError, WeightsError
+from pixart_core.manifests import read_manifest
+
+from .stages import Stages, stages_of
+from .taps import _first_array, tap_paths, tied_modules
+
+
+class StageWeights:
+    """The tensors of a checkpoint under the target (network) names, read one stage at a time: a checked plan
+    of the file's layout, whose groups are produced only for the names a stage asks for."""
+
+    def __init__(self, path, component: str, dtype: str):
+        from converters.detect import detect
+        from converters.engine import build_plan
+        from converters.keymaps import spec_for
+
+        job = detect(Path(path), component)
+        self.source, self.description = job.source, job.source.description
+        self.plan = build_plan(spec_for(job.layout, keep_y_embedding=False), job.source, None, dtype=dtype)
+        self.plan.raise_if_problems()
+        self.by_name = {t.name: t for t in self.plan.targets}
+
+    def nbytes(self, select) -> int:
+        return sum(t.nbytes for t in self.plan.targets if select(t.name) and not t.extra)
+
+    def read(self, select) -> dict[str, np.ndarray]:
+        from converters.engine import produce_group
+
+        out, bad = {}, []
+        for group in self.plan.groups:
+            if any(select(name) for name in group.targets):
+                for name, value in produce_group(group, self.source, self.by_name, bad).items():
+                    if select(name) and not self.by_name[name].extra:
+                        out[name] = value
+        if bad:
+            raise DataError(f"{self.description}: " + "; ".join(bad))
+        return out
+
+    def close(self):
+        self.source.close()
+
+
+def _under(prefix: str):
+    return lambda name: name.startswith(prefix + ".")
+
+
+def _resolve(root, path: str):
+    for part in path.split("."):
+        root = getattr(root, part)
+    return root
+
+
+def torch_glue(component: str, config: dict, stages: Stages, weights: StageWeights):
+    """The torch reference with its embedding and final layers loaded and its blocks on the ``meta`` device."""
+    import torch
+
+    from converters.references import torch_model
+    from converters.sources import numpy_to_torch
+
+    glue = torch_model(component, {**config, "num_layers": 0})
+    with torch.device("meta"):
+        full = torch_model(component, config)
+    parent, _, attr = stages.blocks.rpartition(".")
+    setattr(_resolve(glue, parent) if parent else glue, attr, getattr(_resolve(full, parent) if parent else full, attr))
+    del full
+    in_blocks = _under(stages.blocks)
+    state = {k: numpy_to_torch(v) for k, v in weights.read(lambda n: not in_blocks(n)).items()}
+    missing, unexpected = glue.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not in_blocks(k) and k not in registry.component(component).tied_in_torch]
+    if missing or unexpected:
+        raise WeightsError(f"{weights.description}: torch reference does not load: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+    if registry.component(component).tied_in_torch:
+        glue.tie_weights()
+    return glue.float().eval(), _resolve(glue, stages.blocks)
+
+
+def load_torch_block(module, prefix: str, weights: StageWeights) -> None:
+    import torch
+
+    persistent = set(module.state_dict())
+    volatile = [n for n, _ in module.named_buffers() if n not in persistent]
+    if volatile:  # a buffer no checkpoint holds would come out of to_empty as garbage
+        raise NotImplementedError(f"{prefix}: non-persistent buffers {volatile} cannot be streamed")
+    state = {k[len(prefix) + 1:]: torch.from_numpy(np.ascontiguousarray(v, np.float32))
+             for k, v in weights.read(_under(prefix)).items()}
+    module.to_empty(device="cpu")
+    module.load_state_dict(state, strict=True)
+    module.eval()
+
+
+def compute_dtype(dtype: str):
+    """(MindSpore dtype the network computes in, round weights to bf16): bf16 on CPU is storage only."""
+    import mindspore as ms
+
+    from mindspore_nets.layers import to_ms_dtype
+
+    if dtype == "bf16" and ms.get_context("device_target") == "CPU":
+        return ms.float32, True
+    return to_ms_dtype(dtype), False
+
+
+def load_ms(cell, tensors: dict, round_bf16: bool, where: str):
+    import mindspore as ms
+
+    from mindspore_nets.loading import load_into
+
+    load_into(cell, tensors, where=where)
+    if round_bf16:
+        for _, param in cell.parameters_and_names():
+            param.set_data(param.astype(ms.bfloat16).astype(ms.float32))
+    cell.set_train(False)
+    return cell
+
+
+def ms_glue(component: str, config, stages: Stages, weights: StageWeights, dtype: str):
+    """The MindSpore network with its embedding and final parameters loaded; block parameters stay uninitialised
+    (``no_init_parameters`` allocates nothing until data is set)."""
+    from mindspore.nn.utils import no_init_parameters
+
+    from mindspore_nets.loading import check_names_and_shapes
+
+    cls = registry.component(component).network_class()
+    ms_type, round_bf16 = compute_dtype(dtype)
+    with no_init_parameters():
+        net = cls(config, dtype=ms_type)
+    in_blocks = _under(stages.blocks)
+    tensors = weights.read(lambda n: not in_blocks(n))
+    params = {n: p for n, p in net.parameters_and_names() if not in_blocks(n)}
+
+    class _View:  # the glue parameters alone, for the strict name/shape check
+        def parameters_and_names(self):
+            return params.items()
+
+    check_names_and_shapes(_View(), tensors, where=weights.description)
+    import mindspore as ms
+
+    for name, param in params.items():
+        value = ms.Tensor(tensors.pop(name)).astype(param.dtype)
+        param.set_data(value.astype(ms.bfloat16).astype(ms.float32) if round_bf16 else value)
+    net.set_train(False)
+    return net
+
+
+def run_streamed(component: str, folder: Path, source: Path, dtype: str, tolerance: float, cases, query_rows=None,
+                 chained_jit: bool = False) -> dict:
+    """Streamed parity of one view over ``cases``; the same result dict as ``harness.run_component`` plus
+    ``chained`` (the MindSpore side's own hidden state after each block against torch's)."""
+    import contextlib
+
+    from converters.keymaps import spec_for
+    from mindspore_nets.layers import query_blocks
+
+    from .cases import torch_forward
+    from .harness import summarize
+    from .taps import mindspore_taps, torch_taps
+
+    started = time.time()
+    view = registry.view(component)
+    stages = stages_of(component)
+    manifest = read_manifest(folder, "converted")
+    config = registry.component(view.component).config_type().from_dict(manifest["config"])
+    t_weights = StageWeights(source, view.component, "fp32")
+    m_weights = StageWeights(folder, view.component, "keep")
+    model, torch_blocks = torch_glue(view.component, manifest["config"], stages, t_weights)
+    net = ms_glue(view.component, config, stages, m_weights, dtype)
+    ms_type, round_bf16 = compute_dtype(dtype)
+    paths = tap_paths(component, [p for p, _ in net.cells_and_names()])
+    tied = tied_modules(spec_for(manifest["layout"]))
+    prefix = stages.blocks + "."
+    glue_paths = [p for p in paths if not p.startswith(prefix)]
+    loaded = time.time()
+    seconds = {"torch": 0.0, "mindspore": 0.0, "load": loaded - started}
+    taps, local = [], []
+    rows = contextlib.nullcontext if query_rows is None else (lambda: query_blocks(query_rows))
+
+    for case in cases:
+        pending: dict[str, np.ndarray] = {}
+        order: list[str] = []
+        found: dict[str, dict] = {}
+        run = {}  # the MindSpore side's state: embedding outputs, chained hidden state, torch's last block output
+
+        def keep_torch(key, value):
+            order.append(key)
+            pending[key] = value
+
+        def measure(key, ours):
+            ref = pending.pop(key, None)
+            found[key] = (compare(ours, ref) if ref is not None else
+                          {"error": "only on the MindSpore side", "shape": list(ours.shape), "rel_l2": float("inf"),
+                           "nan": 0, "inf": 0})
+
+        def prefixed(block_prefix):
+            return lambda key, ours: measure(block_prefix + key if key else block_prefix.rstrip("."), ours)
+
+        def timed(side, fn, *args):
+            t0 = time.time()
+            out = fn(*args)
+            seconds[side] += time.time() - t0
+            return out
+
+        def before_block(module, args, kwargs):
+            index = run["index"] = run.get("index", -1) + 1
+            t0 = time.time()
+            if index == 0:  # the embedding stage, fed the case's own inputs like the torch side
+                with mindspore_taps(net, glue_paths, consume=measure), rows():
+                    run["state"], run["chain"] = timed("mindspore", stages.embed, net, case.arrays)
+            t_load = time.time()
+            load_torch_block(module, f"{stages.blocks}.{index}", t_weights)
+            seconds["load"] += time.time() - t_load
+            run["inside"] = run.get("inside", 0.0) + time.time() - t0
+
+        def after_block(module, args, kwargs, output):
+            entered = time.time()
+            index = run["index"]
+            name = f"{stages.blocks}.{index}"
+            t0 = time.time()
+            from mindspore.nn.utils import no_init_parameters
+
+            module.to("meta")  # the torch block is done: one block of each side in memory at a time
+            with no_init_parameters():
+                block = stages.block_cell(config, index, ms_type)
+            tensors = {k[len(name) + 1:]: v for k, v in m_weights.read(_under(name)).items()}
+            load_ms(block, tensors, round_bf16, f"{m_weights.description} ({name})")
+            del tensors
+            seconds["load"] += time.time() - t0
+            rel = {p[len(prefix):].partition(".")[2]: p for p in paths if p == name or p.startswith(name + ".")}
+            with mindspore_taps(block, list(rel), consume=prefixed(name + ".")), rows():
+                run["chain"] = timed("mindspore", stages.run_block, block, index, run["state"], run["chain"])
+            fed_state, fed_hidden = stages.fed(run["state"], args, kwargs)
+            with rows():
+                fed = timed("mindspore", stages.run_block, block, index, fed_state, fed_hidden)
+            torch_out = _first_array(output)
+            local.append({"tap": name, "case": case.name, **compare(_first_array(fed), torch_out)})
+            run["t_last"] = torch_out
+            run["inside"] += time.time() - entered
+
+        handles = []
+        with torch_taps(model, paths, tied, consume=keep_torch) as t_rec:
+            for module in torch_blocks:
+                handles.append(module.register_forward_pre_hook(before_block, with_kwargs=True))
+                handles.append(module.register_forward_hook(after_block, with_kwargs=True))
+            try:
+                t0 = time.time()
+                t_out = torch_forward(component, model, case.arrays)
+                # the hooks' loading and MindSpore time is inside the torch forward's wall time: taken out
+                seconds["torch"] += time.time() - t0 - run.get("inside", 0.0)
+            finally:
+                for h in handles:
+                    h.remove()
+            t_rec.add("output", t_out)
+        with mindspore_taps(net, glue_paths, consume=measure), rows():
+            chain_out = timed("mindspore", stages.final, net, run["state"], run["chain"])
+        measure("output", _first_array(chain_out))
+        with rows():
+            fed_out = timed("mindspore", stages.final, net, run["state"], _tensor_of(run["t_last"]))
+        local.append({"tap": "output", "case": case.name, **compare(_first_array(fed_out), t_out)})
+        for key in list(pending):
+            ref = pending.pop(key)
+            found[key] = {"error": "only on the torch side", "shape": list(ref.shape), "rel_l2": float("inf"),
+                          "nan": 0, "inf": 0}
+        for key in order + [k for k in found if k not in order]:
+            taps.append({"tap": key, "case": case.name, **found[key]})
+    t_weights.close()
+    m_weights.close()
+    summary = summarize(taps, tolerance)
+    first = next((row["tap"] for row in summary if not row["ok"]), None)
+    seconds["total"] = time.time() - started
+    return {"folder": str(folder), "source": str(source), "dtype": dtype, "tolerance": tolerance, "mode": "streamed",
+            "cases": [c.name for c in cases], "taps": taps, "summary": summary, "first_failure": first,
+            "ok": first is None, "local": summarize_local(local),
+            "seconds": {k: round(v, 3) for k, v in seconds.items()}}
+
+
+def _tensor_of(array):
+    import mindspore as ms
+
+    return ms.Tensor(array)
+
+
+def summarize_local(records: list[dict]) -> list[dict]:
+    """One row per block (and the final stage): the worst case's relative L2 of the MindSpore block fed the torch
+    block's own input, i.e. the error each block adds by itself."""
+    rows: dict[str, dict] = {}
+    for rec in records:
+        row = rows.get(rec["tap"])
+        if row is None or rec["rel_l2"] > row["rel_l2"]:
+            rows[rec["tap"]] = {"tap": rec["tap"], "worst_case": rec["case"], "rel_l2": rec["rel_l2"],
+                                "max_abs": rec.get("max_abs"), "cosine": rec.get("cosine")}
+    return list(rows.values())
