@@ -32,6 +32,12 @@ def collapse_rows(summary: list[dict]) -> list[dict]:
     return out
 
 
+def mode_line(comp: dict) -> str:
+    if comp.get("mode") == "streamed":
+        return "streamed block by block (one block of each side in memory)"
+    return "whole networks"
+
+
 def markdown(report: dict) -> str:
     lines = [f"# Parity: {report['output']}", "",
              f"source `{report['source']}`, MindSpore {report['dtype']} against fp32 torch, tolerance relative L2 "
@@ -40,9 +46,13 @@ def markdown(report: dict) -> str:
         verdict = "ok" if comp["ok"] else f"FAIL, first divergence at `{comp['first_failure']}`"
         secs = comp["seconds"]
         lines += [f"## {name}: {verdict}", "",
-                  f"cases: {', '.join(comp['cases'])}; torch {secs['torch']:.1f} s, MindSpore {secs['mindspore']:.1f} s",
-                  "", "| tap | worst rel L2 | max abs | cosine | NaN/Inf | shape | |",
-                  "|---|---|---|---|---|---|---|"]
+                  f"cases: {', '.join(comp['cases'])}; {mode_line(comp)}; torch {secs['torch']:.1f} s, "
+                  f"MindSpore {secs['mindspore']:.1f} s", ""]
+        if comp.get("local"):
+            values = [r["rel_l2"] for r in comp["local"]]
+            lines += [f"each block fed the torch block's input (the error it adds by itself): relative L2 "
+                      f"{_fmt(min(values))} .. {_fmt(max(values))}, worst at `{max(comp['local'], key=lambda r: r['rel_l2'])['tap']}`", ""]
+        lines += ["| tap | worst rel L2 | max abs | cosine | NaN/Inf | shape | |", "|---|---|---|---|---|---|---|"]
         for g in collapse_rows(comp["summary"]):
             w = g["worst"]
             where = f" at {w['tap']}" if g["count"] > 1 else ""
@@ -69,8 +79,13 @@ def plot(comp: dict, name: str, path: Path) -> None:
     rows = comp["summary"]
     values = [max(r["rel_l2"], 1e-12) if math.isfinite(r["rel_l2"]) else 1.0 for r in rows]
     fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.12 + 4), 3.6))
-    ax.semilogy(range(len(rows)), values, marker="o", markersize=3, linewidth=1)
+    ax.semilogy(range(len(rows)), values, marker="o", markersize=3, linewidth=1, label="tap (accumulated over depth)")
     ax.axhline(comp["tolerance"], color="red", linestyle="--", linewidth=1, label=f"tolerance {comp['tolerance']:g}")
+    position = {r["tap"]: i for i, r in enumerate(rows)}
+    local = [(position[r["tap"]], max(r["rel_l2"], 1e-12)) for r in comp.get("local", []) if r["tap"] in position]
+    if local:
+        ax.semilogy(*zip(*local), marker="s", markersize=3, linewidth=1, color="tab:green",
+                    label="block fed torch's input (local)")
     bad = [i for i, r in enumerate(rows) if not r["ok"]]
     if bad:
         ax.scatter(bad, [values[i] for i in bad], color="red", zorder=3, label="over tolerance")
@@ -101,7 +116,14 @@ def write_reports(report: dict, folder) -> dict[str, Path]:
         plot(comp, name, png)
         paths[name] = png
         body.append(f"<h2>{name}: {'ok' if comp['ok'] else 'first divergence at ' + html.escape(comp['first_failure'])}"
-                    f"</h2><img src='{png.name}' alt='{name} error by depth'>")
+                    f"</h2><p>{mode_line(comp)}</p><img src='{png.name}' alt='{name} error by depth'>")
+        if comp.get("local"):
+            body.append("<p>Each block fed the torch block's input (the error it adds by itself):</p><table border=1 "
+                        "cellspacing=0 cellpadding=3><tr><th>block</th><th>worst case</th><th>rel L2</th>"
+                        "<th>max abs</th></tr>" + "".join(
+                            f"<tr><td>{html.escape(r['tap'])}</td><td>{html.escape(r['worst_case'])}</td>"
+                            f"<td>{_fmt(r['rel_l2'])}</td><td>{_fmt(r.get('max_abs'))}</td></tr>"
+                            for r in comp["local"]) + "</table>")
         body.append("<table border=1 cellspacing=0 cellpadding=3><tr><th>tap</th><th>worst case</th><th>rel L2</th>"
                     "<th>max abs</th><th>mean abs</th><th>cosine</th><th>NaN</th><th>Inf</th><th>shape</th>"
                     "<th>dtype</th></tr>")

@@ -1,0 +1,147 @@
+"""Block-streamed parity (the default): the same numbers and report as whole-network mode, a bad block named,
+a peak memory that does not grow with depth, and the ``--whole`` / ``--max-memory`` guards."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from pixart_demo.tiny import tiny_t5
+
+from .helpers import REPO_ROOT, assert_clean_failure, run_cli
+
+COMPONENTS = "transformer,text_encoder"
+
+
+@pytest.fixture(scope="module")
+def both_modes(tiny_pipeline, tmp_path_factory):
+    src, out, _ = tiny_pipeline
+    reports = {}
+    for mode in ("streamed", "whole"):
+        folder = tmp_path_factory.mktemp(f"parity-{mode}") / "report"
+        extra = ("--whole",) if mode == "whole" else ()
+        result = run_cli("parity", src, out, "--component", COMPONENTS, "--no-sampling", "--report", folder, *extra)
+        assert result.exit_code == 0, result.output
+        reports[mode] = (json.loads((folder / "parity.json").read_text()), folder)
+    return reports
+
+
+def _shape(value):
+    """The structure of a report: keys, nesting and list lengths, without the numbers."""
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items() if k not in ("seconds", "memory_estimate_bytes")}
+    if isinstance(value, list):
+        return [_shape(v) for v in value]
+    return type(value).__name__
+
+
+def test_streamed_and_whole_give_the_same_taps_and_report(both_modes):
+    streamed, s_dir = both_modes["streamed"]
+    whole, w_dir = both_modes["whole"]
+    assert set(streamed["components"]) == set(whole["components"]) == set(COMPONENTS.split(","))
+    for name, comp in streamed["components"].items():
+        other = whole["components"][name]
+        assert comp["mode"] == "streamed" and other["mode"] == "whole"
+        assert [(t["tap"], t["case"]) for t in comp["taps"]] == [(t["tap"], t["case"]) for t in other["taps"]]
+        for a, b in zip(comp["taps"], other["taps"]):
+            for metric in ("rel_l2", "max_abs", "mean_abs", "cosine"):
+                assert abs(a[metric] - b[metric]) <= 1e-7 * max(1.0, abs(b[metric])), (name, a["tap"], metric)
+            assert a["shape"] == b["shape"]
+        # streamed mode's own addition: each block fed the torch block's input, one row per block + the output
+        blocks = {"transformer": "transformer_blocks", "text_encoder": "encoder.block"}[name]
+        assert [r["tap"] for r in comp["local"]] == [f"{blocks}.0", f"{blocks}.1", "output"]
+        assert all(0 < r["rel_l2"] <= 1e-5 for r in comp["local"])
+        comp["local"], other["local"] = [], []
+    assert _shape(streamed) == _shape(whole)
+    for folder in (s_dir, w_dir):
+        assert {p.name for p in folder.iterdir()} == {"parity.json", "parity.md", "parity.html",
+                                                      "transformer.png", "text_encoder.png"}
+    assert "streamed" in (s_dir / "parity.md").read_text()
+
+
+def _save_t5(folder, **config):
+    model = tiny_t5(seed=1, **config)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def t5_four_blocks(tmp_path_factory):
+    root = tmp_path_factory.mktemp("t5-4")
+    src = _save_t5(root / "src", num_layers=4)
+    out = root / "ms"
+    result = run_cli("convert", src, "-o", out, "--component", "text_encoder")
+    assert result.exit_code == 0, result.output
+    return src, out
+
+
+def test_corrupted_middle_block_of_t5_is_named_first(t5_four_blocks, tmp_path):
+    src, out = t5_four_blocks
+    bad = tmp_path / "bad"
+    subprocess.run(["cp", "-r", str(out), str(bad)], check=True)
+    weights = bad / "model.safetensors"
+    tensors = load_file(weights)
+    name = "encoder.block.2.layer.1.DenseReluDense.wo.weight"
+    tensors[name] = tensors[name] * 1.02
+    save_file(tensors, weights, metadata={"format": "np"})
+    report_dir = tmp_path / "report"
+    result = run_cli("parity", src, bad, "--report", report_dir)
+    assert result.exit_code == 1, result.output
+    comp = json.loads((report_dir / "parity.json").read_text())["components"]["text_encoder"]
+    assert comp["mode"] == "streamed" and comp["first_failure"] == "encoder.block.2"
+    over = [r["tap"] for r in comp["summary"] if not r["ok"]]
+    assert over == ["encoder.block.2", "encoder.block.3", "encoder.final_layer_norm", "output"]
+    # fed the torch side's input, only the corrupted block itself is off
+    local = {r["tap"]: r["rel_l2"] for r in comp["local"]}
+    assert local["encoder.block.2"] > 1e-3
+    assert max(local["encoder.block.0"], local["encoder.block.1"], local["encoder.block.3"]) <= 1e-5
+    assert "first divergence at `encoder.block.2`" in result.stdout
+
+
+PEAK = """
+import resource, subprocess, sys
+subprocess.run(sys.argv[1:], check=False, stdout=subprocess.DEVNULL)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
+"""
+WIDE = dict(d_model=1024, d_ff=4096, num_heads=16, d_kv=64, vocab_size=128)
+BLOCK_BYTES = (4 * 1024 * 1024 + 3 * 1024 * 4096) * 4  # q, k, v, o + wi_0, wi_1, wo in fp32: 64 MiB
+
+
+def _peak_rss(*args) -> int:
+    """Peak RSS of ``pixart-ms ARGS`` in a fresh process, as the OS counts it (its waited child's ru_maxrss)."""
+    cli = [sys.executable, str(REPO_ROOT / "pixart_ms.py"), *map(str, args)]
+    done = subprocess.run([sys.executable, "-c", PEAK, *cli], capture_output=True, text=True, cwd=REPO_ROOT,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "GLOG_v": "3"}, timeout=600)
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+def test_streamed_peak_memory_does_not_grow_with_depth(tmp_path):
+    peaks = {}
+    for layers in (2, 6):
+        src = _save_t5(tmp_path / f"src{layers}", num_layers=layers, **WIDE)
+        out = tmp_path / f"ms{layers}"
+        assert run_cli("convert", src, "-o", out, "--component", "text_encoder").exit_code == 0
+        peaks[layers] = _peak_rss("parity", src, out, "--max-length", "64")
+        peaks[f"whole{layers}"] = _peak_rss("parity", src, out, "--max-length", "64", "--whole") if layers == 6 else 0
+    # four more 64 MiB blocks: streamed within a fraction of one block; whole mode holds them all (three copies)
+    assert abs(peaks[6] - peaks[2]) < BLOCK_BYTES / 2, peaks
+    assert peaks["whole6"] - peaks[6] > 4 * BLOCK_BYTES, peaks
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (("--max-memory", "lots"), "--max-memory 'lots': expected a size"),
+    (("--max-memory", "0%"), "must lie in (0, 100]%"),
+    (("--max-memory", "150%"), "must lie in (0, 100]%"),
+    (("--max-memory", "-3G"), "expected a size"),
+    (("--max-memory", "1M"), "over --max-memory"),
+    (("--whole", "--max-memory", "1G"), "drop --whole"),
+])
+def test_bad_memory_options_exit_2_before_loading(args, phrase, tiny_pipeline, tmp_path):
+    src, out, _ = tiny_pipeline
+    report_dir = tmp_path / "report"
+    result = run_cli("parity", src, out, "--component", "text_encoder", "--report", report_dir, *args)
+    assert_clean_failure(result, report_dir, phrase)
