@@ -16,7 +16,11 @@ class Stages:
     blocks: str                      # path of the block list, e.g. "transformer_blocks" (torch and MindSpore alike)
     block_cell: Callable             # (config, index, dtype) -> one MindSpore block, parameters not initialised
     embed: Callable                  # (net, arrays) -> state: the MindSpore inputs of block 0 and of the final stage
-    run_block: Callable              # (block, index, state, hidden) -> hidden
+    prepare: Callable                # (block, index, state) -> None: what a block adds to the state (T5's bias)
+    block_args: Callable             # (state, hidden) -> the block's construct arguments
+    # (block) -> (a Cell returning (block output, *tapped sub-cell outputs), their paths relative to the block):
+    # the block's own construct step by step, so that one compiled graph yields the taps hooks give in PYNATIVE
+    tapped: Callable
     fed: Callable                    # (state, torch args, torch kwargs) -> (state, hidden) from the torch block's inputs
     final: Callable                  # (net, state, hidden) -> output as float32 numpy
     # activation bytes of one forward at most, excluding weights: (config, input shapes, query rows) -> bytes
@@ -57,9 +61,39 @@ def _pixart_embed(net, arrays):
     return state, x
 
 
-def _pixart_run_block(block, index, state, hidden):
+def _pixart_prepare(block, index, state):
+    pass
+
+
+def _pixart_args(state, hidden):
     h, w = state["hw"]
-    return block(hidden, state["modulation"], state["context"], state["bias"], h, w)
+    return hidden, state["modulation"], state["context"], state["bias"], h, w
+
+
+def _pixart_tapped(block):
+    """``PixArtBlock.construct`` returning the outputs of attn1, attn2 and ff too."""
+    from mindspore import nn, ops
+
+    class TappedPixArtBlock(nn.Cell):
+        def __init__(self, block):
+            super().__init__(auto_prefix=False)
+            self.block = block
+
+        def construct(self, x, modulation, context, context_bias, h, w):
+            blk = self.block
+            b = x.shape[0]
+            table = blk.scale_shift_table.reshape(1, 6, -1) + modulation.reshape(b, 6, -1)
+            shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = ops.split(table, 1, axis=1)
+            normed = blk.norm1(x) * (1 + scale_msa) + shift_msa
+            attn1 = blk.attn1(normed, h, w)
+            x = x + gate_msa * attn1
+            attn2 = blk.attn2(x, context, context_bias)
+            x = x + attn2
+            normed = blk.norm2(x) * (1 + scale_mlp) + shift_mlp
+            ff = blk.ff(normed)
+            return x + gate_mlp * ff, attn1, attn2, ff
+
+    return TappedPixArtBlock(block), ("", "attn1", "attn2", "ff")
 
 
 def _pixart_fed(state, args, kwargs):
@@ -106,18 +140,26 @@ def _t5_block(config, index, dtype):
 def _t5_embed(net, arrays):
     import mindspore as ms
 
-    return {"mask": ms.Tensor(arrays["attention_mask"])}, net.shared(ms.Tensor(arrays["input_ids"]))
+    ids = arrays["input_ids"]
+    return {"mask": ms.Tensor(arrays["attention_mask"]), "length": ids.shape[1]}, net.shared(ms.Tensor(ids))
 
 
-def _t5_run_block(block, index, state, hidden):
+def _t5_prepare(block, index, state):
     """Block 0 owns the relative position table: the bias (position + key mask) every block adds is made there,
     as ``T5Stack.construct`` does."""
     from mindspore_nets.layers import key_mask_bias
 
     if index == 0:
-        position = block.layer[0].SelfAttention.compute_bias(hidden.shape[1])
+        position = block.layer[0].SelfAttention.compute_bias(state["length"])
         state["bias"] = position + key_mask_bias(state["mask"])
-    return block(hidden, state["bias"])
+
+
+def _t5_args(state, hidden):
+    return hidden, state["bias"]
+
+
+def _t5_tapped(block):
+    return block, ("",)
 
 
 def _t5_fed(state, args, kwargs):
@@ -141,9 +183,11 @@ def _t5_taps(config, shapes):
 
 
 STAGES = {
-    "transformer": Stages("transformer_blocks", _pixart_block, _pixart_embed, _pixart_run_block, _pixart_fed,
+    "transformer": Stages("transformer_blocks", _pixart_block, _pixart_embed, _pixart_prepare, _pixart_args,
+                          _pixart_tapped, _pixart_fed,
                           _pixart_final, _pixart_activations, _pixart_taps),
-    "text_encoder": Stages("encoder.block", _t5_block, _t5_embed, _t5_run_block, _t5_fed, _t5_final,
+    "text_encoder": Stages("encoder.block", _t5_block, _t5_embed, _t5_prepare, _t5_args, _t5_tapped, _t5_fed,
+                           _t5_final,
                            _t5_activations, _t5_taps),
 }
 

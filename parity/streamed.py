@@ -175,8 +175,70 @@ def ms_glue(component: str, config, stages: Stages, weights: StageWeights, dtype
     return net
 
 
+class BlockRunner:
+    """The MindSpore block of the current stage. One cell per block structure is kept and refilled for each block
+    (T5's block 0, which owns the position table, and the others; KV-compressed PixArt blocks), and only the
+    current structure's: with ``jit`` its compiled graphs then serve every block of that structure, compiled once.
+    Without ``jit`` the taps come from forward hooks in PYNATIVE mode, as in whole-network mode."""
+
+    def __init__(self, stages: Stages, config, ms_type, round_bf16: bool, jit: bool):
+        self.stages, self.config, self.ms_type, self.round_bf16, self.jit = stages, config, ms_type, round_bf16, jit
+        self.key = self.cell = None
+
+    def load(self, index: int, tensors: dict, where: str):
+        from mindspore.nn.utils import no_init_parameters
+
+        with no_init_parameters():
+            fresh = self.stages.block_cell(self.config, index, self.ms_type)
+        key = (type(fresh), tuple((n, tuple(p.shape)) for n, p in fresh.parameters_and_names()))
+        import mindspore as ms
+
+        if key == self.key:  # refilled in place: compiled graphs keep the memory set_data would replace
+            from mindspore_nets.loading import check_names_and_shapes
+
+            check_names_and_shapes(self.cell, tensors, where=where)
+            for name, param in self.cell.parameters_and_names():
+                value = ms.Tensor(tensors.pop(name)).astype(param.dtype)
+                if self.round_bf16:
+                    value = value.astype(ms.bfloat16).astype(ms.float32)
+                param.copy_(value)
+            return
+        self.key = self.cell = None
+        release_memory()
+        tapped, names = self.stages.tapped(fresh)
+        self.cell, self.tapped, self.names = fresh, tapped, names
+        self.fed_fn = ms.jit(fresh.construct) if self.jit else fresh
+        self.tapped_fn = ms.jit(tapped.construct) if self.jit else None
+        load_ms(self.cell, tensors, self.round_bf16, where)
+        self.key = key
+
+    def run_tapped(self, index, state, hidden, tap_names, consume):
+        """The block on ``hidden`` with every tap in ``tap_names`` (relative paths) handed to ``consume``."""
+        from .taps import mindspore_taps
+
+        self.stages.prepare(self.cell, index, state)
+        args = self.stages.block_args(state, hidden)
+        if not self.jit:
+            with mindspore_taps(self.cell, list(tap_names), consume=consume):
+                return self.cell(*args)
+        outputs = self.tapped_fn(*args)
+        if not isinstance(outputs, (tuple, list)):  # a block tapped at its output only
+            outputs = (outputs,)
+        for name, value in zip(self.names, outputs):
+            if name in tap_names:
+                consume(name, _first_array(value))
+        missing = set(tap_names) - set(self.names)
+        if missing:
+            raise KeyError(f"no tapped output for {sorted(missing)} in {type(self.tapped).__name__}")
+        return outputs[0]
+
+    def run(self, index, state, hidden):
+        self.stages.prepare(self.cell, index, state)
+        return self.fed_fn(*self.stages.block_args(state, hidden))
+
+
 def run_streamed(component: str, folder: Path, source: Path, dtype: str, tolerance: float, cases, query_rows=None,
-                 chained_jit: bool = False) -> dict:
+                 jit: bool = True) -> dict:
     """Streamed parity of one view over ``cases``; the same result dict as ``harness.run_component`` plus
     ``chained`` (the MindSpore side's own hidden state after each block against torch's)."""
     import contextlib
@@ -203,7 +265,8 @@ def run_streamed(component: str, folder: Path, source: Path, dtype: str, toleran
     prefix = stages.blocks + "."
     glue_paths = [p for p in paths if not p.startswith(prefix)]
     loaded = time.time()
-    seconds = {"torch": 0.0, "mindspore": 0.0, "load": loaded - started}
+    seconds = {"torch": 0.0, "mindspore": 0.0, "mindspore_fed": 0.0, "load": loaded - started}
+    runner = BlockRunner(stages, config, ms_type, round_bf16, jit)
     taps, local = [], []
     rows = contextlib.nullcontext if query_rows is None else (lambda: query_blocks(query_rows))
 
@@ -248,25 +311,22 @@ def run_streamed(component: str, folder: Path, source: Path, dtype: str, toleran
             index = run["index"]
             name = f"{stages.blocks}.{index}"
             t0 = time.time()
-            from mindspore.nn.utils import no_init_parameters
-
             module.to("meta")  # the torch block is done: one block of each side in memory at a time
-            with no_init_parameters():
-                block = stages.block_cell(config, index, ms_type)
             tensors = {k[len(name) + 1:]: v for k, v in m_weights.read(_under(name)).items()}
-            load_ms(block, tensors, round_bf16, f"{m_weights.description} ({name})")
+            runner.load(index, tensors, f"{m_weights.description} ({name})")
             del tensors
             seconds["load"] += time.time() - t0
-            rel = {p[len(prefix):].partition(".")[2]: p for p in paths if p == name or p.startswith(name + ".")}
-            with mindspore_taps(block, list(rel), consume=prefixed(name + ".")), rows():
-                run["chain"] = timed("mindspore", stages.run_block, block, index, run["state"], run["chain"])
+            rel = {p[len(prefix):].partition(".")[2] for p in paths if p == name or p.startswith(name + ".")}
+            with rows():
+                run["chain"] = timed("mindspore", runner.run_tapped, index, run["state"], run["chain"], rel,
+                                     prefixed(name + "."))
             fed_state, fed_hidden = stages.fed(run["state"], args, kwargs)
             with rows():
-                fed = timed("mindspore", stages.run_block, block, index, fed_state, fed_hidden)
+                fed = timed("mindspore_fed", runner.run, index, fed_state, fed_hidden)
             torch_out = _first_array(output)
             local.append({"tap": name, "case": case.name, **compare(_first_array(fed), torch_out)})
             run["t_last"] = torch_out
-            del block, fed, fed_hidden, fed_state
+            del fed, fed_hidden, fed_state
             release_memory()
             run["inside"] += time.time() - entered
 
@@ -288,7 +348,7 @@ def run_streamed(component: str, folder: Path, source: Path, dtype: str, toleran
             chain_out = timed("mindspore", stages.final, net, run["state"], run["chain"])
         measure("output", _first_array(chain_out))
         with rows():
-            fed_out = timed("mindspore", stages.final, net, run["state"], _tensor_of(run["t_last"]))
+            fed_out = timed("mindspore_fed", stages.final, net, run["state"], _tensor_of(run["t_last"]))
         local.append({"tap": "output", "case": case.name, **compare(_first_array(fed_out), t_out)})
         for key in list(pending):
             ref = pending.pop(key)
