@@ -136,10 +136,64 @@ def key_mask_bias(mask):
     return ((1.0 - keep) * MASKED).reshape(keep.shape[0], 1, 1, keep.shape[1])
 
 
+# Fast CPU formulations, chosen when a Cell is built (``fast_kernels``): MindSpore's CPU Conv2D kernel is slow
+# (the SDXL VAE decode spends most of its time there) and so are broadcasting reductions in PYNATIVE mode. Cells
+# built outside the context keep the plain ops, so exported graphs and their numbers do not change.
+_FAST_KERNELS = False
+CONV_BAND_BYTES = 256 * 2**20  # largest im2col buffer of one step (fp32), in rows of the output
+
+
+@contextlib.contextmanager
+def fast_kernels(on: bool = True):
+    """Cells built within use the fast CPU formulations: convolution as im2col + matmul, the VAE's group norm with
+    two-level sums (both with fp32 statistics and sums, and closer to fp64 than the plain kernels)."""
+    global _FAST_KERNELS
+    before, _FAST_KERNELS = _FAST_KERNELS, on
+    try:
+        yield
+    finally:
+        _FAST_KERNELS = before
+
+
+def fast_kernels_on() -> bool:
+    return _FAST_KERNELS
+
+
+def conv_unfold(x, weight, bias, stride: int, pad: tuple, band_bytes: int = CONV_BAND_BYTES):
+    """NCHW convolution (groups 1) as ``W (Cout, Cin*k*k) @ im2col(x)``, over bands of output rows so that one
+    column buffer stays under ``band_bytes``. The matmul accumulates each output in one dot product (blocked), the
+    same sums torch's CPU convolution makes."""
+    b, cin, h, w = x.shape
+    cout, _, k, _ = weight.shape
+    top, bottom, left, right = pad
+    ho = (h + top + bottom - k) // stride + 1
+    wo = (w + left + right - k) // stride + 1
+    wmat = weight.reshape(cout, cin * k * k)
+    if k == 1 and stride == 1 and pad == (0, 0, 0, 0):
+        y = ops.matmul(wmat, x.reshape(b, cin, h * w))
+    elif 4 * cin * k * k * ho * wo * b <= band_bytes and top == bottom and left == right:
+        y = ops.matmul(wmat, ops.unfold(x, k, padding=(top, left), stride=stride))
+    else:
+        if top or bottom or left or right:
+            x = ops.pad(x, (left, right, top, bottom))
+        rows = max(1, min(ho, band_bytes // (4 * cin * k * k * wo * b)))
+        outs = []
+        for r0 in range(0, ho, rows):
+            r1 = min(ho, r0 + rows)
+            xb = x if (r0 == 0 and r1 == ho) else x[:, :, r0 * stride:(r1 - 1) * stride + k, :]
+            outs.append(ops.matmul(wmat, ops.unfold(xb, k, stride=stride)))
+        y = outs[0] if len(outs) == 1 else ops.concat(outs, axis=2)
+    y = y.reshape(b, cout, ho, wo)
+    if bias is not None:
+        y = ops.bias_add(y, bias)
+    return y
+
+
 class Conv2d(nn.Cell):
     """``torch.nn.Conv2d`` (NCHW): weight (out, in/groups, kh, kw), optional bias (out,).
 
     ``padding`` is an int (symmetric) or ``(top, bottom, left, right)`` (the VAE's asymmetric downsampling pad).
+    Built under ``fast_kernels``, a groups-1 convolution runs as im2col + matmul (``conv_unfold``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding=0,
@@ -151,8 +205,13 @@ class Conv2d(nn.Cell):
         self.has_bias = bias
         self.conv = ops.Conv2D(out_channels, kernel_size, mode=1, pad_mode="pad", pad=pad, stride=stride,
                                group=groups)
+        self.unfold = _FAST_KERNELS and groups == 1
+        self.stride, self.pad = stride, pad
 
     def construct(self, x):
+        if self.unfold:
+            return conv_unfold(x.astype(self.weight.dtype), self.weight, self.bias if self.has_bias else None,
+                               self.stride, self.pad)
         y = self.conv(x.astype(self.weight.dtype), self.weight)
         if self.has_bias:
             y = ops.bias_add(y, self.bias)

@@ -24,14 +24,58 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from .config import VAEConfig
-from .layers import Conv2d, Linear, attention, ones_param, zeros_param
+from .layers import Conv2d, Linear, attention, fast_kernels_on, ones_param, zeros_param
 from .loading import PretrainedMixin
 
 RESNET_EPS = 1e-6  # diffusers' Encoder/Decoder pass resnet_eps=1e-6 to every resnet, attention and conv_norm_out
 
 
+_row_sum = ops.ReduceSum(keep_dims=False)
+_row_sum_kept = ops.ReduceSum(keep_dims=True)
+_batch_norm = ops.BatchNorm(is_training=False, epsilon=1e-30)  # eps is added to the variance beforehand
+
+
+def _inner_length(shape) -> int:
+    """Row length of the first-level partial sums: H*W up to 4096, else W (it divides every group's size)."""
+    hw = shape[-1] * shape[-2]
+    return hw if hw <= 4096 else shape[-1]
+
+
+def _row_sums(x2, inner: int):
+    """Row sums of a (R, N) fp32 tensor, N = k * inner, in two levels: (R*k, inner) rows, then k partial sums.
+    MindSpore's CPU ReduceSum is fast on 2-D last-axis rows and sums them sequentially; two short levels keep
+    the fp32 rounding of a 4-million-element group near torch's."""
+    r, n = x2.shape
+    k = n // inner
+    part = _row_sum(x2.reshape(r * k, inner), 1)
+    return part.reshape(r, 1) if k == 1 else _row_sum_kept(part.reshape(r, k), 1)
+
+
+def group_norm_fast(x, weight, bias, groups: int, eps: float):
+    """Group norm with fp32 statistics for MindSpore's CPU kernels: group means and centred variances from
+    two-level row sums, centring by ``bias_add``, normalisation and affine in one BatchNorm-inference kernel over
+    (1, B*C, H*W/…, 1) with per-channel mean/variance (no broadcasting binary op: slow on CPU in PYNATIVE)."""
+    shape = x.shape
+    bsz, ch = shape[0], shape[1]
+    per_group = ch // groups
+    x32 = x.astype(ms.float32)
+    n = x32.size // (bsz * groups)
+    inner = _inner_length(shape)
+    mean = _row_sums(x32.reshape(bsz * groups, n), inner) * (1.0 / n)
+    mean_c = ops.broadcast_to(mean, (bsz * groups, per_group)).reshape(-1)
+    rows = x32.reshape(1, bsz * ch, n // per_group, 1)
+    centred = ops.bias_add(rows, -mean_c)
+    var = _row_sums((centred * centred).reshape(bsz * groups, n), inner) * (1.0 / n)
+    var_c = ops.broadcast_to(var + eps, (bsz * groups, per_group)).reshape(-1)
+    scale = ops.tile(weight.astype(ms.float32), (bsz,))
+    shift = ops.tile(bias.astype(ms.float32), (bsz,))
+    y = _batch_norm(rows, scale, shift, mean_c, var_c)[0]
+    return y.reshape(shape).astype(x.dtype)
+
+
 class GroupNorm(nn.Cell):
-    """``torch.nn.GroupNorm`` (affine) on (B, C, ...) with statistics and affine in fp32; eps is explicit."""
+    """``torch.nn.GroupNorm`` (affine) on (B, C, ...) with statistics and affine in fp32; eps is explicit.
+    Built under ``layers.fast_kernels``: ``group_norm_fast``."""
 
     def __init__(self, num_groups: int, num_channels: int, eps: float, dtype=ms.float32):
         super().__init__()
@@ -41,8 +85,11 @@ class GroupNorm(nn.Cell):
         self.eps = eps
         self.weight = ones_param((num_channels,), dtype, "weight")
         self.bias = zeros_param((num_channels,), dtype, "bias")
+        self.fast = fast_kernels_on()
 
     def construct(self, x):
+        if self.fast:
+            return group_norm_fast(x, self.weight, self.bias, self.num_groups, self.eps)
         shape = x.shape
         x32 = x.astype(ms.float32).reshape(shape[0], self.num_groups, -1)
         mean = x32.mean(axis=-1, keep_dims=True)

@@ -43,18 +43,21 @@ class StageWeights:
     def nbytes(self, select) -> int:
         return sum(t.nbytes for t in self.plan.targets if select(t.name) and not t.extra)
 
-    def read(self, select) -> dict[str, np.ndarray]:
+    def items(self, select):
+        """(name, array) of every selected target, one rule group read at a time."""
         from converters.engine import produce_group
 
-        out, bad = {}, []
+        bad = []
         for group in self.plan.groups:
             if any(select(name) for name in group.targets):
                 for name, value in produce_group(group, self.source, self.by_name, bad).items():
                     if select(name) and not self.by_name[name].extra:
-                        out[name] = value
+                        yield name, value
         if bad:
             raise DataError(f"{self.description}: " + "; ".join(bad))
-        return out
+
+    def read(self, select) -> dict[str, np.ndarray]:
+        return dict(self.items(select))
 
     def close(self):
         self.source.close()
@@ -115,10 +118,19 @@ def load_torch_block(module, prefix: str, weights: StageWeights) -> None:
     volatile = [n for n, _ in module.named_buffers() if n not in persistent]
     if volatile:  # a buffer no checkpoint holds would come out of to_empty as garbage
         raise NotImplementedError(f"{prefix}: non-persistent buffers {volatile} cannot be streamed")
-    state = {k[len(prefix) + 1:]: torch.from_numpy(np.ascontiguousarray(v, np.float32))
-             for k, v in weights.read(_under(prefix)).items()}
+    expected = dict(module.state_dict())
     module.to_empty(device="cpu")
-    module.load_state_dict(state, strict=True)
+    targets = dict(module.state_dict(keep_vars=True))
+    with torch.no_grad():  # copied tensor by tensor: the block and one tensor in memory, not two blocks
+        for name, value in weights.items(_under(prefix)):
+            key = name[len(prefix) + 1:]
+            if key not in targets or tuple(targets[key].shape) != value.shape:
+                raise WeightsError(f"{weights.description}: {name} {value.shape} does not fit the torch block "
+                                   f"({tuple(expected[key].shape) if key in expected else 'no such tensor'})")
+            targets.pop(key).copy_(torch.from_numpy(np.ascontiguousarray(value, np.float32)))
+            del value
+    if targets:
+        raise WeightsError(f"{weights.description}: {prefix} is missing {', '.join(sorted(targets))}")
     module.eval()
 
 
@@ -185,7 +197,8 @@ class BlockRunner:
         self.stages, self.config, self.ms_type, self.round_bf16, self.jit = stages, config, ms_type, round_bf16, jit
         self.key = self.cell = None
 
-    def load(self, index: int, tensors: dict, where: str):
+    def load(self, index: int, tensors, where: str):
+        """Block ``index``'s weights from ``tensors``, (relative name, array) pairs read lazily."""
         from mindspore.nn.utils import no_init_parameters
 
         with no_init_parameters():
@@ -194,23 +207,36 @@ class BlockRunner:
         import mindspore as ms
 
         if key == self.key:  # refilled in place: compiled graphs keep the memory set_data would replace
-            from mindspore_nets.loading import check_names_and_shapes
-
-            check_names_and_shapes(self.cell, tensors, where=where)
-            for name, param in self.cell.parameters_and_names():
-                value = ms.Tensor(tensors.pop(name)).astype(param.dtype)
+            params = dict(self.cell.parameters_and_names())
+            for name, value in tensors:
+                param = params.pop(name, None)
+                if param is None or tuple(param.shape) != value.shape:
+                    raise WeightsError(f"{where}: {name} {value.shape} does not fit the block")
+                value = ms.Tensor(value).astype(param.dtype)
                 if self.round_bf16:
                     value = value.astype(ms.bfloat16).astype(ms.float32)
                 param.copy_(value)
+                del value
+            if params:
+                raise WeightsError(f"{where}: missing {', '.join(sorted(params))}")
             return
-        self.key = self.cell = None
-        release_memory()
+        tensors = dict(tensors)
+        self.close()
         tapped, names = self.stages.tapped(fresh)
         self.cell, self.tapped, self.names = fresh, tapped, names
         self.fed_fn = ms.jit(fresh.construct) if self.jit else fresh
         self.tapped_fn = ms.jit(tapped.construct) if self.jit else None
         load_ms(self.cell, tensors, self.round_bf16, where)
         self.key = key
+
+    def close(self):
+        """Drop the current cell and its compiled graphs (they hold its weights until recycled)."""
+        import mindspore as ms
+
+        self.key = self.cell = self.tapped = self.fed_fn = self.tapped_fn = None
+        if self.jit:
+            ms.ms_memory_recycle()
+        release_memory()
 
     def run_tapped(self, index, state, hidden, tap_names, consume):
         """The block on ``hidden`` with every tap in ``tap_names`` (relative paths) handed to ``consume``."""
@@ -312,9 +338,9 @@ def run_streamed(component: str, folder: Path, source: Path, dtype: str, toleran
             name = f"{stages.blocks}.{index}"
             t0 = time.time()
             module.to("meta")  # the torch block is done: one block of each side in memory at a time
-            tensors = {k[len(name) + 1:]: v for k, v in m_weights.read(_under(name)).items()}
+            release_memory()
+            tensors = ((k[len(name) + 1:], v) for k, v in m_weights.items(_under(name)))
             runner.load(index, tensors, f"{m_weights.description} ({name})")
-            del tensors
             seconds["load"] += time.time() - t0
             rel = {p[len(prefix):].partition(".")[2] for p in paths if p == name or p.startswith(name + ".")}
             with rows():
@@ -356,6 +382,7 @@ def run_streamed(component: str, folder: Path, source: Path, dtype: str, toleran
                           "nan": 0, "inf": 0}
         for key in order + [k for k in found if k not in order]:
             taps.append({"tap": key, "case": case.name, **found[key]})
+    runner.close()
     t_weights.close()
     m_weights.close()
     summary = summarize(taps, tolerance)

@@ -1,0 +1,128 @@
+#!/usr/bin/env python
+"""SDXL VAE decoder (full-size config, diffusers' random init, seed 0): forward time and drift of our MindSpore
+decoder against torch, in one process, with the plain ops and with ``layers.fast_kernels`` (im2col + matmul
+convolutions, two-level group-norm sums), in PYNATIVE mode and compiled (ms.jit).
+
+    python benchmarks/bench_vae_speed.py [--latent 16,32] [--modes plain:pynative,fast:pynative,fast:jit]
+
+Drift is measured against a float64 torch decode of the same weights (torch fp32 itself is not exact), and the
+same figure is given for torch fp32. Results: ``benchmarks/results/vae_speed.json`` and the ``## VAE decoder speed
+and drift`` section of ``BENCHMARKS.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("GLOG_v", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results" / "vae_speed.json"
+SECTION = "## VAE decoder speed and drift"
+SDXL = dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32, latent_channels=4,
+            down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, sample_size=1024,
+            scaling_factor=0.13025)
+
+
+def rel(x, y) -> float:
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    return float(np.linalg.norm(x - y) / np.linalg.norm(y))
+
+
+def bench(latent: int, modes: list[str]) -> dict:
+    import mindspore as ms
+    import torch
+    from diffusers import AutoencoderKL as TorchVAE
+
+    from mindspore_nets.config import VAEConfig
+    from mindspore_nets.layers import fast_kernels
+    from mindspore_nets.loading import load_into
+    from mindspore_nets.vae import AutoencoderKL
+
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    torch.manual_seed(0)
+    tvae = TorchVAE(**SDXL).eval()
+    state = {k: v.numpy() for k, v in tvae.state_dict().items()}
+    z = np.random.default_rng(3).standard_normal((1, 4, latent, latent)).astype(np.float32)
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        ref32 = tvae.decode(torch.from_numpy(z)).sample.numpy()
+        torch_s = [time.perf_counter() - t0]
+        ref64 = tvae.double().decode(torch.from_numpy(z).double()).sample.numpy()
+        tvae.float()
+    out = {"latent": latent, "pixels": latent * 8, "torch_fp32_vs_fp64": rel(ref32, ref64), "runs": {}}
+    for mode in modes:
+        kernels, execution = mode.split(":")
+        with fast_kernels(kernels == "fast"):
+            net = AutoencoderKL(VAEConfig.from_dict(dict(tvae.config)))
+        load_into(net, state)
+        net.set_train(False)
+        cell = net.decoder_cell()
+        fn = ms.jit(cell.construct) if execution == "jit" else cell
+        t0 = time.perf_counter()
+        y = fn(ms.Tensor(z)).asnumpy()
+        first = time.perf_counter() - t0
+        with torch.no_grad():  # torch timed between the MindSpore runs: both see the same machine load
+            t0 = time.perf_counter()
+            tvae.decode(torch.from_numpy(z))
+            torch_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        fn(ms.Tensor(z)).asnumpy()
+        second = time.perf_counter() - t0
+        out["runs"][mode] = {"first_s": first, "second_s": second, "vs_torch_fp32": rel(y, ref32),
+                             "vs_fp64": rel(y, ref64)}
+        print(latent, mode, out["runs"][mode], flush=True)
+        del fn, cell, net
+        gc.collect()
+    out["torch_s"] = min(torch_s)
+    for run in out["runs"].values():
+        run["ratio"] = run["second_s"] / out["torch_s"]
+    return out
+
+
+def render(results: dict) -> str:
+    m = results["machine"]
+    lines = [SECTION, "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_bytes'] / 2**30:.1f} GiB RAM; MindSpore "
+             f"{m['versions']['mindspore']}, torch {m['versions']['torch']}; {results['date']}; shared with other "
+             "jobs (ratios are same-process, torch timed between the MindSpore runs).", "",
+             "Full-size SDXL VAE decoder, diffusers' random init (seed 0), one latent. `plain`: the ops exported "
+             "graphs use (ops.Conv2D, mean-based GroupNorm); `fast`: built under `layers.fast_kernels()`. Drift "
+             "against a float64 torch decode of the same weights.", "",
+             "| pixels | kernels:mode | MindSpore s (2nd call) | torch fp32 s | MS / torch | rel L2 vs fp64 | "
+             "torch fp32 vs fp64 | rel L2 vs torch fp32 |", "|---|---|---|---|---|---|---|---|"]
+    for r in results["latents"]:
+        for mode, run in r["runs"].items():
+            lines.append(f"| {r['pixels']}² | {mode} | {run['second_s']:.2f} | {r['torch_s']:.2f} | "
+                         f"{run['ratio']:.2f} | {run['vs_fp64']:.2e} | {r['torch_fp32_vs_fp64']:.2e} | "
+                         f"{run['vs_torch_fp32']:.2e} |")
+    lines += ["", "Reproduce: `python benchmarks/bench_vae_speed.py` (writes this section).", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    from bench_convert import machine, write_section
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--latent", default="16,32")
+    parser.add_argument("--modes", default="plain:pynative,fast:pynative,fast:jit")
+    args = parser.parse_args()
+    results = {"date": time.strftime("%Y-%m-%d"), "machine": machine(Path("/tmp"), False),
+               "latents": [bench(int(n), args.modes.split(",")) for n in args.latent.split(",")]}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    write_section(render(results), SECTION)
+    print(render(results))
+
+
+if __name__ == "__main__":
+    main()
