@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -63,7 +64,8 @@ def run_case(name: str, work: Path) -> dict:
     total, largest, _ = weight_bytes(out, stages_of(case["view"]).blocks)
     latent = (128, 128) if case["view"] == "transformer" else None
     act = activation_bytes(case["view"], config, case_shapes(case["view"], config, latent_hw=latent), 1024)
-    block_taps = [r for r in comp["summary"] if r["tap"].count(".") == 1 + stages_of(case["view"]).blocks.count(".")]
+    block = re.compile(re.escape(stages_of(case["view"]).blocks) + r"\.\d+\Z")
+    block_taps = [r for r in comp["summary"] if block.match(r["tap"])]
     return {"label": case["label"], "wall_s": result["wall_s"], "maxrss_bytes": result["maxrss_bytes"],
             "exit": result.get("exit"), "weights_bytes": total, "largest_block_bytes": largest,
             "activation_bytes": act, "budget_bytes": 2 * largest + act + BASELINE,

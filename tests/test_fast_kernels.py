@@ -1,0 +1,84 @@
+"""``layers.fast_kernels``: im2col + matmul convolutions and two-level group-norm sums, chosen when a Cell is built;
+the same function as the plain ops (and torch), closer to float64, and never used by Cells built outside it."""
+from __future__ import annotations
+
+import mindspore as ms
+import numpy as np
+import pytest
+import torch
+
+from mindspore_nets.layers import Conv2d, conv_unfold, fast_kernels
+from mindspore_nets.metrics import rel_l2
+from mindspore_nets.vae import GroupNorm
+
+RNG = np.random.default_rng(0)
+
+
+def _conv_pair(cin, cout, k, stride, padding):
+    with fast_kernels():
+        fast = Conv2d(cin, cout, k, stride=stride, padding=padding)
+    plain = Conv2d(cin, cout, k, stride=stride, padding=padding)
+    weight = RNG.standard_normal((cout, cin, k, k)).astype(np.float32) * 0.2
+    bias = RNG.standard_normal(cout).astype(np.float32)
+    for cell in (fast, plain):
+        cell.weight.set_data(ms.Tensor(weight))
+        cell.bias.set_data(ms.Tensor(bias))
+    return fast, plain, weight, bias
+
+
+@pytest.mark.parametrize("k, stride, padding", [(3, 1, 1), (1, 1, 0), (3, 2, (0, 1, 0, 1)), (2, 2, 0)])
+def test_unfold_convolution_matches_torch(k, stride, padding):
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    fast, plain, weight, bias = _conv_pair(8, 16, k, stride, padding)
+    assert fast.unfold and not plain.unfold
+    x = RNG.standard_normal((2, 8, 13, 11)).astype(np.float32)
+    xt = torch.from_numpy(x).double()
+    if isinstance(padding, tuple):  # (top, bottom, left, right) -> torch's (left, right, top, bottom)
+        xt = torch.nn.functional.pad(xt, (padding[2], padding[3], padding[0], padding[1]))
+        padding = 0
+    ref = torch.nn.functional.conv2d(xt, torch.from_numpy(weight).double(), torch.from_numpy(bias).double(),
+                                     stride=stride, padding=padding).numpy()
+    ours = fast(ms.Tensor(x)).asnumpy()
+    assert ours.shape == ref.shape
+    assert rel_l2(ours, ref) < 1e-6
+    assert rel_l2(plain(ms.Tensor(x)).asnumpy(), ref) < 1e-6
+
+
+def test_unfold_convolution_in_bands_equals_one_band():
+    x = ms.Tensor(RNG.standard_normal((1, 4, 17, 9)).astype(np.float32))
+    w = ms.Tensor(RNG.standard_normal((6, 4, 3, 3)).astype(np.float32))
+    whole = conv_unfold(x, w, None, 1, (1, 1, 1, 1)).asnumpy()
+    banded = conv_unfold(x, w, None, 1, (1, 1, 1, 1), band_bytes=4 * 4 * 9 * 9 * 3).asnumpy()  # 3 rows a band
+    np.testing.assert_array_equal(whole, banded)
+
+
+@pytest.mark.parametrize("shape", [(2, 64, 9, 7), (1, 64, 96, 96)])  # H*W up to 4096 in one level, and above
+def test_fast_group_norm_matches_torch_in_float64(shape):
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    with fast_kernels():
+        fast = GroupNorm(32, shape[1], 1e-6)
+    plain = GroupNorm(32, shape[1], 1e-6)
+    assert fast.fast and not plain.fast
+    weight = RNG.standard_normal(shape[1]).astype(np.float32)
+    bias = RNG.standard_normal(shape[1]).astype(np.float32)
+    for cell in (fast, plain):
+        cell.weight.set_data(ms.Tensor(weight))
+        cell.bias.set_data(ms.Tensor(bias))
+    x = (RNG.standard_normal(shape) * 3 + 1.5).astype(np.float32)
+    ref = torch.nn.functional.group_norm(torch.from_numpy(x).double(), 32, torch.from_numpy(weight).double(),
+                                         torch.from_numpy(bias).double(), 1e-6).numpy()
+    ours = fast(ms.Tensor(x)).asnumpy()
+    assert rel_l2(ours, ref) < 2e-7
+    assert rel_l2(ours, ref) <= 2 * rel_l2(plain(ms.Tensor(x)).asnumpy(), ref) + 1e-8
+
+
+def test_switch_is_read_at_construction_only():
+    with fast_kernels():
+        inside = Conv2d(4, 4, 3, padding=1)
+        with fast_kernels(False):
+            nested_off = Conv2d(4, 4, 3, padding=1)
+    after = Conv2d(4, 4, 3, padding=1)
+    depthwise = None
+    with fast_kernels():
+        depthwise = Conv2d(4, 4, 2, stride=2, groups=4)  # grouped convolutions keep ops.Conv2D
+    assert inside.unfold and not nested_off.unfold and not after.unfold and not depthwise.unfold
