@@ -75,14 +75,22 @@ class PatchEmbed(nn.Cell):
         return (tokens.astype(ms.float32) + pos).astype(x.dtype)
 
 
-class TimestepEmbedding(nn.Cell):
-    def __init__(self, in_dim: int, dim: int, dtype):
+class TwoLayerMLP(nn.Cell):
+    """``linear_1`` -> activation -> ``linear_2``: diffusers' timestep embedder and caption projection."""
+
+    def __init__(self, in_dim: int, dim: int, act: nn.Cell, dtype):
         super().__init__()
         self.linear_1 = Linear(in_dim, dim, dtype=dtype)
+        self.act = act
         self.linear_2 = Linear(dim, dim, dtype=dtype)
 
     def construct(self, x):
-        return self.linear_2(ops.silu(self.linear_1(x)))
+        return self.linear_2(self.act(self.linear_1(x)))
+
+
+class TimestepEmbedding(TwoLayerMLP):
+    def __init__(self, in_dim: int, dim: int, dtype):
+        super().__init__(in_dim, dim, nn.SiLU(), dtype)
 
 
 class CombinedTimestepEmbedding(nn.Cell):
@@ -113,15 +121,9 @@ class AdaLayerNormSingle(nn.Cell):
         return self.linear(ops.silu(embedded)), embedded
 
 
-class CaptionProjection(nn.Cell):
+class CaptionProjection(TwoLayerMLP):
     def __init__(self, in_dim: int, dim: int, dtype):
-        super().__init__()
-        self.linear_1 = Linear(in_dim, dim, dtype=dtype)
-        self.act = GELUTanh()
-        self.linear_2 = Linear(dim, dim, dtype=dtype)
-
-    def construct(self, x):
-        return self.linear_2(self.act(self.linear_1(x)))
+        super().__init__(in_dim, dim, GELUTanh(), dtype)
 
 
 class _Projections(nn.Cell):
