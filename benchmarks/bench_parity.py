@@ -45,6 +45,7 @@ CASES = {
 
 
 def run_case(name: str, work: Path) -> dict:
+    from parity.harness import QUERY_ROWS
     from parity.memory import BASELINE, activation_bytes, weight_bytes
     from parity.cases import case_shapes
     from parity.stages import stages_of
@@ -63,7 +64,7 @@ def run_case(name: str, work: Path) -> dict:
     config = read_manifest(out, "converted")["config"]
     total, largest, _ = weight_bytes(out, stages_of(case["view"]).blocks)
     latent = (128, 128) if case["view"] == "transformer" else None
-    act = activation_bytes(case["view"], config, case_shapes(case["view"], config, latent_hw=latent), 1024)
+    act = activation_bytes(case["view"], config, case_shapes(case["view"], config, latent_hw=latent), QUERY_ROWS)
     block = re.compile(re.escape(stages_of(case["view"]).blocks) + r"\.\d+\Z")
     block_taps = [r for r in comp["summary"] if block.match(r["tap"])]
     return {"label": case["label"], "wall_s": result["wall_s"], "maxrss_bytes": result["maxrss_bytes"],
@@ -85,7 +86,7 @@ def render(results: dict) -> str:
              f"MindSpore {m['versions']['mindspore']}, torch {m['versions']['torch']}; {results['date']}. Shared "
              "with other jobs while measured: times are indicative, the same-run ratios less so.", "",
              "`pixart-ms parity` streamed block by block (the default): one block of each side in memory, MindSpore "
-             "blocks compiled once (ms.jit) and refilled, attention in query blocks of 1024 rows.", "",
+             "blocks compiled once (ms.jit) and refilled, attention in query blocks of 512 rows.", "",
              "| model | wall s | peak RSS GiB | largest block fp32 GiB | peak / block | budget GiB (2 x block + act. "
              "+ 1.5) | torch fwd s | MindSpore fwd s | MS / torch |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results["cases"].items():

@@ -15,7 +15,7 @@ from pixart_core import registry
 from pixart_core.errors import UsageError
 from pixart_core.manifests import MANIFEST, read_manifest, stored_dtype
 
-QUERY_ROWS = 1024  # attention query rows per step: the XL/2's 4096-token score tensor in 4 slices
+QUERY_ROWS = 512  # attention query rows per step: the XL/2 4096-token score tensor (2 GiB fp32) in 8 slices
 
 # torch, MindSpore and the networks are imported by the functions that run them: the CLI checks its arguments
 # with ``components_of`` and ``tolerance_dtypes`` first
