@@ -113,7 +113,12 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=BENCH / "parity")
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--no-wait-quiet", action="store_true", help="Do not wait for a quiet machine first.")
     args = parser.parse_args()
+    if args.no_wait_quiet:
+        import bench_convert
+
+        bench_convert.WAIT_QUIET = False
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
