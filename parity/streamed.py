@@ -265,8 +265,8 @@ class BlockRunner:
 
 def run_streamed(component: str, folder: Path, source: Path, dtype: str, tolerance: float, cases, query_rows=None,
                  jit: bool = True) -> dict:
-    """Streamed parity of one view over ``cases``; the same result dict as ``harness.run_component`` plus
-    ``chained`` (the MindSpore side's own hidden state after each block against torch's)."""
+    """Streamed parity of one view over ``cases``: the result dict of ``harness.run_component`` (the same taps and
+    numbers) plus ``local``, each block's output when fed the torch block's input."""
     import contextlib
 
     from converters.keymaps import spec_for
