@@ -14,6 +14,7 @@ from typing import Callable
 @dataclass(frozen=True)
 class Stages:
     blocks: str                      # path of the block list, e.g. "transformer_blocks" (torch and MindSpore alike)
+    final_params: tuple              # parameter paths the final stage uses; every other non-block one: embedding
     block_cell: Callable             # (config, index, dtype) -> one MindSpore block, parameters not initialised
     embed: Callable                  # (net, arrays) -> state: the MindSpore inputs of block 0 and of the final stage
     prepare: Callable                # (block, index, state) -> None: what a block adds to the state (T5's bias)
@@ -183,12 +184,11 @@ def _t5_taps(config, shapes):
 
 
 STAGES = {
-    "transformer": Stages("transformer_blocks", _pixart_block, _pixart_embed, _pixart_prepare, _pixart_args,
-                          _pixart_tapped, _pixart_fed,
-                          _pixart_final, _pixart_activations, _pixart_taps),
-    "text_encoder": Stages("encoder.block", _t5_block, _t5_embed, _t5_prepare, _t5_args, _t5_tapped, _t5_fed,
-                           _t5_final,
-                           _t5_activations, _t5_taps),
+    "transformer": Stages("transformer_blocks", ("scale_shift_table", "norm_out", "proj_out"), _pixart_block,
+                          _pixart_embed, _pixart_prepare, _pixart_args, _pixart_tapped, _pixart_fed, _pixart_final,
+                          _pixart_activations, _pixart_taps),
+    "text_encoder": Stages("encoder.block", ("encoder.final_layer_norm",), _t5_block, _t5_embed, _t5_prepare,
+                           _t5_args, _t5_tapped, _t5_fed, _t5_final, _t5_activations, _t5_taps),
 }
 
 

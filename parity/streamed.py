@@ -80,6 +80,34 @@ def _under(prefix: str):
     return lambda name: name.startswith(prefix + ".")
 
 
+def _within(prefixes):
+    return lambda name: any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def stage_selectors(stages: Stages):
+    """(embedding, final) parameter-name predicates: the final stage's own paths, and every other path outside
+    the blocks (the embedding's weights are dropped once it has run: T5-XXL's table is 0.5 GiB a side)."""
+    in_blocks, in_final = _under(stages.blocks), _within(stages.final_params)
+    return (lambda n: not in_blocks(n) and not in_final(n)), (lambda n: not in_blocks(n) and in_final(n))
+
+
+def torch_release(model, select) -> None:
+    """Drop the selected parameters' data (tied parameters are one object, dropped once)."""
+    import torch
+
+    for name, param in model.named_parameters():
+        if select(name):
+            param.data = torch.empty(0)
+
+
+def torch_reload(model, weights: "StageWeights", select) -> None:
+    import torch
+
+    params = dict(model.named_parameters())
+    for name, value in weights.items(select):
+        params[name].data = torch.from_numpy(np.ascontiguousarray(value, np.float32))
+
+
 def _resolve(root, path: str):
     for part in path.split("."):
         root = getattr(root, part)
@@ -158,8 +186,8 @@ def load_ms(cell, tensors: dict, round_bf16: bool, where: str):
     return cell
 
 
-def ms_glue(component: str, config, stages: Stages, weights: StageWeights, dtype: str):
-    """The MindSpore network with its embedding and final parameters loaded; block parameters stay uninitialised
+def ms_glue(component: str, config, weights: StageWeights, dtype: str, select):
+    """The MindSpore network with the ``select``-ed parameters loaded; the others stay uninitialised
     (``no_init_parameters`` allocates nothing until data is set)."""
     from mindspore.nn.utils import no_init_parameters
 
@@ -169,9 +197,8 @@ def ms_glue(component: str, config, stages: Stages, weights: StageWeights, dtype
     ms_type, round_bf16 = compute_dtype(dtype)
     with no_init_parameters():
         net = cls(config, dtype=ms_type)
-    in_blocks = _under(stages.blocks)
-    tensors = weights.read(lambda n: not in_blocks(n))
-    params = {n: p for n, p in net.parameters_and_names() if not in_blocks(n)}
+    tensors = weights.read(select)
+    params = {n: p for n, p in net.parameters_and_names() if select(n)}
 
     class _View:  # the glue parameters alone, for the strict name/shape check
         def parameters_and_names(self):
@@ -284,7 +311,8 @@ def run_streamed(component: str, folder: Path, source: Path, dtype: str, toleran
     t_weights = StageWeights(source, view.component, "fp32")
     m_weights = StageWeights(folder, view.component, "keep")
     model, torch_blocks = torch_glue(view.component, manifest["config"], stages, t_weights)
-    net = ms_glue(view.component, config, stages, m_weights, dtype)
+    embedding, final = stage_selectors(stages)
+    net = ms_glue(view.component, config, m_weights, dtype, final)
     ms_type, round_bf16 = compute_dtype(dtype)
     paths = tap_paths(component, [p for p, _ in net.cells_and_names()])
     tied = tied_modules(spec_for(manifest["layout"]))
@@ -296,7 +324,9 @@ def run_streamed(component: str, folder: Path, source: Path, dtype: str, toleran
     taps, local = [], []
     rows = contextlib.nullcontext if query_rows is None else (lambda: query_blocks(query_rows))
 
-    for case in cases:
+    for number, case in enumerate(cases):
+        if number:
+            torch_reload(model, t_weights, embedding)
         pending: dict[str, np.ndarray] = {}
         order: list[str] = []
         found: dict[str, dict] = {}
@@ -325,8 +355,14 @@ def run_streamed(component: str, folder: Path, source: Path, dtype: str, toleran
             index = run["index"] = run.get("index", -1) + 1
             t0 = time.time()
             if index == 0:  # the embedding stage, fed the case's own inputs like the torch side
-                with mindspore_taps(net, glue_paths, consume=measure), rows():
-                    run["state"], run["chain"] = timed("mindspore", stages.embed, net, case.arrays)
+                t_load = time.time()
+                embed_net = ms_glue(view.component, config, m_weights, dtype, embedding)
+                seconds["load"] += time.time() - t_load
+                with mindspore_taps(embed_net, glue_paths, consume=measure), rows():
+                    run["state"], run["chain"] = timed("mindspore", stages.embed, embed_net, case.arrays)
+                del embed_net
+                torch_release(model, embedding)  # both sides' embedding weights: not needed until the next case
+                release_memory()
             t_load = time.time()
             load_torch_block(module, f"{stages.blocks}.{index}", t_weights)
             seconds["load"] += time.time() - t_load
