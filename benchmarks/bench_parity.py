@@ -105,7 +105,9 @@ def render(results: dict) -> str:
         lines.append(f"| {r['label'].split(',')[0]} | {r['taps']} | {r['block_rel_l2'][0]:.2e} .. "
                      f"{r['block_rel_l2'][1]:.2e} | {r['local_rel_l2'][0]:.2e} .. {r['local_rel_l2'][1]:.2e} | "
                      f"`{r['worst_tap']}` {r['worst_rel_l2']:.2e} | {'ok' if r['ok'] else 'FAIL at ' + str(r['first_failure'])} |")
-    lines += ["", "Reproduce: `python benchmarks/bench_parity.py` (writes this section).", ""]
+    lines += ["", "The `## Parity` section above was measured in whole-network mode with this script's earlier "
+              "version (git history); `--whole` still runs that mode.", "",
+              "Reproduce: `python benchmarks/bench_parity.py` (writes this section).", ""]
     return "\n".join(lines)
 
 
