@@ -291,7 +291,7 @@ class BlockRunner:
 
 
 def run_streamed(component: str, folder: Path, source: Path, dtype: str, tolerance: float, cases, query_rows=None,
-                 jit: bool = True) -> dict:
+                 jit: bool | None = None) -> dict:
     """Streamed parity of one view over ``cases``: the result dict of ``harness.run_component`` (the same taps and
     numbers) plus ``local``, each block's output when fed the torch block's input."""
     import contextlib
@@ -320,6 +320,8 @@ def run_streamed(component: str, folder: Path, source: Path, dtype: str, toleran
     glue_paths = [p for p in paths if not p.startswith(prefix)]
     loaded = time.time()
     seconds = {"torch": 0.0, "mindspore": 0.0, "mindspore_fed": 0.0, "load": loaded - started}
+    if jit is None:
+        jit = compiled_blocks_fit(stages, config, cases)
     runner = BlockRunner(stages, config, ms_type, round_bf16, jit)
     taps, local = [], []
     rows = contextlib.nullcontext if query_rows is None else (lambda: query_blocks(query_rows))
@@ -428,6 +430,17 @@ def run_streamed(component: str, folder: Path, source: Path, dtype: str, toleran
             "cases": [c.name for c in cases], "taps": taps, "summary": summary, "first_failure": first,
             "ok": first is None, "local": summarize_local(local),
             "seconds": {k: round(v, 3) for k, v in seconds.items()}}
+
+
+JIT_ACTIVATION_LIMIT = 2**30  # one block forward's activations, all query rows at once (stages.activation_bytes)
+
+
+def compiled_blocks_fit(stages: Stages, config, cases) -> bool:
+    """Whether blocks run compiled (ms.jit, about torch's speed) or in PYNATIVE mode (2-4x slower). A compiled
+    graph holds every query slice's scores at once (XL/2 at 1024²: a 4096-token block went past 9 GiB), so
+    above ``JIT_ACTIVATION_LIMIT`` of activations the blocks run eagerly, slice by slice."""
+    shapes = {name: value.shape for name, value in cases[0].arrays.items()}
+    return stages.activation_bytes(config, shapes, None) <= JIT_ACTIVATION_LIMIT
 
 
 def _tensor_of(array):
