@@ -69,20 +69,23 @@ def export_component(spec: ComponentSpec, folder: Path, target: Path, opts: Expo
     (default the export dtype). Every problem of every graph and format is collected before ``CheckFailed``."""
     target.mkdir(parents=True)
     by_format: dict[str, list[GraphResult]] = {}
-    reference_note = None
+    reference_note, phases = None, {}
     for fmt in opts.formats:  # MindIR first: each ONNX graph is compared with its MindIR twin's outputs
         twins = {r.stem: r for r in by_format.get("mindir", [])}
-        by_format[fmt], note = exporter(fmt).export_component(spec, folder, target, opts, log,
-                                                              tolerance_dtype or spec.dtype, twins)
+        fmt_exporter = exporter(fmt)
+        by_format[fmt], note = fmt_exporter.export_component(spec, folder, target, opts, log,
+                                                             tolerance_dtype or spec.dtype, twins)
         reference_note = reference_note or note
+        if getattr(fmt_exporter, "phases", None):
+            phases[fmt] = fmt_exporter.phases
     problems = [p for results in by_format.values() for p in all_problems(results)]
     if problems:
         raise CheckFailed(f"{spec.name}: validation failed: " + "; ".join(problems))
-    return component_entry(spec, by_format, target, folder, reference_note)
+    return component_entry(spec, by_format, target, folder, reference_note, phases)
 
 
 def component_entry(spec: ComponentSpec, by_format: dict[str, list[GraphResult]], target: Path, folder: Path,
-                    reference_note: str | None) -> dict:
+                    reference_note: str | None, phases: dict | None = None) -> dict:
     """The manifest entry of a component: per graph the common facts, the MindIR graph's fields (as before the
     ONNX route existed) and, when exported, an ``onnx`` section."""
     from .mindir import MindIRExporter
@@ -106,9 +109,12 @@ def component_entry(spec: ComponentSpec, by_format: dict[str, list[GraphResult]]
         if "onnx" in by_format:
             entry["onnx"] = OnnxExporter.graph_entry(spec, by_format["onnx"][i], target)
         graphs.append(entry)
-    return {"dtype": spec.dtype, "precision_mode": spec.precision_mode, "source": str(folder),
-            "torch_reference": "used" if reference_note is None else f"unavailable ({reference_note})",
-            "graphs": graphs}
+    entry = {"dtype": spec.dtype, "precision_mode": spec.precision_mode, "source": str(folder),
+             "torch_reference": "used" if reference_note is None else f"unavailable ({reference_note})",
+             "graphs": graphs}
+    if "onnx" in (phases or {}):
+        entry["onnx"] = {"phases": phases["onnx"]}
+    return entry
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from pixart_core import dtypes, registry
 from pixart_core.inputs import sample_inputs
 from pixart_core.registry import TensorSpec
 
-from .results import GraphResult, Stopwatch, new_results
+from .results import GraphResult, Stopwatch, new_results, phase
 
 EXTERNAL_DATA_BYTES = 2**30  # weights above this are written as <stem>.onnx.data (MindSpore's split threshold)
 
@@ -143,10 +143,14 @@ class OnnxExporter:
         # onnxruntime runs every graph at its real shapes, so proxy validation is never needed here
         results = new_results(self.name, spec.graphs, lambda g: g.validation_cases("full", spec.vae_scale),
                               lambda case: sample_inputs(case.inputs, spec.config))
-        self.trace_write(spec, folder, target, opts, results)
+        self.phases = {}  # seconds and peak RSS of each phase, for the manifest
+        with phase("trace_write", self.phases):
+            self.trace_write(spec, folder, target, opts, results)
         if spec.dtype != "fp32":
-            self.fp32_reference(spec, folder, results)
-        self.run(spec, target, results, tolerance_dtype, twins or {})
+            with phase("fp32_reference", self.phases):
+                self.fp32_reference(spec, folder, results)
+        with phase("onnxruntime", self.phases):
+            self.run(spec, target, results, tolerance_dtype, twins or {})
         for result in results:
             log(summary_line(spec, result))
         return results, None
@@ -205,7 +209,9 @@ class OnnxExporter:
             runner = OrtRunner(target / result.graph_file, fp16=spec.dtype == "fp16")
             twin = twins.get(result.stem)
             for i, run in enumerate(result.runs):
+                started = Stopwatch()
                 run.output = runner.run(*run.arrays)[0]
+                ort_seconds = started.seconds()
                 record, found = output_facts(run.output, run.case.outputs[0])
                 record["vs_torch"] = against(run.output, run.torch, tol)
                 if not record["vs_torch"]["ok"]:
@@ -215,7 +221,8 @@ class OnnxExporter:
                                                    "the same class in fp32, weights read module by module")
                 record["vs_mindir"] = _twin_check(run, twin, i, tol, found)
                 record.update(case=run.case.label, ran=runner.backend,
-                              inputs=[t.to_dict() for t in run.case.inputs])
+                              inputs=[t.to_dict() for t in run.case.inputs],
+                              forward_seconds={"onnxruntime": ort_seconds, "torch_reference": run.torch_seconds})
                 run.record = record
                 for problem in found:
                     result.problem(problem, run.case)
@@ -238,7 +245,9 @@ def _forward_all(module, results: list[GraphResult]) -> None:
     with torch.no_grad():
         for result in results:
             for run in result.runs:
+                watch = Stopwatch()
                 run.torch = module(*[torch.from_numpy(a) for a in run.arrays]).float().numpy()
+                run.torch_seconds = watch.seconds()
 
 
 def _twin_check(run, twin: GraphResult | None, i: int, tol: float, found: list[str]):

@@ -14,6 +14,7 @@ them, but strict: the export raises ``CheckFailed`` once the component has been 
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ class CaseRun:
     arrays: list[np.ndarray]  # the inputs, in the graph's order (the same seed for every format)
     reference: np.ndarray | None = None  # the in-process reference (the eager MindSpore network, for MindIR)
     torch: np.ndarray | None = None  # the fp32 torch reference's output
+    torch_seconds: float | None = None  # its forward time
     output: np.ndarray | None = None  # what the reloaded graph returned
     record: dict | None = None  # the numbers that go into the manifest
 
@@ -81,3 +83,29 @@ class Stopwatch:
 
 def all_problems(results: list[GraphResult]) -> list[str]:
     return [p for result in results for p in result.problems]
+
+
+def _vm_hwm() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+@contextlib.contextmanager
+def phase(name: str, into: dict):
+    """Time and peak RSS of one phase, recorded as ``into[name]``. The peak is Linux's VmHWM reset at the phase's
+    start (``/proc/self/clear_refs``), so each phase shows its own peak; None where that is not available."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        resettable = True
+    except OSError:
+        resettable = False
+    watch = Stopwatch()
+    try:
+        yield
+    finally:
+        into[name] = {"seconds": watch.seconds(), "peak_rss_bytes": _vm_hwm() if resettable else None}
