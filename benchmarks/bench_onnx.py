@@ -24,7 +24,6 @@ import contextlib
 import fcntl
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 

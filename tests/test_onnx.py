@@ -14,9 +14,7 @@ import onnx
 import onnx.numpy_helper
 import pytest
 import torch
-from click.testing import CliRunner
 
-from mindir_export.cli import export_command
 from mindir_export.onnx_export import onnx_interface
 from mindir_export.runtime import OrtRunner
 from mindir_export.specs import TensorSpec
@@ -27,13 +25,7 @@ from pixart_core.inputs import sample_inputs
 
 from .helpers import assert_clean_failure, run_cli
 from .test_bad_input import Case, Material, check
-
-FAST = ["--max-length", "16"]
-TINY_CONFIG = {"vocab_size": 64, "scaling_factor": 0.13025}
-
-
-def export(*args):
-    return CliRunner().invoke(export_command, [str(a) for a in args], catch_exceptions=False)
+from .test_export import FAST, TINY_CONFIG, export
 
 
 @pytest.fixture(scope="module")
