@@ -2,10 +2,11 @@
 (``torch_source``), traced by torch.onnx's dynamo exporter; checked with ``onnx.checker`` (full, external data
 included) and run in onnxruntime (CPU) at the real shapes.
 
-Phases (``results``): the torch module in the export dtype is built, traces and writes every graph (in fp32 it is
-also the reference: its outputs are computed first) and is dropped; in fp16, the fp32 reference is the same class
-with the folder's weights read in fp32 one module at a time (``LazyWeights``: T5-XXL does not fit in fp32); then
-each graph is loaded alone in onnxruntime, run on every case and compared with the fp32 torch reference (parity
+Phases (``results``), each with its own seconds and peak RSS in the manifest: ``trace_write``, the torch module in
+the export dtype is built and traces and writes every graph; ``torch_reference``, in fp32 that module computes the
+reference outputs and is dropped, in fp16 it is dropped and the fp32 reference is the same class with the folder's
+weights read in fp32 one module at a time (``LazyWeights``: T5-XXL does not fit in fp32); ``onnxruntime``, each
+graph is loaded alone in onnxruntime, run on every case and compared with the fp32 torch reference (parity
 tolerance) and, when MindIR was exported too, with its MindIR twin's output on the same inputs.
 
 The graph's interface is the MindIR graph's: the same input and output names, shapes and dtypes (inputs fp32,
@@ -186,9 +187,13 @@ class OnnxExporter:
                               lambda case: sample_inputs(case.inputs, spec.config))
         self.phases = {}  # seconds and peak RSS of each phase, for the manifest
         with phase("trace_write", self.phases):
-            self.trace_write(spec, folder, target, opts, results)
-        if spec.dtype != "fp32":
-            with phase("fp32_reference", self.phases):
+            module = self.trace_write(spec, folder, target, opts, results)
+        with phase("torch_reference", self.phases):  # its own phase: the export's peak is the export's
+            if module is not None:
+                _forward_all(module, results)
+            del module
+            gc.collect()
+            if spec.dtype != "fp32":
                 self.fp32_reference(spec, folder, results)
         with phase("onnxruntime", self.phases):
             self.run(spec, target, results, tolerance_dtype, twins or {})
@@ -196,8 +201,9 @@ class OnnxExporter:
             log(summary_line(spec, result))
         return results, None
 
-    def trace_write(self, spec, folder: Path, target: Path, opts, results: list[GraphResult]) -> None:
-        """Phase 1: the torch module in the export dtype writes every graph (and, in fp32, is the reference)."""
+    def trace_write(self, spec, folder: Path, target: Path, opts, results: list[GraphResult]):
+        """Phase 1: the torch module in the export dtype writes every graph. Returns it in fp32, where it is also
+        the reference (phase 2), else None."""
         from .torch_source import torch_module
 
         view = registry.view(spec.name)
@@ -205,8 +211,6 @@ class OnnxExporter:
         module = graph_module(view, model, spec.out_dtype)
         weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         threshold = EXTERNAL_DATA_BYTES if opts.split_threshold is None else opts.split_threshold
-        if spec.dtype == "fp32":
-            _forward_all(module, results)
         for result in results:
             graph = result.graph
             path = target / f"{graph.stem}.onnx"
@@ -223,11 +227,10 @@ class OnnxExporter:
                 result.problem(f"{path.name}: declares {_describe(inputs)} -> {_describe(outputs)}, the spec "
                                f"{_describe(graph.inputs)} -> {_describe(graph.outputs)}")
             result.details = {"opset": _opset(path), "external_data": result.split, "weights_bytes": weights}
-        del module, model
-        gc.collect()
+        return module if spec.dtype == "fp32" else None
 
     def fp32_reference(self, spec, folder: Path, results: list[GraphResult]) -> None:
-        """Phase 2 (fp16 graphs): the fp32 reference, one module's weights in memory at a time."""
+        """The fp32 reference of fp16 graphs, one module's weights in memory at a time."""
         from .torch_source import LazyWeights
 
         lazy = LazyWeights(folder)
