@@ -86,10 +86,13 @@ def converted(workdir: Path, name: str, source: Path, dtype: str, logs: Path) ->
     return folder, result
 
 
-def export_run(folder: Path, out: Path, logs: Path, label: str, args: list[str]) -> dict:
-    shutil.rmtree(out, ignore_errors=True)
-    result = run_measured([*pixart_ms(), "export", str(folder), "-o", str(out), "--format", "onnx", *args,
-                           "--json"], logs, label)
+def export_run(folder: Path, out: Path, logs: Path, label: str, args: list[str], from_logs: bool = False) -> dict:
+    if from_logs:  # a run that finished in an interrupted invocation: /usr/bin/time's record and the manifest
+        result = {"label": label, "rebuilt_from_logs": True, **bench_convert._parse_time(logs / f"{label}.time")}
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+        result = run_measured([*pixart_ms(), "export", str(folder), "-o", str(out), "--format", "onnx", *args,
+                               "--json"], logs, label)
     if result["exit"] == 0:
         manifest = json.loads((logs / f"{label}.out").read_text())
         (name, entry), = manifest["components"].items()
@@ -110,19 +113,20 @@ def export_run(folder: Path, out: Path, logs: Path, label: str, args: list[str])
     return result
 
 
-def run(workdir: Path, only: list[str], t5_converted: Path | None, keep: bool) -> dict:
+def run(workdir: Path, only: list[str], t5_converted: Path | None, keep: bool, save, from_logs: bool) -> dict:
     logs = workdir / "logs"
     runs = {}
     baseline = bench_convert.measure([sys.executable, "-c", "import mindspore, torch, onnxruntime"], logs, "import")
     if "xl2" in only:
-        folder, conversion = converted(workdir, "transformer", SRC / "pixart" / bench_convert.PIXART_FILE, "keep",
-                                       logs)
+        folder, conversion = (None, None) if from_logs else converted(
+            workdir, "transformer", SRC / "pixart" / bench_convert.PIXART_FILE, "keep", logs)
         out = workdir / "export-xl2"
         runs["xl2"] = export_run(folder, out, logs, "export-xl2-fp32",
-                                 ["--component", "transformer", "--buckets", "1.0", "--dtype", "fp32"])
+                                 ["--component", "transformer", "--buckets", "1.0", "--dtype", "fp32"], from_logs)
         runs["xl2"]["conversion"] = conversion
         if not keep:
             shutil.rmtree(out, ignore_errors=True)
+        save(baseline, runs)  # each finished row is kept even if a later one is interrupted
     if "t5" in only:
         if t5_converted is not None:
             folder, conversion = t5_converted, None
@@ -182,7 +186,9 @@ def render(results: dict) -> str:
         notes.append(f"- {key}: weights {weights / GIB:.2f} GiB; trace+write peak "
                      f"{_gib(p['trace_write']['peak_rss_bytes'])} GiB against the 1.5 x weights + 1 GiB budget of "
                      f"{budget / GIB:.2f} GiB ({'within' if p['trace_write']['peak_rss_bytes'] <= budget else 'OVER'})"
-                     f"; onnxruntime {val['ran']}, reference: {val['vs_torch']['reference']}.")
+                     f"; validated in {val['ran']}, reference: {val['vs_torch']['reference']}.")
+        if r.get("note"):
+            notes.append(f"- {key}: {r['note']}")
     base = bench["import_baseline"]
     lines += ["", *notes, "",
               f"Import baseline (`python -c \"import mindspore, torch, onnxruntime\"`): {base['wall_s']:.1f} s, "
@@ -200,6 +206,8 @@ def main() -> None:
     parser.add_argument("--t5-converted", type=Path, help="A converted T5 folder to export (saves a conversion).")
     parser.add_argument("--keep", action="store_true", help="Keep the export folders.")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--from-logs", action="store_true",
+                        help="Rebuild the rows from the logs of an interrupted invocation instead of running them.")
     args = parser.parse_args()
     if args.report_only:
         bench_convert.write_section(render(json.loads(RESULTS.read_text())), SECTION)
@@ -211,12 +219,18 @@ def main() -> None:
 
     machine["versions"].update({p: version(p) for p in ("onnxruntime", "onnxscript", "onnx")})
     previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    results = {"machine": machine, "onnx": run(workdir, args.only.split(","), args.t5_converted, args.keep)}
-    for key, value in previous.get("onnx", {}).get("runs", {}).items():  # a partial run keeps the other rows
-        results["onnx"]["runs"].setdefault(key, value)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-    bench_convert.write_section(render(results), SECTION)
+
+    def save(baseline: dict, runs: dict) -> dict:
+        results = {"machine": machine, "onnx": {"import_baseline": baseline, "runs": dict(runs)}}
+        for key, value in previous.get("onnx", {}).get("runs", {}).items():  # a partial run keeps the other rows
+            results["onnx"]["runs"].setdefault(key, value)
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+        bench_convert.write_section(render(results), SECTION)
+        return results
+
+    found = run(workdir, args.only.split(","), args.t5_converted, args.keep, save, args.from_logs)
+    save(found["import_baseline"], found["runs"])
     print(f"wrote {RESULTS} and the {SECTION} section of {bench_convert.REPORT}")
 
 
