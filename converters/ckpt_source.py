@@ -243,6 +243,9 @@ class CkptSource(ByteRangeSource):
             raise SourceError(f"{self.files[0]}: cannot read tensor {info.key} ({exc})") from exc
         return out
 
+    def spans(self, key):
+        return [(self.files[0], offset, length) for offset, length in self._chunks[key]]
+
     def close(self):
         if self._handle is not None:
             self._handle.close()

@@ -75,6 +75,8 @@ class PthWriter:
     """The ``_Writer`` interface of ``converters.writers`` for ``.pth``: ``write`` tensors in entry order, then
     ``close`` (``size`` and ``file_sha256`` describe the file afterwards) or ``abort``."""
 
+    stages = False  # takes whole arrays (zipfile writes each record's CRC into its header); ``write`` returns the sha256
+
     def __init__(self, path, entries, metadata=None, wrap: str | None = "state_dict"):
         self.path = Path(path)
         self.entries = entries
