@@ -272,7 +272,7 @@ class PlanSource(Source):
         self.source.close()
 
 
-ALIAS_BLOCK = 64 * 2**20
+ALIAS_BLOCK = 16 * 2**20
 
 
 def _tied_equal(source: Source, a: str, b: str) -> bool:

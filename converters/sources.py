@@ -313,4 +313,10 @@ class SafetensorsSource(ByteRangeSource):
         self._open = {}
 
 
-from .torch_source import TorchSource, select_state_dict  # noqa: E402,F401  (built on the classes above)
+def __getattr__(name: str):
+    """``TorchSource`` and ``select_state_dict`` live in ``converters.torch_source`` (built on the classes above)."""
+    if name in ("TorchSource", "select_state_dict"):
+        from . import torch_source
+
+        return getattr(torch_source, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

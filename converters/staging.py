@@ -2,9 +2,10 @@
 the file, with the hashing and the writing on other threads.
 
 The main thread fills a buffer (a writer's framing bytes, and each tensor's bytes from a producer that reads,
-checks and casts straight into it), then hands it on: thread W hashes whole buffers in file order (the file's
-sha256) and writes them, thread H hashes each tensor's slices (its sha256). hashlib and ``os.write`` release the
-GIL, so the two run beside the main thread on another core. Writes use ``O_DIRECT`` (no page-cache copy, nothing
+checks and casts straight into it), then hands it on: thread F hashes whole buffers in file order (the file's
+sha256), thread W writes them (the buffers queued at that moment in one ``os.writev``), thread H hashes each
+tensor's slices (its sha256). hashlib and ``os.writev`` release the GIL, so they run beside the main thread on
+another core, and the disk is never idle while a hash is computed. Writes use ``O_DIRECT`` (no page-cache copy, nothing
 left to flush) when the file system takes it and fall back to buffered writes when it does not (tmpfs refuses it
 at ``open``, some file systems at the first write). A bounded pool of buffers keeps memory constant.
 """
@@ -22,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 STAGE_BYTES = 8 * 2**20  # one staging buffer; tests lower it (O_DIRECT only while it is a multiple of ALIGN)
-STAGE_BUFFERS = 4
+STAGE_BUFFERS = 8
+WRITE_GATHER = 6  # buffers one write may take together: O_DIRECT costs a fixed latency per request
 ALIGN = 4096  # O_DIRECT: buffer address, file offset and length in whole blocks
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
@@ -83,12 +85,14 @@ class StagedFile:
         for _ in range(STAGE_BUFFERS):
             self._free.put(_Buffer(self.size))
         self._to_write: queue.SimpleQueue = queue.SimpleQueue()
+        self._to_file_hash: queue.SimpleQueue = queue.SimpleQueue()
         self._to_hash: queue.SimpleQueue = queue.SimpleQueue()
         self._done: dict[str, int] = {}  # bytes of each tensor staged so far
         self._carry: dict[str, np.ndarray] = {}  # the rest of an element split by a framing boundary
         self._current = self._take()
         self._finished = False
         self._threads = [threading.Thread(target=self._write_loop, name="stage-write", daemon=True),
+                         threading.Thread(target=self._file_hash_loop, name="stage-file-hash", daemon=True),
                          threading.Thread(target=self._hash_loop, name="stage-hash", daemon=True)]
         for thread in self._threads:
             thread.start()
@@ -97,14 +101,17 @@ class StagedFile:
 
     def _take(self) -> _Buffer:
         buf = self._free.get()
-        buf.fill, buf.refs = 0, 1  # the writer thread's reference
+        buf.fill, buf.refs = 0, 2  # the references of the write and the file-hash threads
         return buf
+
+    def _hand_over(self, buf: _Buffer) -> None:
+        self._to_file_hash.put((buf, buf.fill))
+        self._to_write.put((buf, buf.fill))
 
     def _submit(self) -> None:
         if self.error is not None:  # stop reading as soon as a write failed (a full disk)
             raise self.error
-        buf = self._current
-        self._to_write.put((buf, buf.fill))
+        self._hand_over(self._current)
         self._current = self._take()
 
     def _hash(self, buf: _Buffer, a: int, b: int, name: str, last: bool) -> None:
@@ -174,7 +181,7 @@ class StagedFile:
             self._finished = True
             buf = self._current
             if buf.fill:
-                self._to_write.put((buf, buf.fill))
+                self._hand_over(buf)
             self._stop()
         if self.error is not None:
             raise self.error
@@ -199,6 +206,7 @@ class StagedFile:
 
     def _stop(self) -> None:
         self._to_write.put(None)
+        self._to_file_hash.put(None)
         self._to_hash.put(None)
         for thread in self._threads:
             thread.join()
@@ -213,25 +221,46 @@ class StagedFile:
             self._free.put(buf)
 
     def _write_loop(self) -> None:
-        while (item := self._to_write.get()) is not None:
+        done = False
+        while not done:
+            item = self._to_write.get()
+            if item is None:
+                break
+            batch = [item]
+            while len(batch) < WRITE_GATHER and not self._to_write.empty():
+                more = self._to_write.get()
+                if more is None:
+                    done = True
+                    break
+                batch.append(more)
+            if self.error is None:
+                try:
+                    views = [buf.view[:n] for buf, n in batch]
+                    buf, n = batch[-1]
+                    if self.direct and n % ALIGN:  # the last buffer: whole blocks, the file truncated at close
+                        buf.array[n:n + (-n % ALIGN)] = 0
+                        views[-1] = buf.view[:n + (-n % ALIGN)]
+                    self._write_all(views)
+                    self.written += sum(n for _, n in batch)
+                except BaseException as exc:  # reported by the main thread; buffers keep flowing back
+                    self.error = exc
+            for buf, _ in batch:
+                self._release(buf)
+
+    def _file_hash_loop(self) -> None:
+        while (item := self._to_file_hash.get()) is not None:
             buf, n = item
             if self.error is None:
                 try:
                     self._file_hash.update(buf.view[:n])
-                    length = n
-                    if self.direct and n % ALIGN:  # the last buffer: whole blocks, the file truncated at close
-                        length = n + (-n % ALIGN)
-                        buf.array[n:length] = 0
-                    self._write_all(buf.view[:length])
-                    self.written += n
-                except BaseException as exc:  # reported by the main thread; buffers keep flowing back
+                except BaseException as exc:
                     self.error = exc
             self._release(buf)
 
-    def _write_all(self, view: memoryview) -> None:
-        while view:
+    def _write_all(self, views: list[memoryview]) -> None:
+        while views:
             try:
-                n = os.write(self.fd, view)
+                n = os.writev(self.fd, views)
             except OSError as exc:
                 if not (self.direct and exc.errno == errno.EINVAL):
                     raise
@@ -239,7 +268,11 @@ class StagedFile:
                 fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
                 self.direct = False
                 continue
-            view = view[n:]
+            while views and n >= len(views[0]):
+                n -= len(views[0])
+                views = views[1:]
+            if views:
+                views[0] = views[0][n:]
 
     def _hash_loop(self) -> None:
         running: dict[str, object] = {}

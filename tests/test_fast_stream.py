@@ -285,16 +285,16 @@ def _refuse_direct_open(monkeypatch):
 def _refuse_direct_write(monkeypatch):
     import fcntl
 
-    real = os.write
+    real = os.writev
     refused = []
 
-    def fake(fd, data):
+    def fake(fd, buffers):
         if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
             refused.append(fd)
             raise OSError(errno.EINVAL, "Invalid argument")
-        return real(fd, data)
+        return real(fd, buffers)
 
-    monkeypatch.setattr(staging.os, "write", fake)
+    monkeypatch.setattr(staging.os, "writev", fake)
     return refused
 
 
