@@ -176,7 +176,7 @@ class StagedFile:
                 self._submit()
 
     def finish(self) -> dict[str, str]:
-        """Stage the last buffer, wait for both threads; returns name -> sha256. Raises what a thread raised."""
+        """Stage the last buffer, wait for the threads; returns name -> sha256. Raises what a thread raised."""
         if not self._finished:
             self._finished = True
             buf = self._current
