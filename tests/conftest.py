@@ -1,5 +1,5 @@
 """Session fixtures: tiny random models built with the torch references and saved in the real source layouts,
-and a helper that runs the ``pixart-ms`` CLI in-process."""
+their conversions through the CLI, and the execution-mode fixture."""
 from __future__ import annotations
 
 from pixart_core.cli import quiet_mindspore
@@ -8,16 +8,11 @@ quiet_mindspore()  # before MindSpore is imported
 
 import mindspore as ms  # noqa: E402
 import pytest  # noqa: E402
-from click.testing import CliRunner  # noqa: E402
 
-from pixart_demo.tiny import save_pixart_diffusers, save_pixart_original, save_tiny_pipeline, tiny_pixart  # noqa: E402,E501
+from pixart_demo.tiny import save_pixart_diffusers, save_pixart_original, save_tiny_pipeline  # noqa: E402
 
-
-def run_cli(*args):
-    """Invoke ``pixart-ms ARGS``; returns click's Result (exit_code, stdout, stderr)."""
-    from pixart_ms import main
-
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+from .helpers import run_cli  # noqa: E402  (also importable from here, as older test modules do)
+from .network_runner import TINY  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -26,8 +21,24 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def pixart_model():
-    return tiny_pixart(seed=0)
+def tiny_models():
+    """The runner's tiny torch model of every component (seed 0), shared: read them, never change them."""
+    return {name: tiny.build(seed=0) for name, tiny in TINY.items()}
+
+
+@pytest.fixture(scope="session")
+def pixart_model(tiny_models):
+    return tiny_models["transformer"]
+
+
+@pytest.fixture(scope="session")
+def t5_model(tiny_models):
+    return tiny_models["text_encoder"]
+
+
+@pytest.fixture(scope="session")
+def vae_model(tiny_models):
+    return tiny_models["vae"]
 
 
 @pytest.fixture(scope="session")

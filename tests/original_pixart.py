@@ -93,6 +93,10 @@ class Block(nn.Module):
         return x + gp * self.mlp(self.norm2(x) * (1 + cp) + sp)
 
 
+# PixArt-Sigma XL/2 at 1024px, as the released .pth files are (435 parameters)
+XL2 = dict(depth=28, hidden=1152, heads=16, caption_channels=4096, sample_size=128, pe_interpolation=2.0)
+
+
 class OriginalPixArtMS(nn.Module):
     def __init__(self, depth=2, hidden=16, heads=2, patch=2, in_channels=4, caption_channels=24, sample_size=8,
                  pe_interpolation=1.0, kv_compress_layers=(), scale_factor=1, qk_norm=False):

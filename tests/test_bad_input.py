@@ -29,7 +29,7 @@ from safetensors.numpy import load_file, save_file
 
 from converters.writers import read_safetensors_header
 
-from .conftest import run_cli
+from .helpers import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 WEIGHTS = "diffusion_pytorch_model.safetensors"

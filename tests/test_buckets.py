@@ -1,16 +1,11 @@
 """mindspore_nets.buckets against diffusers' PixArt resolution-binning tables."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from mindspore_nets import buckets
 from mindspore_nets.buckets import bucket_table, closest_bucket, latent_hw, parse_buckets
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from .helpers import run_python
 
 
 @pytest.fixture(scope="module")
@@ -146,11 +141,6 @@ def test_latent_hw():
 
 
 def test_buckets_module_is_torch_free():
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    code = (
-        "import sys; sys.modules['torch'] = None; sys.modules['mindspore'] = None\n"
-        "from mindspore_nets.buckets import closest_bucket\n"
-        "assert closest_bucket(768, 1344, 128) == ('0.57', (768, 1344))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(REPO_ROOT), capture_output=True, text=True)
+    proc = run_python("from mindspore_nets.buckets import closest_bucket\n"
+                      "assert closest_bucket(768, 1344, 128) == ('0.57', (768, 1344))\n")
     assert proc.returncode == 0, proc.stderr

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 
 import mindspore as ms
@@ -14,28 +13,15 @@ import torch
 
 from converters.writers import read_safetensors_header
 
-from .conftest import run_cli
+from .helpers import assert_clean_failure, run_cli  # assert_clean_failure: also imported from here by others
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
-PROGRESS = re.compile(r"^\w+: +\d+%\|")
 
 
 def load_ms(folder, name=WEIGHTS):
     fmt = "ckpt" if name.endswith(".ckpt") else "safetensors"
     return {k: v.asnumpy() if v.dtype != ms.bfloat16 else v.astype(ms.float32).asnumpy()
             for k, v in ms.load_checkpoint(str(folder / name), format=fmt).items()}
-
-
-def assert_clean_failure(result, out, *phrases, code=2):
-    """Exit code, exactly one error line naming the problem, and nothing at (or beside) the target."""
-    assert result.exit_code == code, result.output
-    # value checks (NaN, overflow) happen while streaming, after the progress bar has started
-    lines = [line for line in result.stderr.splitlines() if line.strip() and not PROGRESS.match(line)]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for phrase in phrases:
-        assert phrase in lines[0], (phrase, lines[0])
-    assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
 
 
 @pytest.fixture
@@ -256,11 +242,10 @@ def test_full_size_architecture_from_shapes(tmp_path):
     from converters.detect import Job
     from converters.sources import DictSource
 
-    from .original_pixart import OriginalPixArtMS
+    from .original_pixart import XL2, OriginalPixArtMS
 
     with torch.device("meta"):
-        state = OriginalPixArtMS(depth=28, hidden=1152, heads=16, caption_channels=4096, sample_size=128,
-                                 pe_interpolation=2.0).state_dict()
+        state = OriginalPixArtMS(**XL2).state_dict()
     state["pos_embed"] = torch.empty(1, 4096, 1152, device="meta")
     job = Job(tmp_path / "xl.pth", "pixart_original", DictSource(state), None)
     config, written, notes = resolve_config(job)

@@ -16,15 +16,14 @@ from pixart_core.manifests import file_sha256
 from mindir_export.cli import export_command
 from mindir_export.lite import read_config
 from mindir_export.specs import TensorSpec, export_buckets, select_buckets
+from pixart_core import registry
 from pixart_core.inputs import sample_inputs
 from mindir_export.validate import graph_interface, torch_output
 from mindspore_nets import AutoencoderKL, PixArtTransformer2D, T5Encoder
 from mindspore_nets.buckets import bucket_table
 from mindspore_nets.metrics import TOLERANCES, rel_l2
-from pixart_demo.tiny import save_tiny_pipeline
 
-from .conftest import run_cli
-from .test_convert_cli import assert_clean_failure
+from .helpers import assert_clean_failure
 
 FAST = ["--max-length", "16"]
 TINY_CONFIG = {"vocab_size": 64, "scaling_factor": 0.13025}
@@ -35,38 +34,28 @@ def export(*args):
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
-    models = save_tiny_pipeline(root / "src")
-    result = run_cli("convert", root / "src", "-o", root / "ms")
+def exported(tiny_pipeline, tmp_path_factory):
+    _, converted, models = tiny_pipeline
+    folder = tmp_path_factory.mktemp("export") / "export"
+    result = export(converted, "-o", folder, "--buckets", "1.0,0.57", *FAST, "--json")
     assert result.exit_code == 0, result.output
-    return root, models
-
-
-@pytest.fixture(scope="module")
-def exported(converted):
-    root, models = converted
-    result = export(root / "ms", "-o", root / "export", "--buckets", "1.0,0.57", *FAST, "--json")
-    assert result.exit_code == 0, result.output
-    return root / "export", json.loads(result.stdout), models
+    return folder, json.loads(result.stdout), models
 
 
 def _ms(arrays):
     return [ms.Tensor(a) for a in arrays]
 
 
-def test_graphs_match_eager_and_torch(exported, converted):
+def test_graphs_match_eager_and_torch(exported, tiny_pipeline):
     folder, manifest, models = exported
-    root, _ = converted
+    _, converted, _ = tiny_pipeline
     assert set(manifest["components"]) == {"transformer", "text_encoder", "vae_decoder", "vae_encoder"}
-    nets = {"transformer": PixArtTransformer2D.from_pretrained(root / "ms" / "transformer"),
-            "text_encoder": T5Encoder.from_pretrained(root / "ms" / "text_encoder")}
-    vae = AutoencoderKL.from_pretrained(root / "ms" / "vae")
+    nets = {"transformer": PixArtTransformer2D.from_pretrained(converted / "transformer"),
+            "text_encoder": T5Encoder.from_pretrained(converted / "text_encoder")}
+    vae = AutoencoderKL.from_pretrained(converted / "vae")
     eager = {"transformer": lambda *a: nets["transformer"](*_ms(a)),
              "text_encoder": lambda *a: nets["text_encoder"](*_ms(a)),
              "vae_decoder": lambda z: vae.decode(ms.Tensor(z)), "vae_encoder": lambda x: vae.encode(ms.Tensor(x))}
-    torch_models = {"transformer": models["transformer"], "text_encoder": models["text_encoder"],
-                    "vae_decoder": models["vae"], "vae_encoder": models["vae"]}
     stems = {name: [g["stem"] for g in entry["graphs"]] for name, entry in manifest["components"].items()}
     assert stems == {"transformer": ["transformer_1.0", "transformer_0.57"], "text_encoder": ["text_encoder"],
                      "vae_decoder": ["vae_decoder_1.0", "vae_decoder_0.57"],
@@ -82,7 +71,8 @@ def test_graphs_match_eager_and_torch(exported, converted):
             out = nn.GraphCell(ms.load(str(path)))(*_ms(arrays)).asnumpy()
             assert out.shape == tuple(graph["outputs"][0]["shape"]) and str(out.dtype) == "float32"
             assert rel_l2(out, eager[name](*arrays).asnumpy()) <= 1e-6, graph["stem"]
-            assert rel_l2(out, torch_output(name, torch_models[name], arrays)) <= TOLERANCES["fp32"], graph["stem"]
+            reference = torch_output(name, models[registry.view(name).component], arrays)
+            assert rel_l2(out, reference) <= TOLERANCES["fp32"], graph["stem"]
             # the exporter's own numbers, in the manifest
             (check,) = graph["validation"]
             assert check["vs_eager"]["ok"] and check["vs_eager"]["rel_l2"] <= 1e-6
@@ -118,15 +108,15 @@ def test_manifest_and_lite_files(exported):
                 assert flag in line
 
 
-def test_split_files_fp16_gears(converted, tmp_path):
+def test_split_files_fp16_gears(tiny_pipeline, tmp_path):
     """A lowered split threshold takes the same path as weights over 1 GiB: _graph.mindir + _variables/; a gears
     graph serves both buckets; fp16 graphs against fp16 MindSpore and the fp32 torch reference."""
     import mindspore.train.serialization as serialization
 
-    root, models = converted
+    _, converted, models = tiny_pipeline
     out = tmp_path / "gears"
     threshold = serialization.TOTAL_SAVE
-    result = export(root / "ms", "-o", out, "--components", "transformer", "--buckets", "1.0,0.57", "--gears",
+    result = export(converted, "-o", out, "--components", "transformer", "--buckets", "1.0,0.57", "--gears",
                     "--dtype", "fp16", "--split-threshold", "1000", *FAST, "--json")
     assert result.exit_code == 0, result.output
     assert serialization.TOTAL_SAVE == threshold  # restored
@@ -153,17 +143,16 @@ def test_split_files_fp16_gears(converted, tmp_path):
         assert rel_l2(got, torch_output("transformer", models["transformer"], args)) <= TOLERANCES["fp16"]
 
 
-def test_proxy_validation_and_weight_check(converted, tmp_path, monkeypatch):
+def test_proxy_validation_and_weight_check(tiny_pipeline, tmp_path, monkeypatch):
     """``--validation proxy`` (hosts that cannot run a graph at its size) runs the same Cell exported at a small
     latent and still checks the artifact's stored weights byte for byte; a changed byte is caught."""
     import mindir_export.specs as specs
     from mindir_export.validate import weight_problems
-    from pixart_core import registry
 
-    root, _ = converted
+    _, converted, _ = tiny_pipeline
     monkeypatch.setattr(specs, "PROXY_LATENT", 4)
     out = tmp_path / "proxy"
-    result = export(root / "ms" / "transformer", "-o", out, "--validation", "proxy", "--split-threshold", "1000",
+    result = export(converted / "transformer", "-o", out, "--validation", "proxy", "--split-threshold", "1000",
                     *FAST, "--json")
     assert result.exit_code == 0, result.output
     (graph,) = json.loads(result.stdout)["components"]["transformer"]["graphs"]
@@ -171,7 +160,7 @@ def test_proxy_validation_and_weight_check(converted, tmp_path, monkeypatch):
     assert check["ran"].startswith("proxy") and check["shape"] == [2, 8, 4, 4] and check["vs_eager"]["ok"]
     assert graph["inputs"][0]["shape"] == [2, 4, 8, 8] and graph["weights"]["identical_to_network"]
     assert not [p for p in out.rglob(".proxy-*")]
-    net = registry.view("transformer").cell(PixArtTransformer2D.from_pretrained(root / "ms" / "transformer"))
+    net = registry.view("transformer").cell(PixArtTransformer2D.from_pretrained(converted / "transformer"))
     from mindspore.train.mind_ir_pb2 import ModelProto
 
     proto = ModelProto()
@@ -198,23 +187,23 @@ def test_bucket_tables():
         select_buckets("1.0,1", tiny)
 
 
-def test_bad_input_exit_2(converted, tmp_path):
-    root, _ = converted
+def test_bad_input_exit_2(tiny_pipeline, tmp_path):
+    src, converted, _ = tiny_pipeline
     out = tmp_path / "x"
-    assert_clean_failure(export(root / "ms", "-o", out, "--buckets", "1.0,0.3"), out, "unknown bucket(s) 0.3")
-    assert_clean_failure(export(root / "ms" / "transformer", "-o", out, "--components", "vae_decoder"), out,
+    assert_clean_failure(export(converted, "-o", out, "--buckets", "1.0,0.3"), out, "unknown bucket(s) 0.3")
+    assert_clean_failure(export(converted / "transformer", "-o", out, "--components", "vae_decoder"), out,
                          "no converted folder for vae_decoder")
-    assert_clean_failure(export(root / "src", "-o", out), out, "run `pixart-ms convert` first")
+    assert_clean_failure(export(src, "-o", out), out, "run `pixart-ms convert` first")
     out.mkdir()
-    result = export(root / "ms", "-o", out)
+    result = export(converted, "-o", out)
     assert result.exit_code == 2 and "already exists" in result.stderr
 
 
-def test_validation_miss_fails_export(converted, tmp_path, monkeypatch):
+def test_validation_miss_fails_export(tiny_pipeline, tmp_path, monkeypatch):
     import mindir_export.validate as validate
 
-    root, _ = converted
+    _, converted, _ = tiny_pipeline
     monkeypatch.setattr(validate, "EAGER_TOLERANCE", -1.0)
     out = tmp_path / "strict"
-    result = export(root / "ms" / "transformer", "-o", out, *FAST)
+    result = export(converted / "transformer", "-o", out, *FAST)
     assert_clean_failure(result, out, "validation failed", "GraphCell vs eager", code=1)

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,55 +16,52 @@ from PIL import Image
 
 from mindir_export.cli import export_command, infer_command
 from mindir_export.pipeline import OfflinePipeline, Request, T5Tokens, eager_pipeline, psnr
-from pixart_demo.tiny import save_tiny_pipeline
 
-from .conftest import run_cli
+from .helpers import run_python
 
-REPO = Path(__file__).resolve().parent.parent
-NO_TORCH = "import sys; sys.modules['torch'] = None; from pixart_ms import main; main()"
 PROMPT = "A small red fox in the snow"
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    root = tmp_path_factory.mktemp("infer")
-    save_tiny_pipeline(root / "src")
-    assert run_cli("convert", root / "src", "-o", root / "ms").exit_code == 0
-    result = CliRunner().invoke(export_command, [str(root / "ms"), "-o", str(root / "export"), "--components",
+def exported(tiny_pipeline, tmp_path_factory):
+    """(export folder, the converted pipeline it was exported from)."""
+    _, converted, _ = tiny_pipeline
+    folder = tmp_path_factory.mktemp("infer") / "export"
+    result = CliRunner().invoke(export_command, [str(converted), "-o", str(folder), "--components",
                                                  "transformer,text_encoder,vae_decoder", "--buckets", "1.0,0.57",
                                                  "--max-length", "20", "--no-torch-reference"],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    return root
+    return folder, converted
 
 
 def run_infer_without_torch(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "GLOG_v": "3"}
-    return subprocess.run([sys.executable, "-c", NO_TORCH, "infer", *map(str, args)], capture_output=True,
-                          text=True, env=env, cwd=REPO, timeout=120)
+    return run_python("from pixart_ms import main; main()", "infer", *args, blocked=("torch",))
 
 
 def test_offline_image_equals_eager_pipeline(exported, tmp_path):
+    export, converted = exported
     image = tmp_path / "fox.png"
-    proc = run_infer_without_torch(exported / "export", "--prompt", PROMPT, "-o", image, "--height", "12",
+    proc = run_infer_without_torch(export, "--prompt", PROMPT, "-o", image, "--height", "12",
                                    "--width", "20", "--steps", "6", "--seed", "3", "--negative-prompt", "blurry")
     assert proc.returncode == 0, proc.stderr
     assert "backend: MindSpore GraphCell" in proc.stderr and "denoising" in proc.stderr
     assert f"wrote {image}" in proc.stdout
     offline = np.asarray(Image.open(image))
     assert offline.shape == (12, 20, 3) and offline.dtype == np.uint8 and offline.std() > 1
-    eager = eager_pipeline(exported / "export", exported / "ms")(
+    eager = eager_pipeline(export, converted)(
         Request(PROMPT, "blurry", 12, 20, steps=6, seed=3), progress=False)[0]
     assert psnr(offline, eager) >= 60
-    other_seed = OfflinePipeline(exported / "export")(Request(PROMPT, "blurry", 12, 20, steps=6, seed=4),
+    other_seed = OfflinePipeline(export)(Request(PROMPT, "blurry", 12, 20, steps=6, seed=4),
                                                       progress=False)[0]
     assert psnr(offline, other_seed) < 40  # the check can fail
 
 
 def test_tokenizer_equals_transformers(exported):
+    export, _ = exported
     from transformers import AutoTokenizer
 
-    folder = exported / "export" / "tokenizer"
+    folder = export / "tokenizer"
     ours = T5Tokens(folder / "spiece.model", max_length=20)
     theirs = AutoTokenizer.from_pretrained(folder)
     prompts = ["a photo of a cat", "", "  An ASTRONAUT riding a horse, on the moon!  ", "pixel art of a castle " * 6,
@@ -90,7 +85,7 @@ def infer(*args):
 
 
 def test_unservable_requests_exit_2(exported, tmp_path):
-    export = exported / "export"
+    export, _ = exported
     out = tmp_path / "x.png"
     _clean_exit_2(infer(export, "--prompt", "a cat", "-o", out, "--height", "64", "--width", "64"),
                   "no exported bucket is 64x64", "16x16, 12x20")

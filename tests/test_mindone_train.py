@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import torch
 
+from converters.references import torch_forward
 from mindspore_nets import PixArtTransformer2D
 from mindspore_nets.metrics import rel_l2
+from parity.cases import ms_forward
 
-from .conftest import run_cli
-from .forwards import ms_transformer_output, torch_transformer_output, transformer_cases
+from .helpers import assert_clean_failure, run_cli
+from .network_runner import transformer_cases
 from .original_pixart import OriginalPixArtMS
-from .test_convert_cli import assert_clean_failure
 
 Y = "y_embedder.y_embedding"
 
@@ -94,8 +95,8 @@ def test_resume_checkpoint_to_diffusers_computes_what_mindspore_does(mindone, pi
     qkv = mindone["trained"]["blocks.1.attn.qkv.weight"]
     assert np.array_equal(model.transformer_blocks[1].attn1.to_k.weight.detach().numpy(), qkv[16:32])
     net = PixArtTransformer2D.from_pretrained(ms_folder)
-    for name, x, t, y, mask in transformer_cases():
-        err = rel_l2(torch_transformer_output(model.eval(), x, t, y, mask), ms_transformer_output(net, x, t, y, mask))
+    for name, arrays in transformer_cases():
+        err = rel_l2(torch_forward("transformer", model.eval(), arrays), ms_forward("transformer", net, arrays))
         assert err <= 1e-5, (name, err)
 
 
@@ -111,10 +112,11 @@ def test_resume_checkpoint_to_original(mindone, pixart_diffusers_dir, workdir):
     missing, unexpected = ref.load_state_dict(state, strict=True)
     assert not missing and not unexpected
     net = PixArtTransformer2D.from_pretrained(workdir / "mindone-ms")
-    for name, x, t, y, mask in transformer_cases():
+    for name, arrays in transformer_cases():
         with torch.no_grad():
-            expected = ref(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(y), torch.from_numpy(mask))
-        assert rel_l2(ms_transformer_output(net, x, t, y, mask), expected.numpy()) <= 1e-5, name
+            expected = ref(*(torch.from_numpy(arrays[k]) for k in ("hidden_states", "timestep",
+                                                                  "encoder_hidden_states", "encoder_attention_mask")))
+        assert rel_l2(ms_forward("transformer", net, arrays), expected.numpy()) <= 1e-5, name
 
 
 def test_ema_copies(mindone, pixart_diffusers_dir, workdir):

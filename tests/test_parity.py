@@ -16,7 +16,8 @@ from mindspore_nets.loading import parameter_table
 from parity.taps import tap_paths
 from pixart_core import registry
 
-from .conftest import run_cli
+from .helpers import run_cli
+from .network_runner import SDXL_VAE, T5_XXL
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
@@ -114,16 +115,13 @@ def test_tap_correspondence_at_full_size():
 
     from mindspore.nn.utils import no_init_parameters
 
-    t5 = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64)
     with torch.device("meta"):
         refs = {"transformer": PixArtTransformer2DModel(sample_size=128, interpolation_scale=2, caption_channels=4096,
                                                         use_additional_conditions=False),
-                "text_encoder": T5EncoderModel(HFConfig(**t5)),
-                "vae": TorchVAE(block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
-                                up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=2)}
+                "text_encoder": T5EncoderModel(HFConfig(**T5_XXL)), "vae": TorchVAE(**SDXL_VAE)}
     with no_init_parameters():
         nets = {"transformer": PixArtTransformer2D(PixArtConfig(sample_size=128, interpolation_scale=2.0)),
-                "text_encoder": T5Encoder(T5Config(**t5)), "vae": AutoencoderKL(VAEConfig())}
+                "text_encoder": T5Encoder(T5Config(**T5_XXL)), "vae": AutoencoderKL(VAEConfig.from_dict(SDXL_VAE))}
     counts = {}
     for component in registry.VIEWS:
         key = registry.view(component).component

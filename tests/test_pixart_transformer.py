@@ -11,45 +11,52 @@ import torch
 
 from converters.engine import run_in_memory
 from converters.keymaps.pixart import pixart_original
+from converters.references import torch_forward
 from mindspore_nets import PixArtTransformer2D
 from mindspore_nets.config import PixArtConfig
 from mindspore_nets.loading import parameter_table
 from mindspore_nets.metrics import rel_l2
-from .forwards import ms_transformer_output, torch_transformer_output, transformer_cases
+from parity.cases import ms_forward
+from pixart_core import registry
 from pixart_demo.tiny import randomize_, tiny_pixart
 
-from .conftest import run_cli
-from .original_pixart import OriginalPixArtMS
+from .helpers import run_cli
+from .network_runner import check_against_torch, check_fp16_parameters, transformer_cases
+from .original_pixart import XL2, OriginalPixArtMS
+
+
+def without_mask(net, arrays):
+    """The network's own optional mask left out (the graph interface always has one)."""
+    args = [ms.Tensor(arrays[n]) for n in ("hidden_states", "timestep", "encoder_hidden_states")]
+    return net(*args, None).astype(ms.float32).asnumpy()
 
 
 @pytest.mark.parametrize("layout", ["diffusers", "pth"])
 def test_fp32_matches_diffusers(layout, converted_pixart, pixart_model, ms_mode):
     net = PixArtTransformer2D.from_pretrained(converted_pixart[layout])
-    for name, x, t, y, mask in transformer_cases():
-        assert mask[1].sum() == 3 and set(t) == {999.0, 1.0}
-        err = rel_l2(ms_transformer_output(net, x, t, y, mask), torch_transformer_output(pixart_model, x, t, y, mask))
-        assert err <= 1e-5, (layout, ms_mode, name, err)
+    cell = registry.view("transformer").cell(net)
+    for name, arrays in transformer_cases():
+        assert arrays["encoder_attention_mask"][1].sum() == 3 and set(arrays["timestep"]) == {999.0, 1.0}
+        check_against_torch("transformer", net, pixart_model, arrays, cell=cell)  # rel L2 <= 1e-5, every row too
 
 
 def test_mask_removes_padded_tokens(converted_pixart):
     """Changing the caption behind the mask changes nothing; without the mask it does."""
     net = PixArtTransformer2D.from_pretrained(converted_pixart["diffusers"])
-    _, x, t, y, mask = transformer_cases()[0]
-    y2 = y.copy()
-    y2[1, 3:] += 5.0
-    same = ms_transformer_output(net, x, t, y2, mask)
-    assert np.abs(same - ms_transformer_output(net, x, t, y, mask)).max() < 1e-6
-    assert np.abs(ms_transformer_output(net, x, t, y2, None) - ms_transformer_output(net, x, t, y, None)).max() > 1e-3
+    _, arrays = transformer_cases()[0]
+    changed = dict(arrays, encoder_hidden_states=arrays["encoder_hidden_states"].copy())
+    changed["encoder_hidden_states"][1, 3:] += 5.0
+    same = ms_forward("transformer", net, changed)
+    assert np.abs(same - ms_forward("transformer", net, arrays)).max() < 1e-6
+    assert np.abs(without_mask(net, changed) - without_mask(net, arrays)).max() > 1e-3
 
 
 def test_fp16_compute_vs_fp32_torch(converted_pixart, pixart_model):
     net = PixArtTransformer2D.from_pretrained(converted_pixart["pth"], dtype="fp16")
     assert net.transformer_blocks[0].attn1.to_q.weight.dtype == ms.float16
-    for name, x, t, y, mask in transformer_cases():
-        out = ms_transformer_output(net, x, t, y, mask)
-        assert np.isfinite(out).all()
-        err = rel_l2(out, torch_transformer_output(pixart_model, x, t, y, mask))
-        assert err <= 5e-3, (name, err)
+    check_fp16_parameters("transformer", net)
+    for name, arrays in transformer_cases():
+        check_against_torch("transformer", net, pixart_model, arrays, "fp16")  # finite, rel L2 <= 5e-3
 
 
 def test_pth_and_diffusers_convert_to_identical_tensors(converted_pixart):
@@ -93,21 +100,21 @@ def test_original_layout_against_original_semantics(variant, workdir):
     result = run_cli("convert", pth, "-o", out, "--config", cfg_path)
     assert result.exit_code == 0, result.output
     net = PixArtTransformer2D.from_pretrained(out)
-    for name, x, t, y, mask in transformer_cases():
+    for name, arrays in transformer_cases():
         with torch.no_grad():
-            expected = ref(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(y), torch.from_numpy(mask))
-        err = rel_l2(ms_transformer_output(net, x, t, y, mask), expected.numpy())
+            expected = ref(*[torch.from_numpy(arrays[n]) for n in registry.view("transformer").inputs])
+        err = rel_l2(ms_forward("transformer", net, arrays), expected.numpy())
         assert err <= 1e-5, (variant, name, err)
     names = {n for n, _ in net.parameters_and_names()}
     assert ("transformer_blocks.1.attn1.sr.weight" in names) == kv
     assert ("transformer_blocks.0.attn1.sr.weight" in names) is False
     assert ("transformer_blocks.0.attn1.q_norm.weight" in names) == qk
     if kv or qk:  # the extra parameters take part: perturbing them moves the output
-        _, x, t, y, mask = transformer_cases()[0]
-        before = ms_transformer_output(net, x, t, y, mask)
+        _, arrays = transformer_cases()[0]
+        before = ms_forward("transformer", net, arrays)
         param = net.transformer_blocks[1].attn1.sr_norm.bias if kv else net.transformer_blocks[0].attn1.k_norm.weight
         param.set_data(param + 0.5)
-        assert rel_l2(ms_transformer_output(net, x, t, y, mask), before) > 1e-4  # exactly 0 if unused
+        assert rel_l2(ms_forward("transformer", net, arrays), before) > 1e-4  # exactly 0 if unused
 
 
 def test_kv_compress_keys_without_config_are_reported(workdir):
@@ -136,20 +143,19 @@ def test_released_variants_and_buckets(sample_size, scale, grid, tmp_path):
     net = PixArtTransformer2D.from_pretrained(tmp_path / "out")
     assert net.pos_embed.interpolation_scale == scale and net.pos_embed.base_size == sample_size // 2
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((1, 4, grid[0] * 2, grid[1] * 2)).astype(np.float32)
-    y = rng.standard_normal((1, 6, 24)).astype(np.float32)
-    mask = np.array([[1, 1, 1, 0, 0, 0]], np.float32)
-    t = np.array([500.5], np.float32)  # fractional, as the original sampler feeds
-    err = rel_l2(ms_transformer_output(net, x, t, y, mask), torch_transformer_output(model, x, t, y, mask))
-    assert err <= 1e-5, err
+    arrays = {"hidden_states": rng.standard_normal((1, 4, grid[0] * 2, grid[1] * 2)).astype(np.float32),
+              "timestep": np.array([500.5], np.float32),  # fractional, as the original sampler feeds
+              "encoder_hidden_states": rng.standard_normal((1, 6, 24)).astype(np.float32),
+              "encoder_attention_mask": np.array([[1, 1, 1, 0, 0, 0]], np.float32)}
+    check_against_torch("transformer", net, model, arrays)  # rel L2 <= 1e-5
 
 
 def test_integer_timesteps(converted_pixart, pixart_model):
     net = PixArtTransformer2D.from_pretrained(converted_pixart["diffusers"])
-    _, x, _, y, mask = transformer_cases()[1]
+    _, arrays = transformer_cases()[1]
     t = np.array([999, 1], np.int32)
-    err = rel_l2(ms_transformer_output(net, x, t, y, mask),
-                 torch_transformer_output(pixart_model, x, t.astype(np.int64), y, mask))
+    err = rel_l2(ms_forward("transformer", net, dict(arrays, timestep=t)),
+                 torch_forward("transformer", pixart_model, dict(arrays, timestep=t.astype(np.int64))))
     assert err <= 1e-5
 
 
@@ -165,8 +171,7 @@ def test_full_size_xl2_parameter_table():
     # the original layout: fusing q/k/v and k/v back gives the 435 tensors of a released .pth
     meta = {name: torch.empty(shape, device="meta") for name, (shape, _) in table.items()}
     with torch.device("meta"):
-        original = OriginalPixArtMS(depth=28, hidden=1152, heads=16, caption_channels=4096, sample_size=128,
-                                    pe_interpolation=2.0).state_dict()
+        original = OriginalPixArtMS(**XL2).state_dict()
     original_params = {k: v for k, v in original.items() if k not in ("pos_embed", "y_embedder.y_embedding")}
     assert len(original_params) == 435
     from converters.engine import build_plan

@@ -14,7 +14,7 @@ from pixart_core import registry
 from pixart_core.components import transformer as transformer_entry
 from pixart_core.registry import TensorSpec
 
-from .conftest import run_cli
+from .helpers import run_cli
 
 
 @pytest.mark.parametrize("name", list(registry.VIEWS))

@@ -17,9 +17,8 @@ from converters.keymaps.pixart import original_pos_embed
 from converters.sources import read_safetensors_header
 from pixart_core.components import PIPELINE_COPIED
 
-from .conftest import run_cli
+from .helpers import assert_clean_failure, run_cli
 from .original_pixart import OriginalPixArtMS
-from .test_convert_cli import assert_clean_failure
 
 COMPONENTS = ("transformer", "text_encoder", "vae")
 ORIGINAL = "PixArt-Sigma.pth"

@@ -1,18 +1,14 @@
 """mindspore_nets.scheduler.DPMSolverMultistep (numpy) against diffusers' DPMSolverMultistepScheduler (torch)."""
 
 import json
-import os
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mindspore_nets.scheduler import PIXART_SIGMA_SCHEDULER_CONFIG, DPMSolverMultistep
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from .helpers import run_python
 
 # What PixArt-alpha/PixArt-Sigma-XL-2-1024-MS/scheduler/scheduler_config.json holds (the hub file), in the
 # shape diffusers writes it, bookkeeping and no-op fields included.
@@ -186,9 +182,7 @@ def test_diffusers_aliases_and_unknown_keys():
 
 
 def test_sampling_module_is_torch_free():
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    code = (
-        "import sys; sys.modules['torch'] = None; sys.modules['mindspore'] = None\n"
+    proc = run_python(
         "import mindspore_nets.scheduler as s\n"
         "sch = s.DPMSolverMultistep(); sch.set_timesteps(3)\n"
         "import numpy as np\n"
@@ -196,5 +190,4 @@ def test_sampling_module_is_torch_free():
         "for t in sch.timesteps: x = sch.step(np.zeros_like(x), t, x)\n"
         "assert 'torch' not in sys.modules or sys.modules['torch'] is None\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(REPO_ROOT), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -1,4 +1,5 @@
-"""T5Encoder (MindSpore) against transformers' T5EncoderModel (torch) on tiny random models.
+"""T5Encoder (MindSpore) against transformers' T5EncoderModel (torch) on tiny random models: what is particular to
+T5 beyond the runner's standard checks (``test_networks.py``).
 
 The torch model is the reference: same weights (state dict -> numpy -> ``load_into``), same inputs, relative L2
 error asserted. fp16 runs are compared with the fp32 torch output and with transformers' own fp16 path (weights
@@ -17,61 +18,33 @@ import torch
 import transformers
 from transformers.models.t5.modeling_t5 import T5Attention as TorchT5Attention
 
-from parity.taps import tap_paths
+from converters.references import torch_forward
 from mindspore_nets.config import T5Config
-from mindspore_nets.loading import load_into, parameter_table
+from mindspore_nets.loading import parameter_table
+from mindspore_nets.metrics import rel_l2
 from mindspore_nets.t5 import T5Encoder, _clamp_fp16, relative_position_buckets
+from parity.cases import ms_forward
+from parity.taps import tap_paths
+from pixart_demo.tiny import TINY_T5, tiny_t5
+
+from .network_runner import (T5_XXL, check_fp16_parameters, check_parameter_table, check_view, ms_network,
+                             t5_inputs, torch_state)
 
 TIED = "encoder.embed_tokens.weight"  # transformers' tied copy of shared.weight; we hold it once
-B, L, REAL = 2, 12, 5  # batch, length, real tokens of the padded second row
+L, REAL = 12, 5  # length, real tokens of the padded second row
 FP16_MAX = 65504.0
 
 
-def rel_l2(a, b) -> float:
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+def inputs() -> dict:
+    return t5_inputs(TINY_T5["vocab_size"], length=L, short=REAL)
 
 
-@pytest.fixture(params=["pynative", "graph"])
-def mode(request):
-    ms.set_context(mode=ms.GRAPH_MODE if request.param == "graph" else ms.PYNATIVE_MODE)
-    yield request.param
-    ms.set_context(mode=ms.PYNATIVE_MODE)
+def torch_out(model, arrays):
+    return torch_forward("text_encoder", model, arrays)
 
 
-def tiny_torch_t5(feed_forward_proj: str = "gated-gelu", seed: int = 0):
-    torch.manual_seed(seed)
-    hf = transformers.T5Config(vocab_size=100, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
-                               relative_attention_num_buckets=8, relative_attention_max_distance=16,
-                               feed_forward_proj=feed_forward_proj, dropout_rate=0.0, layer_norm_epsilon=1e-6)
-    hf._attn_implementation = "eager"
-    model = transformers.T5EncoderModel(hf).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # re-randomize everything: norms away from 1, projections ~ 1/sqrt(fan_in)
-        for name, p in model.named_parameters():
-            r = torch.randn(p.shape, generator=gen)
-            if name.endswith("layer_norm.weight"):
-                p.copy_(1.0 + 0.2 * r)
-            elif name.endswith(("q.weight", "k.weight", "v.weight", "o.weight")) or ".DenseReluDense." in name:
-                p.copy_(r / math.sqrt(p.shape[1]))
-            else:  # shared embedding, relative attention bias table
-                p.copy_(r)
-    return hf, model
-
-
-def inputs():
-    ids = np.random.RandomState(0).randint(2, 100, (B, L)).astype(np.int32)
-    mask = np.ones((B, L), np.int32)
-    mask[1, REAL:] = 0
-    ids[1, REAL:] = 0  # pad id
-    return ids, mask
-
-
-def torch_out(model, ids, mask):
-    with torch.no_grad():
-        out = model(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask))
-    return out.last_hidden_state.float().numpy()
+def ms_out(net, arrays):
+    return ms_forward("text_encoder", net, arrays)
 
 
 def torch_fp16_keep_wo(model):
@@ -82,32 +55,14 @@ def torch_fp16_keep_wo(model):
     return half
 
 
-def state_numpy(model) -> dict:
-    sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    assert np.array_equal(sd.pop(TIED), sd["shared.weight"])
-    return sd
-
-
-def ms_net(hf, model, dtype=ms.float32):
-    net = T5Encoder(T5Config.from_dict(hf.to_dict()), dtype=dtype)
-    load_into(net, state_numpy(model))
-    net.set_train(False)
-    return net
-
-
-def ms_out(net, ids, mask):
-    return net(ms.Tensor(ids), ms.Tensor(mask)).asnumpy().astype(np.float32)
-
-
 # ------------------------------------------------------------------------------------------------ names / shapes
 
 @pytest.mark.parametrize("ff", ["gated-gelu", "relu"])
 def test_parameter_table_matches_transformers(ff):
-    hf, model = tiny_torch_t5(ff)
-    torch_table = {k: tuple(v.shape) for k, v in model.state_dict().items() if k != TIED}
-    ours = parameter_table(T5Encoder, T5Config.from_dict(hf.to_dict()))
-    assert {k: v[0] for k, v in ours.items()} == torch_table
-    assert all(dtype == ms.float32 for _, dtype in ours.values())
+    model = tiny_t5(feed_forward_proj=ff)
+    state = model.state_dict()
+    assert torch.equal(state[TIED], state["shared.weight"])  # a tied copy, not a parameter of its own
+    ours = check_parameter_table("text_encoder", model)  # torch's names and shapes but TIED, all fp32
     assert TIED not in ours
     # only block 0 owns the relative attention bias table
     assert [k for k in ours if "relative_attention_bias" in k] == [
@@ -115,19 +70,14 @@ def test_parameter_table_matches_transformers(ff):
 
 
 def test_fp16_table_keeps_wo_fp32():
-    hf, _ = tiny_torch_t5()
-    net = T5Encoder(T5Config.from_dict(hf.to_dict()), dtype=ms.float16)
-    dtypes = {name: p.dtype for name, p in net.parameters_and_names()}
-    wo = [k for k in dtypes if k.endswith("DenseReluDense.wo.weight")]
-    assert len(wo) == hf.num_layers
-    assert all(dtypes[k] == ms.float32 for k in wo)
-    assert all(d == ms.float16 for k, d in dtypes.items() if k not in wo)
+    net = ms_network("text_encoder", tiny_t5(), "fp16")
+    wo = check_fp16_parameters("text_encoder", net)  # the registry's keep_fp32 names fp32, all others fp16
+    assert len(wo) == TINY_T5["num_layers"]
+    assert all(k.endswith("DenseReluDense.wo.weight") for k in wo)
 
 
 def test_full_size_t5_xxl_table():
-    cfg = T5Config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-                   relative_attention_num_buckets=32, relative_attention_max_distance=128,
-                   feed_forward_proj="gated-gelu")
+    cfg = T5Config(**T5_XXL)
     table = parameter_table(T5Encoder, cfg)  # no allocation
     d, inner, ff, n = cfg.d_model, cfg.num_heads * cfg.d_kv, cfg.d_ff, cfg.num_layers
     per_block_tensors = 4 + 1 + 3 + 1  # q k v o, norm, wi_0 wi_1 wo, norm
@@ -143,13 +93,12 @@ def test_full_size_t5_xxl_table():
     hf = transformers.T5Config(**{k: v for k, v in cfg.to_dict().items() if v is not None})
     with torch.device("meta"):
         reference = transformers.T5EncoderModel(hf)
-    torch_table = {k: tuple(v.shape) for k, v in reference.state_dict().items() if k != TIED}
-    assert {k: v[0] for k, v in table.items()} == torch_table
+    assert check_parameter_table("text_encoder", reference) == table
 
 
 def test_module_paths_follow_torch():
-    hf, model = tiny_torch_t5()
-    net = T5Encoder(T5Config.from_dict(hf.to_dict()))
+    model = tiny_t5()
+    net = ms_network("text_encoder", model)
     torch_paths = {name for name, _ in model.named_modules() if name}
     ours = set(net.module_paths())
     # every torch module with parameters or compute has the same path here (dropouts/act and the tied
@@ -160,7 +109,7 @@ def test_module_paths_follow_torch():
     assert set(tap_paths("text_encoder", ours)) <= ours  # every parity tap is a cell of ours
 
 
-# ------------------------------------------------------------------------------------------------ numerics fp32
+# ------------------------------------------------------------------------------------------------ numerics
 
 @pytest.mark.parametrize("length", [1, 7, 12, 40, 300])
 @pytest.mark.parametrize("buckets,distance", [(8, 16), (32, 128), (32, 32), (64, 256)])
@@ -172,71 +121,47 @@ def test_relative_position_buckets_equal_torch(length, buckets, distance):
     assert np.array_equal(ours, ref.numpy())
 
 
-@pytest.mark.parametrize("ff", ["gated-gelu", "relu"])
-def test_fp32_matches_transformers(ff, mode):
-    hf, model = tiny_torch_t5(ff)
-    ids, mask = inputs()
-    ref = torch_out(model, ids, mask)
-    out = ms_out(ms_net(hf, model), ids, mask)
-    assert out.shape == (B, L, hf.d_model)
-    err = rel_l2(out, ref)
-    assert err <= 1e-5, f"{ff} {mode}: rel L2 {err:.3e}"
-    # each row on its own, so the padded row is held to the same bound
-    assert rel_l2(out[1], ref[1]) <= 1e-5
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_relu_feed_forward(dtype, ms_mode):
+    """The runner's standard checks on T5's other feed-forward (v1.0 relu; the tiny model is v1.1 gated-gelu)."""
+    check_view("text_encoder", tiny_t5(feed_forward_proj="relu"), dtype)
 
 
 def test_padded_keys_get_no_weight():
-    hf, model = tiny_torch_t5()
-    net = ms_net(hf, model)
-    ids, mask = inputs()
-    out = ms_out(net, ids, mask)
-    changed = ids.copy()
-    changed[1, REAL:] = np.arange(REAL, L) + 10  # different tokens behind the mask
-    out2 = ms_out(net, changed, mask)
+    net = ms_network("text_encoder", tiny_t5())
+    arrays = inputs()
+    out = ms_out(net, arrays)
+    changed = dict(arrays, input_ids=arrays["input_ids"].copy())
+    changed["input_ids"][1, REAL:] = np.arange(REAL, L) + 10  # different tokens behind the mask
+    out2 = ms_out(net, changed)
     np.testing.assert_allclose(out2[1, :REAL], out[1, :REAL], rtol=0, atol=1e-6)
     # unmasked, the same change does move the real positions (the mask is what protects them)
-    out3 = ms_out(net, changed, np.ones_like(mask))
+    out3 = ms_out(net, dict(changed, attention_mask=np.ones_like(arrays["attention_mask"])))
     assert np.abs(out3[1, :REAL] - out[1, :REAL]).max() > 1e-3
 
 
-# ------------------------------------------------------------------------------------------------ numerics fp16
-
 @pytest.mark.parametrize("ff", ["gated-gelu", "relu"])
-def test_fp16_matches_fp32_reference(ff):
-    hf, model = tiny_torch_t5(ff)
-    ids, mask = inputs()
-    ref = torch_out(model, ids, mask)
-    ref16 = torch_out(torch_fp16_keep_wo(model), ids, mask)
-    out = ms_out(ms_net(hf, model, ms.float16), ids, mask)
-    assert np.isfinite(out).all()
-    assert rel_l2(out, ref) <= 5e-3
-    assert rel_l2(out, ref16) <= 5e-3  # and transformers' own fp16 path
-    assert rel_l2(out, ref) > 0  # it really ran in fp16
-
-
-def test_fp16_graph_mode(mode):
-    hf, model = tiny_torch_t5()
-    ids, mask = inputs()
-    net = ms_net(hf, model, ms.float16)
-    out = net(ms.Tensor(ids), ms.Tensor(mask))
-    assert out.dtype == ms.float16  # final norm casts to its fp16 weight, as transformers does
-    assert rel_l2(out.asnumpy().astype(np.float32), torch_out(model, ids, mask)) <= 5e-3
+def test_fp16_matches_transformers_fp16_path(ff):
+    model = tiny_t5(feed_forward_proj=ff)
+    arrays = inputs()
+    out = ms_out(ms_network("text_encoder", model, "fp16"), arrays)
+    assert rel_l2(out, torch_out(torch_fp16_keep_wo(model), arrays)) <= 5e-3
 
 
 def test_fp16_wo_overflow_stays_finite():
     """FF outputs beyond the fp16 range: a naive fp16 ``wo`` gives inf, ours (wo in fp32) stays accurate."""
-    hf, model = tiny_torch_t5("gated-gelu")
+    model = tiny_t5()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if ".DenseReluDense.wi_" in name:
                 p.mul_(4.0)
             elif name.endswith("DenseReluDense.wo.weight"):
                 p.mul_(3000.0)
-    ids, mask = inputs()
+    arrays = inputs()
     wo = model.encoder.block[0].layer[1].DenseReluDense.wo
     seen = {}
     hook = wo.register_forward_hook(lambda mod, args, out: seen.update(x=args[0].numpy(), y=out.numpy()))
-    ref = torch_out(model, ids, mask)
+    ref = torch_out(model, arrays)
     hook.remove()
     # the fp32 reference FF output leaves the fp16 range, and the fp16 product of the same numbers is inf
     assert np.abs(seen["y"]).max() > FP16_MAX
@@ -245,13 +170,13 @@ def test_fp16_wo_overflow_stays_finite():
         naive = seen["x"].astype(np.float16) @ wo.weight.detach().numpy().T.astype(np.float16)
     assert np.isinf(naive).any()
 
-    out = ms_out(ms_net(hf, model, ms.float16), ids, mask)
+    out = ms_out(ms_network("text_encoder", model, "fp16"), arrays)
     assert np.isfinite(out).all()
     err = rel_l2(out, ref)
     assert err <= 5e-3, f"overflow case: rel L2 {err:.3e}"
-    assert rel_l2(out, torch_out(torch_fp16_keep_wo(model), ids, mask)) <= 5e-3
+    assert rel_l2(out, torch_out(torch_fp16_keep_wo(model), arrays)) <= 5e-3
     # whereas an all-fp16 model (wo in fp16) is clamped by transformers but no longer right
-    naive_torch = torch_out(copy.deepcopy(model).half(), ids, mask)
+    naive_torch = torch_out(copy.deepcopy(model).half(), arrays)
     assert rel_l2(naive_torch, ref) > 10 * err
 
 
@@ -270,13 +195,13 @@ def test_clamp_rule():
 
 def test_fp16_attention_overflow_is_clamped_like_transformers():
     """Block 0's attention output overflows fp16: both transformers and we clamp to +-64504 and go on."""
-    hf, model = tiny_torch_t5("gated-gelu")
+    model = tiny_t5()
     with torch.no_grad():
         model.encoder.block[0].layer[0].SelfAttention.o.weight.mul_(3e4)
-    ids, mask = inputs()
-    ref16 = torch_out(torch_fp16_keep_wo(model), ids, mask)
+    arrays = inputs()
+    ref16 = torch_out(torch_fp16_keep_wo(model), arrays)
     assert np.isfinite(ref16).all()
-    out = ms_out(ms_net(hf, model, ms.float16), ids, mask)
+    out = ms_out(ms_network("text_encoder", model, "fp16"), arrays)
     assert np.isfinite(out).all()
     assert rel_l2(out, ref16) <= 1e-2
 
@@ -284,13 +209,12 @@ def test_fp16_attention_overflow_is_clamped_like_transformers():
 # ------------------------------------------------------------------------------------------------ from_pretrained
 
 def test_from_pretrained_fp16_folder(tmp_path):
-    hf, model = tiny_torch_t5()
-    (tmp_path / "config.json").write_text(json.dumps(hf.to_dict()))
-    sd = state_numpy(model)
-    ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in sd.items()],
+    model = tiny_t5()
+    (tmp_path / "config.json").write_text(json.dumps(model.config.to_dict()))
+    ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in torch_state("text_encoder", model).items()],
                        str(tmp_path / "model.safetensors"), format="safetensors")
     net = T5Encoder.from_pretrained(tmp_path, dtype="fp16")
     assert net.encoder.block[1].layer[1].DenseReluDense.wo.weight.dtype == ms.float32
     assert net.shared.weight.dtype == ms.float16
-    ids, mask = inputs()
-    assert rel_l2(ms_out(net, ids, mask), torch_out(model, ids, mask)) <= 5e-3
+    arrays = inputs()
+    assert rel_l2(ms_out(net, arrays), torch_out(model, arrays)) <= 5e-3

@@ -19,22 +19,11 @@ from mindspore_nets import AutoencoderKL, PixArtTransformer2D, T5Encoder
 from mindspore_nets.config import T5Config
 from mindspore_nets.loading import parameter_table
 from mindspore_nets.metrics import rel_l2
-from .forwards import (ms_t5_output, ms_vae_outputs, t5_inputs, torch_t5_output, torch_vae_outputs,
-                       vae_inputs)
-from pixart_demo.tiny import TINY_T5, TINY_VAE, tiny_t5, tiny_vae
+from parity.cases import ms_forward
+from pixart_demo.tiny import TINY_T5, TINY_VAE, tiny_t5
 
-from .conftest import run_cli
-from .test_convert_cli import assert_clean_failure
-
-
-@pytest.fixture(scope="session")
-def t5_model():
-    return tiny_t5(seed=0)
-
-
-@pytest.fixture(scope="session")
-def vae_model():
-    return tiny_vae(seed=0)
+from .helpers import assert_clean_failure, run_cli
+from .network_runner import T5_XXL, check_against_torch, t5_inputs, vae_inputs
 
 
 def convert_ok(*args):
@@ -73,9 +62,7 @@ def test_t5_layouts_fp32(layout, t5_model, tmp_path, ms_mode):
     assert (src / expected).is_file()
     convert_ok(src, "-o", tmp_path / "out")
     net = T5Encoder.from_pretrained(tmp_path / "out")
-    ids, mask = t5_inputs(TINY_T5["vocab_size"])
-    err = rel_l2(ms_t5_output(net, ids, mask), torch_t5_output(t5_model, ids, mask))
-    assert err <= 1e-5, (layout, ms_mode, err)
+    check_against_torch("text_encoder", net, t5_model, t5_inputs(TINY_T5["vocab_size"]))  # rel L2 <= 1e-5
 
 
 def test_t5_fp16_with_overflowing_wo(tmp_path):
@@ -88,9 +75,9 @@ def test_t5_fp16_with_overflowing_wo(tmp_path):
             ff.wi_0.weight.mul_(4.0)
             ff.wi_1.weight.mul_(4.0)
             ff.wo.weight.mul_(6000.0)
-    ids, mask = t5_inputs(TINY_T5["vocab_size"])
+    arrays = t5_inputs(TINY_T5["vocab_size"])
     with torch.no_grad():  # the feed-forward output of block 0 in fp32 exceeds fp16's range
-        h = model.encoder.block[0].layer[0](model.shared(torch.from_numpy(ids).long()))[0]
+        h = model.encoder.block[0].layer[0](model.shared(torch.from_numpy(arrays["input_ids"]).long()))[0]
         assert model.encoder.block[0].layer[1].DenseReluDense(
             model.encoder.block[0].layer[1].layer_norm(h)).abs().max() > 65504
     model.save_pretrained(tmp_path / "src")
@@ -100,9 +87,7 @@ def test_t5_fp16_with_overflowing_wo(tmp_path):
     assert dtypes["encoder.block.0.layer.1.DenseReluDense.wo.weight"] == "float32"
     assert dtypes["encoder.block.0.layer.1.DenseReluDense.wi_0.weight"] == "float16"
     net = T5Encoder.from_pretrained(tmp_path / "out", dtype="fp16")
-    out = ms_t5_output(net, ids, mask)
-    assert np.isfinite(out).all()
-    assert rel_l2(out, torch_t5_output(model, ids, mask)) <= 5e-3
+    check_against_torch("text_encoder", net, model, arrays, "fp16")  # finite, rel L2 <= 5e-3
 
 
 def _t5_state(t5_model):
@@ -146,11 +131,10 @@ def test_full_t5_converts_its_encoder(tmp_path):
     dropped = json.loads(result.stdout)["components"][0]["dropped"]
     assert any(d["key"].startswith("decoder.block.0.") and "encoder only" in d["reason"] for d in dropped)
     net = T5Encoder.from_pretrained(tmp_path / "out")
-    ids, mask = t5_inputs(TINY_T5["vocab_size"])
+    arrays = t5_inputs(TINY_T5["vocab_size"])
     with torch.no_grad():
-        ref = full.encoder(input_ids=torch.from_numpy(ids).long(),
-                           attention_mask=torch.from_numpy(mask).long()).last_hidden_state.numpy()
-    assert rel_l2(ms_t5_output(net, ids, mask), ref) <= 1e-5
+        ref = full.encoder(**{k: torch.from_numpy(v).long() for k, v in arrays.items()}).last_hidden_state.numpy()
+    assert rel_l2(ms_forward("text_encoder", net, arrays), ref) <= 1e-5
 
 
 OLD_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
@@ -172,9 +156,9 @@ def test_vae_both_naming_generations(naming, vae_model, tmp_path, ms_mode):
         save_file(renamed, weights)
     convert_ok(src, "-o", tmp_path / "out")
     net = AutoencoderKL.from_pretrained(tmp_path / "out")
-    image, latent = vae_inputs(TINY_VAE)
-    ours, ref = ms_vae_outputs(net, image, latent), torch_vae_outputs(vae_model, image, latent)
-    assert rel_l2(ours[0], ref[0]) <= 1e-5 and rel_l2(ours[1], ref[1]) <= 1e-5
+    arrays = vae_inputs(TINY_VAE)
+    for view in ("vae_encoder", "vae_decoder"):
+        check_against_torch(view, net, vae_model, arrays)  # rel L2 <= 1e-5
     assert net.scaling_factor == TINY_VAE["scaling_factor"]
 
 
@@ -189,10 +173,8 @@ def test_pipeline_in_one_command(tiny_pipeline):
     transformer = PixArtTransformer2D.from_pretrained(out / "transformer")
     t5 = T5Encoder.from_pretrained(out / "text_encoder")
     vae = AutoencoderKL.from_pretrained(out / "vae")
-    ids, mask = t5_inputs(TINY_T5["vocab_size"])
-    assert rel_l2(ms_t5_output(t5, ids, mask), torch_t5_output(models["text_encoder"], ids, mask)) <= 1e-5
-    image, latent = vae_inputs(TINY_VAE)
-    assert rel_l2(ms_vae_outputs(vae, image, latent)[1], torch_vae_outputs(models["vae"], image, latent)[1]) <= 1e-5
+    check_against_torch("text_encoder", t5, models["text_encoder"], t5_inputs(TINY_T5["vocab_size"]))  # <= 1e-5
+    check_against_torch("vae_decoder", vae, models["vae"], vae_inputs(TINY_VAE))
     assert transformer.config.caption_channels == t5.config.d_model
     result = run_cli("verify", out)
     assert result.exit_code == 0 and result.stdout.count(": ok") == 3
@@ -220,13 +202,11 @@ def test_full_size_t5_xxl_plan_from_shapes():
     from transformers import T5Config as HFConfig
     from transformers import T5EncoderModel
 
-    cfg = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-               relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu")
     with torch.device("meta"):
-        state = T5EncoderModel(HFConfig(**cfg)).state_dict()
+        state = T5EncoderModel(HFConfig(**T5_XXL)).state_dict()
     state = dict(state)
     state["encoder.embed_tokens.weight"] = torch.empty(32128, 4096, device="meta")
-    table = {k: s for k, (s, _) in parameter_table(T5Encoder, T5Config(**cfg)).items()}
+    table = {k: s for k, (s, _) in parameter_table(T5Encoder, T5Config(**T5_XXL)).items()}
     plan = build_plan(t5_transformers(), DictSource(state), table)
     assert not plan.problems
     assert len(plan.targets) == 219
