@@ -20,7 +20,7 @@ from pixart_core.naming import fold, natural_key
 
 from . import checks
 from .keymaps.rules import Spec, fill, match
-from .ranges import RangeReader, spans_equal
+from .ranges import RangeReader, file_ranges, spans_equal
 from .sources import DictSource, Source, numpy_to_torch
 from .staging import FileHasher, remember
 from .writers import TensorDictWriter
@@ -266,6 +266,25 @@ class PlanSource(Source):
         if key not in self._ready:
             self._ready.update(produce_group(self._by_name[key].group, self.source, self._by_name, self.bad))
         return self._ready.pop(key)
+
+    def spans(self, key):
+        """A target that is byte ranges of the source (a renamed tensor, an axis-0 part) is those ranges: the
+        second plan then streams it from the source files like a forward conversion (checked on the way)."""
+        target = self._by_name[key]
+        group = target.group
+        if target.dtype != target.source_dtype or not group.sources:
+            return None
+        shapes = [self.source.infos[k].shape for k in group.sources]
+        pieces = group.rule.byte_pieces(shapes, dtypes.get(target.source_dtype).itemsize)
+        if pieces is None:
+            return None
+        out = []
+        for i, begin, n in pieces[group.targets.index(key)]:
+            spans = self.source.spans(group.sources[i])
+            if spans is None:
+                return None
+            out.extend(file_ranges(spans, begin, n))
+        return out
 
     def close(self):
         self._ready = {}

@@ -4,9 +4,9 @@ the file, with the hashing and the writing on other threads.
 The main thread fills a buffer (a writer's framing bytes, and each tensor's bytes from a producer that reads,
 checks and casts straight into it), then hands it on: thread F hashes whole buffers in file order (the file's
 sha256), thread W writes them (the buffers queued at that moment in one ``os.writev``), thread H hashes each
-tensor's slices (its sha256). hashlib and ``os.writev`` release the GIL, so they run beside the main thread on
-another core, and the disk is never idle while a hash is computed. Writes use ``O_DIRECT`` (no page-cache copy, nothing
-left to flush) when the file system takes it and fall back to buffered writes when it does not (tmpfs refuses it
+tensor's slices (its sha256, and its CRC-32 when the format records one: a ``.pth`` zip). hashlib, zlib and
+``os.writev`` release the GIL, so they run beside the main thread on another core, and the disk is never idle while
+a hash is computed. Writes use ``O_DIRECT`` (no page-cache copy, nothing left to flush) when the file system takes it and fall back to buffered writes when it does not (tmpfs refuses it
 at ``open``, some file systems at the first write). A bounded pool of buffers keeps memory constant.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ import mmap
 import os
 import queue
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -73,13 +74,17 @@ class StagedFile:
     the elements it writes, ``fill(out)`` writing the next ``out.size`` bytes, a whole number of elements), then
     ``finish`` (every tensor's sha256) and ``close`` (size, file sha256); ``abort`` on failure."""
 
-    def __init__(self, path: Path, direct: bool = True):
+    def __init__(self, path: Path, direct: bool = True, crc: bool = False):
         self.path = Path(path)
+        self.crc = crc
         self.size = STAGE_BYTES
         self.fd, self.direct = open_output(self.path, direct and self.size % ALIGN == 0)
         self.written = 0
         self.error: BaseException | None = None
         self.digests: dict[str, str] = {}
+        self.crcs: dict[str, int] = {}  # with ``crc``: name -> CRC-32 of the tensor's bytes
+        self._crc_ready = threading.Condition()
+        self._staged = 0  # bytes in the buffers handed on
         self._file_hash = hashlib.sha256()
         self._free: queue.SimpleQueue = queue.SimpleQueue()
         for _ in range(STAGE_BUFFERS):
@@ -108,9 +113,14 @@ class StagedFile:
         self._to_file_hash.put((buf, buf.fill))
         self._to_write.put((buf, buf.fill))
 
+    def tell(self) -> int:
+        """The file offset of the next byte put."""
+        return self._staged + self._current.fill
+
     def _submit(self) -> None:
         if self.error is not None:  # stop reading as soon as a write failed (a full disk)
             raise self.error
+        self._staged += self._current.fill
         self._hand_over(self._current)
         self._current = self._take()
 
@@ -145,6 +155,7 @@ class StagedFile:
         remaining = nbytes - done if count is None else count
         if nbytes == 0:
             self.digests[name] = EMPTY_SHA256
+            self.crcs[name] = 0
             return
         carry = self._carry.pop(name, None)
         if carry is not None:
@@ -175,6 +186,15 @@ class StagedFile:
             if buf.fill == self.size:
                 self._submit()
 
+    def tensor_crc(self, name: str) -> int:
+        """The CRC-32 of tensor ``name`` (with ``crc``), once thread H has hashed all of it."""
+        with self._crc_ready:
+            while name not in self.crcs:
+                if self.error is not None:
+                    raise self.error
+                self._crc_ready.wait(0.05)  # a failed write sets ``error`` without notifying
+        return self.crcs[name]
+
     def finish(self) -> dict[str, str]:
         """Stage the last buffer, wait for the threads; returns name -> sha256. Raises what a thread raised."""
         if not self._finished:
@@ -190,8 +210,7 @@ class StagedFile:
     def close(self) -> tuple[int, str]:
         """(size, sha256) of the file, once every byte is written."""
         self.finish()
-        if self.direct:
-            os.ftruncate(self.fd, self.written)  # the last block was padded
+        os.ftruncate(self.fd, self.written)  # O_DIRECT padded the last block (even when refused at that write)
         os.close(self.fd)
         self.fd = -1
         return self.written, self._file_hash.hexdigest()
@@ -276,6 +295,7 @@ class StagedFile:
 
     def _hash_loop(self) -> None:
         running: dict[str, object] = {}
+        crcs: dict[str, int] = {}
         while (item := self._to_hash.get()) is not None:
             buf, a, b, name, last = item
             if self.error is None:
@@ -284,8 +304,14 @@ class StagedFile:
                     if digest is None:
                         digest = running[name] = hashlib.sha256()
                     digest.update(buf.view[a:b])
+                    if self.crc:
+                        crcs[name] = zlib.crc32(buf.view[a:b], crcs.get(name, 0))
                     if last:
                         self.digests[name] = running.pop(name).hexdigest()
+                        if self.crc:
+                            with self._crc_ready:
+                                self.crcs[name] = crcs.pop(name)
+                                self._crc_ready.notify_all()
                 except BaseException as exc:
                     self.error = exc
             self._release(buf)

@@ -43,14 +43,16 @@ class _Writer:
     ``close`` (hashed while writing, so the manifest needs no second read of a multi-GB file)."""
 
     stages = True  # the engine may hand producers to ``write`` and collects the hashes from ``digests``
+    crc = False  # the format records each tensor's CRC-32 (thread H computes it beside the sha256)
 
     def __init__(self, path: Path, entries: list[tuple[str, str, tuple[int, ...]]]):
         self.path = Path(path)
         self.entries = entries
         self._next = 0
+        self._completed = False
         self.size = 0
         self.file_sha256 = ""
-        self._file = StagedFile(self.path)
+        self._file = StagedFile(self.path, crc=self.crc)
 
     def _emit(self, data) -> None:
         self._file.put_bytes(data)
@@ -70,12 +72,22 @@ class _Writer:
 
     def digests(self) -> dict[str, str]:
         """name -> sha256 of every tensor written, once the hashing has caught up."""
+        self._complete()
         return self._file.finish()
 
     def close(self) -> None:
+        self._complete()
+        self.size, self.file_sha256 = self._file.close()
+
+    def _complete(self) -> None:
         if self._next != len(self.entries):
             raise RuntimeError(f"{self.path}: {len(self.entries) - self._next} tensors were never written")
-        self.size, self.file_sha256 = self._file.close()
+        if not self._completed:
+            self._completed = True
+            self._trailer()
+
+    def _trailer(self) -> None:
+        """What a format writes after the last tensor (a zip's central directory)."""
 
     def abort(self) -> None:
         self._file.abort()
