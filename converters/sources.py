@@ -11,6 +11,7 @@ or torch tensors (round trips, references). A reader whose tensors are byte rang
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,11 +235,36 @@ def safetensors_infos(path: Path) -> dict[str, TensorInfo]:
 
 
 class ByteRangeSource(Source):
-    """A source whose tensors are byte ranges of files: ``read`` and ``read_rows`` are one ``_read_span``."""
+    """A source whose tensors are byte ranges of files (``spans``): ``read`` and ``read_rows`` read the ranges
+    with ``os.preadv`` into a fresh array (no mapped pages accumulate in RSS)."""
+
+    _fds: dict | None = None
+
+    def _fd(self, path: Path) -> int:
+        if self._fds is None:
+            self._fds = {}
+        if path not in self._fds:
+            self._fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return self._fds[path]
 
     def _read_span(self, info: TensorInfo, begin: int, shape) -> np.ndarray:
         """A fresh array of ``shape`` from the tensor's bytes starting ``begin`` bytes into it."""
-        raise NotImplementedError
+        from .ranges import file_ranges
+
+        out = np.empty(shape, dtypes.numpy_dtype(info.dtype))
+        view = out.reshape(-1).view(np.uint8)
+        pos = 0
+        for path, offset, length in file_ranges(self.spans(info.key), begin, view.size):
+            try:
+                got = os.preadv(self._fd(path), [view[pos:pos + length]], offset)
+            except OSError as exc:
+                raise SourceError(f"{path}: cannot read tensor {info.key} ({exc})") from exc
+            if got != length:
+                raise SourceError(f"{path}: truncated inside tensor {info.key}")
+            pos += length
+        if pos != view.size:
+            raise SourceError(f"{info.file}: truncated inside tensor {info.key}")
+        return out
 
     def read(self, key):
         info = self.infos[key]
@@ -252,6 +278,11 @@ class ByteRangeSource(Source):
         row = dtypes.nbytes(info.dtype, info.shape[1:])
         return self._read_span(info, start * row, (stop - start, *info.shape[1:]))
 
+    def close(self):
+        for fd in (self._fds or {}).values():
+            os.close(fd)
+        self._fds = {}
+
 
 # ``__metadata__`` of safetensors written on the MindSpore side: MindSpore's own writer says "ms"; this tool says
 # "np" (which mindone's loaders accept) with its name as producer
@@ -264,8 +295,7 @@ def written_by_mindspore(metadata: dict | None) -> bool:
 
 
 class SafetensorsSource(ByteRangeSource):
-    """safetensors read with numpy alone: each tensor's byte range is read into a fresh array (no mapped pages
-    accumulate in RSS)."""
+    """safetensors read with numpy alone."""
 
     def __init__(self, paths: list[Path], index: Path | None = None):
         self.files = list(paths)
@@ -276,41 +306,13 @@ class SafetensorsSource(ByteRangeSource):
                 add_info(self.infos, info)
         if index is not None:
             check_index(index, self.infos)
-        self._open = {}
         metadata = read_safetensors_header(self.files[0])[0].get("__metadata__") if self.files else None
         self.kind = "mindspore" if written_by_mindspore(metadata if isinstance(metadata, dict) else None) \
             else "safetensors"
 
-    def _handle(self, path: Path):
-        handle = self._open.get(path)
-        if handle is None:
-            handle = self._open[path] = open(path, "rb")
-        return handle
-
-    def _read_range(self, info: TensorInfo, offset: int, shape) -> np.ndarray:
-        out = np.empty(shape, dtypes.numpy_dtype(info.dtype))
-        view = memoryview(out.reshape(-1).view(np.uint8))
-        try:
-            f = self._handle(info.file)
-            f.seek(offset)
-            got = f.readinto(view)
-        except OSError as exc:
-            raise SourceError(f"{info.file}: cannot read tensor {info.key} ({exc})") from exc
-        if got != len(view):
-            raise SourceError(f"{info.file}: truncated inside tensor {info.key}")
-        return out
-
-    def _read_span(self, info, begin, shape):
-        return self._read_range(info, info.offset + begin, shape)
-
     def spans(self, key):
         info = self.infos[key]
         return [(info.file, info.offset, info.nbytes)]
-
-    def close(self):
-        for handle in self._open.values():
-            handle.close()
-        self._open = {}
 
 
 def __getattr__(name: str):

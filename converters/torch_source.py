@@ -22,8 +22,6 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-
 from pixart_core import dtypes
 from pixart_core.errors import SourceError
 
@@ -238,7 +236,7 @@ class TorchSource(ByteRangeSource):
                 add_info(self.infos, info)
         if index is not None:
             check_index(index, self.infos)
-        self._handle, self._state, self._read_since_open = {}, {}, 0
+        self._state, self._read_since_open = {}, 0
 
     def _load(self, path: Path) -> dict:
         return select_state_dict(_torch_load(path), path, self.ema)
@@ -259,21 +257,6 @@ class TorchSource(ByteRangeSource):
     def spans(self, key):
         info = self.infos[key]
         return None if info.file in self._by_torch else [(info.file, info.offset, info.nbytes)]
-
-    def _read_span(self, info, begin, shape):
-        out = np.empty(shape, dtypes.numpy_dtype(info.dtype))
-        view = memoryview(out.reshape(-1).view(np.uint8))
-        try:
-            handle = self._handle.get(info.file)
-            if handle is None:
-                handle = self._handle[info.file] = open(info.file, "rb")
-            handle.seek(info.offset + begin)
-            got = handle.readinto(view)
-        except OSError as exc:
-            raise SourceError(f"{info.file}: cannot read tensor {info.key} ({exc})") from exc
-        if got != len(view):
-            raise SourceError(f"{info.file}: truncated inside tensor {info.key}")
-        return out
 
     def read(self, key):
         info = self.infos[key]
@@ -297,6 +280,5 @@ class TorchSource(ByteRangeSource):
         return super().read_rows(key, start, stop)
 
     def close(self):
-        for handle in self._handle.values():
-            handle.close()
-        self._handle, self._state, self._read_since_open = {}, {}, 0
+        super().close()
+        self._state, self._read_since_open = {}, 0
