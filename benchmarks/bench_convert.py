@@ -254,12 +254,14 @@ def main() -> None:
     support.WAIT_QUIET, NAIVE_T5 = args.wait_quiet, args.naive_t5
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    results["benchmarks"] = {k: b for k, b in results.get("benchmarks", {}).items()  # this script's format only
-                             if b.get("rounds") and "convert" in b["rounds"][0]}
-    results["machine"] = machine(work)
     for name in [args.only] if args.only else list(TITLES):
-        results["benchmarks"][name] = run_benchmark(name, work, args.runs, not args.no_naive, not args.no_trace)
+        bench = run_benchmark(name, work, args.runs, not args.no_naive, not args.no_trace)
+        # read again just before writing: another invocation (``--only`` the other source) may have written
+        results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+        results["benchmarks"] = {k: b for k, b in results.get("benchmarks", {}).items()  # this script's format only
+                                 if b.get("rounds") and "convert" in b["rounds"][0]}
+        results["benchmarks"][name] = bench
+        results["machine"] = machine(work)
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=1) + "\n")
         write_section(render(results), SECTION)
