@@ -144,6 +144,7 @@ def render_bench(bench: dict) -> list[str]:
              f"Source `{bench['source']}`: {s['tensors']} tensors, {s['values']:,} values, {', '.join(s['dtypes'])}, "
              f"{_gib(s['disk_bytes'])} in {len(s['files'])} file(s); largest `{big['name']}` "
              f"{tuple(big['shape'])} ({big['bytes'] / 2**20:.1f} MiB). Converter code at {bench['code']}.", "",
+             *([f"Note: {bench['note']}.", ""] if bench.get("note") else []),
              "| command | wall s | user s | sys s | CPU s | peak RSS MiB | walls per round | 1-min load before |",
              "|---|---:|---:|---:|---:|---:|---|---|"]
     keys = [k for k in LABELS if any(k in rows for rows in bench["rounds"])]
