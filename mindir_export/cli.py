@@ -34,6 +34,9 @@ def _precision_modes(values: tuple[str, ...]) -> dict:
               help="Export folder to create.")
 @component_option(choices(), "Graphs to export (default: every component present; vae = its decoder and encoder).",
                   aliases=("--components",))
+@click.option("--format", "formats", default="mindir", show_default=True, metavar="mindir|onnx|mindir,onnx",
+              help="Graph format(s), written into one export folder with one manifest. ONNX graphs are traced from "
+              "the torch reference class holding the converted weights and validated in onnxruntime.")
 @click.option("--buckets", default="square", show_default=True,
               help="Aspect-ratio buckets of the model's table: square, all, or ratios such as 1.0,0.57.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Images per call (transformer B = 2N).")
@@ -54,9 +57,9 @@ def _precision_modes(values: tuple[str, ...]) -> dict:
               help="Bytes above which MindSpore splits weights out (testing; MindSpore's is 1 GiB).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export folder that pixart-ms wrote.")
 @click.option("--json", "as_json", is_flag=True, help="The manifest on stdout.")
-def export_command(out, export_dir, component, buckets, batch, dtype, text_encoder_dtype, gears, max_length,
+def export_command(out, export_dir, component, formats, buckets, batch, dtype, text_encoder_dtype, gears, max_length,
                    precision_modes, no_torch_reference, validation, split_threshold, overwrite, as_json):
-    """Export a converted folder to validated MindIR graphs for MindSpore Lite."""
+    """Export a converted folder to validated MindIR (and/or ONNX) graphs for MindSpore Lite."""
     from .export import export_pipeline
 
     def log(line):
@@ -68,7 +71,7 @@ def export_command(out, export_dir, component, buckets, batch, dtype, text_encod
             buckets=buckets, batch=batch, dtype=dtype, text_encoder_dtype=text_encoder_dtype, gears=gears,
             max_length=max_length, overwrite=overwrite, torch_reference=not no_torch_reference,
             precision_modes=_precision_modes(precision_modes), split_threshold=split_threshold,
-            validation=validation)
+            validation=validation, formats=formats)
     except ToolError as exc:
         fail(exc)
     if as_json:
@@ -90,13 +93,14 @@ def export_command(out, export_dir, component, buckets, batch, dtype, text_encod
 @click.option("--steps", type=int, default=20, show_default=True)
 @click.option("--guidance", type=float, default=4.5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="numpy seed of the initial noise.")
-@click.option("--backend", type=click.Choice(["auto", "lite", "mindspore"]), default="auto", show_default=True,
-              help="auto: MindSpore Lite when it imports, else MindSpore GraphCell.")
+@click.option("--backend", type=click.Choice(["auto", "lite", "mindspore", "onnxruntime"]), default="auto",
+              show_default=True, help="auto: MindSpore Lite when it imports, else MindSpore GraphCell (onnxruntime "
+              "for an export of ONNX graphs only). onnxruntime: the ONNX graphs, without torch or MindSpore.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing image file.")
 @click.option("--json", "as_json", is_flag=True)
 def infer_command(export_dir, prompt, image_path, negative_prompt, height, width, steps, guidance, seed, backend,
                   overwrite, as_json):
-    """Text to image from an export folder alone (no torch)."""
+    """Text to image from an export folder alone (no torch; no MindSpore with --backend onnxruntime)."""
     from .pipeline import infer
     from .runtime import BackendError, resolve_backend
 

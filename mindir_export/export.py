@@ -1,27 +1,28 @@
-"""``export``: a converted MindSpore folder -> validated MindIR graphs, Lite converter configs and a manifest.
+"""``export``: a converted MindSpore folder -> validated graphs (MindIR, ONNX or both), Lite converter configs and
+one manifest.
 
 Everything that can be checked before a graph is traced is checked first (the output location, the folder, the
-components, the buckets). The export folder is written under a temporary name beside the target and renamed into
-place only when every graph has been reloaded and validated: a failed validation (exit 1) leaves nothing behind.
+components, the buckets, the formats). The export folder is written under a temporary name beside the target and
+renamed into place only when every graph has been reloaded and validated: a failed validation (exit 1) leaves
+nothing behind.
 
-Validation of each graph: its declared inputs equal the spec; every weight it stores equals the network's, byte
-for byte; and it runs (``GraphCell``) against the in-process MindSpore network (<= 1e-6) and the torch reference
-(parity tolerance), at every exported shape (``--validation full``) or, on hosts that cannot run it at its size,
-through a proxy at a 16x16 latent (``--validation proxy``, see ``GraphSpec.validation_cases``).
+Each format is an exporter behind the same orchestration (``exporter(fmt).export_component``): MindIR traces the
+view's MindSpore Cell (``mindir``), ONNX the torch reference class holding the converted weights
+(``onnx_export``). Both run in phases that come and go in turn and fill a typed result per graph (``results``);
+both formats' graphs of a component are judged before it fails or passes.
 
 Layout (one folder per component, like diffusers and optimum)::
 
     EXPORT_DIR/manifest.json          everything infer needs, every file with size and sha256, every check's numbers
     EXPORT_DIR/convert_lite.sh        the converter_lite commands for Ascend
-    EXPORT_DIR/transformer/           transformer_<bucket>.mindir (or _graph.mindir + _variables/), .cfg, config.json
-    EXPORT_DIR/text_encoder/          text_encoder.mindir, text_encoder.cfg, config.json
+    EXPORT_DIR/transformer/           transformer_<bucket>.mindir (or _graph.mindir + _variables/) and/or
+                                      transformer_<bucket>.onnx (+ .onnx.data), .cfg, config.json
+    EXPORT_DIR/text_encoder/          text_encoder.mindir / .onnx, text_encoder.cfg, config.json
     EXPORT_DIR/vae_decoder/, vae_encoder/   one graph per bucket, .cfg, the VAE's config.json
     EXPORT_DIR/tokenizer/, scheduler/, model_index.json   copied from the converted pipeline
 """
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import shutil
 import time
@@ -32,261 +33,88 @@ import numpy as np
 
 from converters.detect import read_json
 from mindspore_nets.metrics import TOLERANCES
-from pixart_core import dtypes, registry
+from pixart_core import registry
 from pixart_core.components import PIPELINE_COPIED
-from pixart_core.errors import CheckFailed, OutputError, SourceError
-from pixart_core.inputs import sample_inputs
+from pixart_core.errors import CheckFailed
 from pixart_core.manifests import EXPORT_KIND, MANIFEST, file_entry, file_sha256, read_manifest, stored_dtype
-from pixart_core.outputs import atomic_folder, human_bytes
+from pixart_core.outputs import atomic_folder
 from pixart_core.stamps import versions
 
 from . import lite
 from .plan import ExportOptions, check_export, planned_export_bytes
+from .results import GraphResult, all_problems
 
 if TYPE_CHECKING:  # MindSpore is imported only once the arguments have been checked
-    from .specs import ComponentSpec, GraphSpec
+    from .specs import ComponentSpec
 
 FORMAT_VERSION = 1
-DISK_NEARLY_FULL = 64 * 2**20  # a MindSpore write error with less free than this is taken for a full disk
 # ----------------------------------------------------------------------------------------------------------------
-# MindSpore plumbing
+# one component, every format
 
-@contextlib.contextmanager
-def execution_mode(graph: bool):
-    """MindSpore's GRAPH (``graph=True``) or PYNATIVE mode for the block, restored afterwards."""
-    import mindspore as ms
+def exporter(fmt: str):
+    """The exporter of a format: MindIR (the MindSpore Cell) or ONNX (the torch reference class)."""
+    if fmt == "mindir":
+        from .mindir import MindIRExporter
 
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.GRAPH_MODE if graph else ms.PYNATIVE_MODE)
-    try:
-        yield
-    finally:
-        ms.set_context(mode=previous)
+        return MindIRExporter()
+    from .onnx_export import OnnxExporter
 
-
-REFERENCE_KIND = {"fp32": "eager network (PyNative)", "fp16": "network compiled in-process (GRAPH mode)"}
-
-
-def reference_mode(dtype: str):
-    """Where the in-process MindSpore reference runs: PyNative (eager) for fp32; for fp16 the same Cell compiled
-    in GRAPH mode in this process. MindSpore's CPU fp16 kernels round differently in PyNative and graph mode
-    (about 5e-4 relative on the tiny transformer, with or without export); the graph-mode run isolates what
-    the export itself changes, which must be nothing (<= 1e-6)."""
-    return execution_mode(graph=dtype != "fp32")
-
-
-@contextlib.contextmanager
-def split_threshold(nbytes: int | None):
-    """Lower MindSpore's 1 GiB split-save threshold (``serialization.TOTAL_SAVE``, in KiB) for one export."""
-    import mindspore.train.serialization as serialization
-
-    if nbytes is None:
-        yield
-        return
-    saved = serialization.TOTAL_SAVE
-    serialization.TOTAL_SAVE = max(nbytes, 0) / 1024
-    try:
-        yield
-    finally:
-        serialization.TOTAL_SAVE = saved
-
-
-@contextlib.contextmanager
-def dynamic_position_embedding(net):
-    """Swap the transformer's patch embedding for the in-graph one while a gears graph is traced."""
-    from .specs import DynamicPatchEmbed
-
-    static = net.pos_embed
-    net.pos_embed = DynamicPatchEmbed(static)
-    try:
-        yield
-    finally:
-        net.pos_embed = static
-
-
-def written_files(folder: Path, stem: str) -> tuple[str, list[Path], bool]:
-    """(graph file to load, every file of the graph, split) after ``mindspore.export`` wrote ``stem``."""
-    single, graph, variables = folder / f"{stem}.mindir", folder / f"{stem}_graph.mindir", folder / f"{stem}_variables"
-    if graph.is_file() and variables.is_dir():
-        return graph.name, [graph, *sorted(p for p in variables.rglob("*") if p.is_file())], True
-    if single.is_file():
-        return single.name, [single], False
-    raise CheckFailed(f"{folder}: mindspore.export wrote neither {single.name} nor {graph.name} + {variables.name}/")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# one component
-
-def fp16_finite(component: str, folder: Path, spec: ComponentSpec, mode: str) -> tuple[bool, str]:
-    """Run the fp16 eager network on every graph's validation inputs: the VAE is exported in fp16 only if all of
-    its outputs are finite."""
-    from mindspore_nets.loading import load_network, run_cell
-
-    net = load_network(component, folder, "fp16")
-    cell = registry.view(component).cell(net)
-    with execution_mode(graph=False):
-        for graph in spec.graphs:
-            for case in graph.validation_cases(mode, spec.vae_scale):
-                out = run_cell(cell, sample_inputs(case.inputs, spec.config))
-                bad = int((~np.isfinite(out.astype(np.float64))).sum())
-                if bad:
-                    return False, f"{graph.stem} ({case.label}): {bad} non-finite values in fp16"
-    return True, "finite in fp16 on the validation inputs"
+    return OnnxExporter()
 
 
 def export_component(spec: ComponentSpec, folder: Path, target: Path, opts: ExportOptions, log,
                      tolerance_dtype: str | None = None) -> dict:
-    """Export, reload and validate every graph of one component into ``target``; returns its manifest entry.
-    ``tolerance_dtype``: whose parity tolerance applies against the torch reference (default the export dtype)."""
-    from mindspore_nets.loading import load_network, run_cell
-
-    from . import validate
-
+    """Export, reload and validate every graph of one component into ``target`` in every format asked for;
+    returns its manifest entry. ``tolerance_dtype``: whose parity tolerance applies against the torch reference
+    (default the export dtype). Every problem of every graph and format is collected before ``CheckFailed``."""
     target.mkdir(parents=True)
-    net = load_network(spec.name, folder, spec.dtype)
-    cell = registry.view(spec.name).cell(net)
-    entries = []
-    for graph in spec.graphs:
-        cases = graph.validation_cases(opts.validation, spec.vae_scale)
-        with dynamic_position_embedding(net) if graph.gears else contextlib.nullcontext():
-            with reference_mode(spec.dtype):  # the in-process MindSpore reference of every case
-                references = []
-                for case in cases:
-                    arrays = sample_inputs(case.inputs, spec.config)
-                    references.append((arrays, run_cell(cell, arrays)))
-            started = time.time()
-            export_graph(cell, graph.inputs, target / graph.stem, opts.split_threshold)
-            export_s = time.time() - started
-            graph_file, files, split = written_files(target, graph.stem)
-            problems = validate.interface_problems(target / graph_file, graph.inputs)
-            n_weights, weight_problems = validate.weight_problems(target / graph_file, cell)
-            problems += weight_problems
-            proxies = {}
-            for i, case in enumerate(cases):
-                if not case.runs_artifact:  # the same Cell at the proxy size, outside the export folder
-                    where = target.parent / f".proxy-{graph.stem}-{i}"  # removed once it has run
-                    shutil.rmtree(where, ignore_errors=True)
-                    where.mkdir()
-                    export_graph(cell, case.inputs, where / graph.stem, opts.split_threshold)
-                    proxies[i] = where
-        entries.append({"graph": graph, "graph_file": graph_file, "files": files, "split": split,
-                        "export_seconds": round(export_s, 2), "cases": cases, "references": references,
-                        "proxies": proxies, "problems": problems,
-                        "weights": {"stored": n_weights, "identical_to_network": not weight_problems}})
-    del cell, net
-    gc.collect()
-
-    reference, reference_note = None, None
-    if opts.torch_reference:
-        reference, reference_note = _torch_reference(folder)
-    problems = []
-    for entry in entries:
-        graph: GraphSpec = entry["graph"]
-        problems += [f"{graph.stem}: {p}" for p in entry.pop("problems")]
-        started = time.time()
-        checks = []
-        for i, case in enumerate(entry["cases"]):
-            where = entry["proxies"].get(i)
-            path = target / entry["graph_file"] if where is None else written_path(where, graph.stem)
-            arrays, eager = entry["references"][i]
-            with execution_mode(graph=True):
-                out = run_cell(_graph_cell(path), arrays)
-            gc.collect()
-            if where is not None:
-                shutil.rmtree(where, ignore_errors=True)
-            ref = validate.torch_output(spec.name, reference, arrays) if reference is not None else None
-            record, found = validate.check_output(out, case.outputs[0], eager, ref, tolerance_dtype or spec.dtype)
-            record["vs_eager"]["reference"] = REFERENCE_KIND[spec.dtype]
-            record["case"] = case.label
-            record["ran"] = "the exported graph" if where is None else "proxy: the same Cell exported at this size"
-            record["inputs"] = [t.to_dict() for t in case.inputs]
-            if reference is None:
-                record["vs_torch"] = f"unavailable ({reference_note})"
-            checks.append(record)
-            problems += [f"{graph.stem} ({case.label}): {p}" for p in found]
-        entry["validation"] = checks
-        entry["validate_seconds"] = round(time.time() - started, 2)
-        log(_summary_line(spec, entry))
+    by_format: dict[str, list[GraphResult]] = {}
+    reference_note, phases = None, {}
+    for fmt in opts.formats:  # MindIR first: each ONNX graph is compared with its MindIR twin's outputs
+        twins = {r.stem: r for r in by_format.get("mindir", [])}
+        fmt_exporter = exporter(fmt)
+        by_format[fmt], note = fmt_exporter.export_component(spec, folder, target, opts, log,
+                                                             tolerance_dtype or spec.dtype, twins)
+        reference_note = reference_note or note
+        if getattr(fmt_exporter, "phases", None):
+            phases[fmt] = fmt_exporter.phases
+    problems = [p for results in by_format.values() for p in all_problems(results)]
     if problems:
         raise CheckFailed(f"{spec.name}: validation failed: " + "; ".join(problems))
-    return _component_entry(spec, entries, target, folder, reference_note)
+    return component_entry(spec, by_format, target, folder, reference_note, phases)
 
 
-def export_graph(cell, inputs, file_stem: Path, threshold: int | None) -> None:
-    """``mindspore.export`` in GRAPH mode; -1 dims become ``None`` (a dynamic-shape input for Lite gears)."""
-    import mindspore as ms
+def component_entry(spec: ComponentSpec, by_format: dict[str, list[GraphResult]], target: Path, folder: Path,
+                    reference_note: str | None, phases: dict | None = None) -> dict:
+    """The manifest entry of a component: per graph the common facts, the MindIR graph's fields (as before the
+    ONNX route existed) and, when exported, an ``onnx`` section."""
+    from .mindir import MindIRExporter
+    from .onnx_export import OnnxExporter
 
-    with execution_mode(graph=True), split_threshold(threshold):
-        dummies = [ms.Tensor(shape=[None if d == -1 else d for d in t.shape], dtype=dtypes.ms_dtype(t.dtype))
-                   if -1 in t.shape else ms.Tensor(np.zeros(t.shape, dtypes.numpy_dtype(t.dtype))) for t in inputs]
-        try:
-            ms.export(cell, *dummies, file_name=str(file_stem), file_format="MINDIR")
-        except RuntimeError as exc:  # MindSpore reports a full disk as a RuntimeError of its own
-            free = shutil.disk_usage(file_stem.parent).free
-            if free < DISK_NEARLY_FULL:
-                raise OutputError(f"{file_stem.parent}: no space left while MindSpore wrote {file_stem.name} "
-                                  f"({human_bytes(free)} free); nothing was kept") from exc
-            raise
-
-
-def written_path(folder: Path, stem: str) -> Path:
-    return folder / written_files(folder, stem)[0]
-
-
-def _graph_cell(path: Path):
-    import mindspore as ms
-    from mindspore import nn
-
-    return nn.GraphCell(ms.load(str(path)))
-
-
-def _torch_reference(folder: Path):
-    try:
-        from converters.references import load_reference
-    except ImportError as exc:  # torch or diffusers not installed
-        return None, f"torch reference needs torch and diffusers/transformers: {exc}"
-    try:
-        return load_reference(folder), None
-    except SourceError as exc:  # ReferenceUnavailable, or a source that no longer reads
-        return None, str(exc)
-    except ImportError as exc:
-        return None, f"torch reference needs torch and diffusers/transformers: {exc}"
-
-
-def _summary_line(spec: ComponentSpec, entry: dict) -> str:
-    size = sum(p.stat().st_size for p in entry["files"])
-    eager = max(r["vs_eager"]["rel_l2"] for r in entry["validation"])
-    torch_values = [r["vs_torch"]["rel_l2"] for r in entry["validation"] if isinstance(r["vs_torch"], dict)]
-    torch_text = f"{max(torch_values):.2e}" if torch_values else "unavailable"
-    return (f"{entry['graph'].stem}: {spec.dtype}, {size / 2**20:.1f} MiB{' (split)' if entry['split'] else ''}, "
-            f"exported in {entry['export_seconds']:.1f} s; GraphCell vs MindSpore rel_l2 {eager:.2e}, "
-            f"vs torch {torch_text}")
-
-
-def _component_entry(spec: ComponentSpec, records: list[dict], target: Path, folder: Path,
-                     reference_note: str | None) -> dict:
     graphs = []
-    for entry in records:
-        graph: GraphSpec = entry["graph"]
-        graphs.append({
-            "stem": graph.stem,
-            "file": f"{spec.name}/{entry['graph_file']}",
-            "split": entry["split"],
-            "files": [f"{spec.name}/{p.relative_to(target)}" for p in entry["files"]],
+    for i, graph in enumerate(spec.graphs):
+        entry, tail = {"stem": graph.stem}, {}
+        if "mindir" in by_format:
+            head, tail = MindIRExporter.graph_entry(spec, by_format["mindir"][i], target)
+            entry.update(head)
+        entry.update({
             "buckets": graph.buckets,
             "latent_hw": list(graph.latent_hw) if graph.latent_hw else None,
             "gears": [list(g) for g in graph.gears] if graph.gears else None,
             "inputs": [t.to_dict() for t in graph.inputs],
             "outputs": [t.to_dict() for t in graph.outputs],
             "lite_config": f"{spec.name}/{graph.stem}.cfg",
-            "export_seconds": entry["export_seconds"],
-            "validate_seconds": entry["validate_seconds"],
-            "weights": entry["weights"],
-            "validation": entry["validation"],
         })
-    return {"dtype": spec.dtype, "precision_mode": spec.precision_mode, "source": str(folder),
-            "torch_reference": "used" if reference_note is None else f"unavailable ({reference_note})",
-            "graphs": graphs}
+        entry.update(tail)
+        if "onnx" in by_format:
+            entry["onnx"] = OnnxExporter.graph_entry(spec, by_format["onnx"][i], target)
+        graphs.append(entry)
+    entry = {"dtype": spec.dtype, "precision_mode": spec.precision_mode, "source": str(folder),
+             "torch_reference": "used" if reference_note is None else f"unavailable ({reference_note})",
+             "graphs": graphs}
+    if "onnx" in (phases or {}):
+        entry["onnx"] = {"phases": phases["onnx"]}
+    return entry
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -311,6 +139,8 @@ def export_pipeline(out_dir, export_dir, log=print, **options) -> dict:
         spec = build_component(name, configs[name], dtype, opts.batch, opts.max_length, buckets, vae_scale,
                                opts.gears and name == "transformer", precision_mode=opts.precision_modes.get(name))
         if registry.view(name).fp16_needs_check and dtype == "fp16":
+            from .mindir import fp16_finite
+
             ok, why = fp16_finite(name, found[name], spec, opts.validation)
             if not ok:
                 notes.append(f"{name}: fp16 refused ({why}); exported in fp32")
@@ -331,7 +161,7 @@ def export_pipeline(out_dir, export_dir, log=print, **options) -> dict:
             log(f"note: {line}")
 
     manifest_components = {}
-    with atomic_folder(export_dir, planned_export_bytes(found, specs, out), log) as tmp:
+    with atomic_folder(export_dir, planned_export_bytes(found, specs, out, len(opts.formats)), log) as tmp:
         tmp.mkdir()
         for spec in specs:
             manifest_components[spec.name] = export_component(spec, found[spec.name], tmp / spec.name, opts, log,
@@ -346,7 +176,7 @@ def export_pipeline(out_dir, export_dir, log=print, **options) -> dict:
                 copied.append(name)
         if (out / "model_index.json").is_file():
             shutil.copyfile(out / "model_index.json", tmp / "model_index.json")
-        lite.write_convert_script(tmp / lite.SCRIPT, specs)
+        lite.write_convert_script(tmp / lite.SCRIPT, specs, opts.formats)
         manifest = {
             "format_version": FORMAT_VERSION,
             "kind": EXPORT_KIND,
@@ -356,10 +186,10 @@ def export_pipeline(out_dir, export_dir, log=print, **options) -> dict:
                         "text_encoder_dtype": opts.text_encoder_dtype, "gears": opts.gears,
                         "max_length": opts.max_length, "torch_reference": opts.torch_reference,
                         "validation": opts.validation,
-                        "split_threshold": opts.split_threshold},
+                        "split_threshold": opts.split_threshold, "formats": list(opts.formats)},
             "pipeline": _pipeline_section(opts, buckets, vae_scale, bucket_source, found, tmp, copied),
             "components": manifest_components,
-            "lite": {"script": lite.SCRIPT, "flags": lite.CONVERTER_FLAGS},
+            "lite": lite.manifest_section(opts.formats),
             "notes": notes,
         }
         manifest["files"] = {str(p.relative_to(tmp)): file_entry(p) for p in sorted(tmp.rglob("*"))

@@ -6,6 +6,11 @@ The config's ``[ascend_context]`` names every input with its exported shape, alw
 ``--fmk=MINDIR --saveType=MINDIR --optimize=ascend_oriented`` per graph; for a static graph it also passes
 ``--inputShape`` (the converter's own way to pin static shapes). A graph over 1 GiB is given as its
 ``_graph.mindir``; the converter reads the ``_variables/`` folder beside it and writes the same split pair.
+
+ONNX graphs get the same command with ``--fmk=ONNX`` and the same config file (the input names, shapes and
+precision mode are the MindIR graph's); the converter reads ``<stem>.onnx.data`` beside ``<stem>.onnx``. When
+both formats are exported the MindIR commands write ``lite/`` (what ``infer`` loads) and the ONNX ones
+``lite/onnx/``.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from pathlib import Path
 SCRIPT = "convert_lite.sh"
 LITE_DIR = "lite"
 CONVERTER_FLAGS = ["--fmk=MINDIR", "--saveType=MINDIR", "--optimize=ascend_oriented"]
+ONNX_FLAGS = ["--fmk=ONNX", "--saveType=MINDIR", "--optimize=ascend_oriented"]
 PRECISION_MODES = ("enforce_fp32", "preferred_fp32", "enforce_fp16", "enforce_origin", "preferred_optimal")
 
 
@@ -59,15 +65,26 @@ def read_config(path: Path) -> dict:
     return section
 
 
-def command(component: str, graph, graph_file: str) -> list[str]:
-    args = ["converter_lite", *CONVERTER_FLAGS, f"--modelFile={component}/{graph_file}",
-            f"--outputFile={LITE_DIR}/{component}/{graph.stem}", f"--configFile={component}/{graph.stem}.cfg"]
+def command(component: str, graph, graph_file: str, flags=CONVERTER_FLAGS, out_dir: str = LITE_DIR) -> list[str]:
+    args = ["converter_lite", *flags, f"--modelFile={component}/{graph_file}",
+            f"--outputFile={out_dir}/{component}/{graph.stem}", f"--configFile={component}/{graph.stem}.cfg"]
     if not graph.gears:
         args.append('--inputShape="' + ";".join(f"{t.name}:{shape_text(t.shape)}" for t in graph.inputs) + '"')
     return args
 
 
-def write_convert_script(path: Path, specs) -> None:
+def onnx_out_dir(formats) -> str:
+    return LITE_DIR if "mindir" not in formats else f"{LITE_DIR}/onnx"
+
+
+def manifest_section(formats) -> dict:
+    section = {"script": SCRIPT, "flags": CONVERTER_FLAGS}
+    if "onnx" in formats:
+        section.update(onnx_flags=ONNX_FLAGS, onnx_output=onnx_out_dir(formats))
+    return section
+
+
+def write_convert_script(path: Path, specs, formats=("mindir",)) -> None:
     """``convert_lite.sh``: run from anywhere; writes ``lite/<component>/<stem>.mindir`` (or the split pair)."""
     lines = ["#!/usr/bin/env bash",
              "# Convert the exported MindIR graphs for MindSpore Lite on Ascend (run on, or for, the target SoC).",
@@ -76,12 +93,22 @@ def write_convert_script(path: Path, specs) -> None:
              "# several times the weights in host memory.",
              "set -euo pipefail",
              'cd "$(dirname "$0")"']
+    if "onnx" in formats:
+        lines[1:2] = ["# Convert the exported graphs for MindSpore Lite on Ascend (run on, or for, the target SoC).",
+                      f"# ONNX graphs (--fmk=ONNX, weights over 1 GiB in <name>.onnx.data beside them) are converted "
+                      f"into {onnx_out_dir(formats)}/."]
     for spec in specs:
-        lines.append(f"mkdir -p {LITE_DIR}/{spec.name}")
-        for graph in spec.graphs:
-            folder = Path(path).parent / spec.name
-            graph_file = (f"{graph.stem}_graph.mindir" if (folder / f"{graph.stem}_graph.mindir").is_file()
-                          else f"{graph.stem}.mindir")
-            lines.append(" ".join(command(spec.name, graph, graph_file)))
+        folder = Path(path).parent / spec.name
+        if "mindir" in formats:
+            lines.append(f"mkdir -p {LITE_DIR}/{spec.name}")
+            for graph in spec.graphs:
+                graph_file = (f"{graph.stem}_graph.mindir" if (folder / f"{graph.stem}_graph.mindir").is_file()
+                              else f"{graph.stem}.mindir")
+                lines.append(" ".join(command(spec.name, graph, graph_file)))
+        if "onnx" in formats:
+            lines.append(f"mkdir -p {onnx_out_dir(formats)}/{spec.name}")
+            for graph in spec.graphs:
+                lines.append(" ".join(command(spec.name, graph, f"{graph.stem}.onnx", ONNX_FLAGS,
+                                              onnx_out_dir(formats))))
     Path(path).write_text("\n".join(lines) + "\n")
     Path(path).chmod(0o755)

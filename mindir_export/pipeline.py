@@ -13,6 +13,8 @@ The loop is diffusers' ``PixArtSigmaPipeline`` with numpy around the graphs:
 5. the VAE decoder graph on ``latents / scaling_factor``; ``(x / 2 + 0.5).clip(0, 1)``, ``* 255``, rounded.
 
 The bucket (graph) is chosen by ``--height/--width``, which must be one of the exported sizes (no resizing).
+The graphs are the export's MindIR graphs (MindSpore Lite, MindSpore ``GraphCell``) or its ONNX graphs
+(onnxruntime), by the backend.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from pixart_core.errors import ToolError, UsageError
 from pixart_core.manifests import file_problems, read_manifest
 from pixart_core.outputs import atomic_files, check_output_file
 
-from .runtime import BackendError, EagerRunner, Runner, open_graph, resolve_backend
+from .runtime import DESCRIPTION, FORMAT_OF, BackendError, EagerRunner, Runner, open_graph, resolve_backend
 
 
 class InferError(ToolError):
@@ -84,8 +86,18 @@ class OfflinePipeline:
         self.dir = Path(export_dir)
         self.manifest = read_manifest(self.dir, "export")
         self.p = self.manifest["pipeline"]
-        self.backend = backend
         self.overrides = dict(runners or {})
+        self.backend = backend
+        self.fmt = "mindir"
+        if len(self.overrides) < 3:
+            try:
+                self.backend = resolve_backend(backend, export_formats(self.manifest))
+            except BackendError as exc:
+                raise InferError(str(exc)) from None
+            self.fmt = FORMAT_OF[self.backend]
+            if self.fmt not in export_formats(self.manifest):
+                raise InferError(f"{self.dir}: the export has no {self.fmt.upper()} graphs for --backend "
+                                 f"{self.backend}; re-export with --format {self.fmt} (or --format mindir,onnx)")
         self._cache: dict[tuple[str, str], Runner] = {}
         self._checked: set[str] = set()
         for name in ("transformer", "text_encoder", "vae_decoder"):
@@ -94,7 +106,7 @@ class OfflinePipeline:
                                  f"{', '.join(self.manifest['components']) or 'nothing'}); re-export with it")
             if name not in self.overrides:
                 for graph in self.manifest["components"][name]["graphs"]:
-                    for rel in graph.get("files") or [graph["file"]]:  # a split graph: its variables too
+                    for rel in self.graph_files(graph):  # a split graph: its variables too
                         if not (self.dir / rel).is_file():
                             raise InferError(f"{self.dir / rel}: {name} graph missing from the export")
         tokenizer = self.p.get("tokenizer")
@@ -137,6 +149,12 @@ class OfflinePipeline:
                 return graph
         raise InferError(f"{self.dir}: {component} has no graph for bucket {bucket}")
 
+    def graph_files(self, graph: dict) -> list[str]:
+        """Every file of a graph in the format the backend loads (the graph file first)."""
+        if self.fmt == "onnx":
+            return graph["onnx"]["files"]
+        return graph.get("files") or [graph["file"]]
+
     def runner(self, component: str, bucket: str | None = None) -> Runner:
         if component in self.overrides:
             return self.overrides[component]
@@ -145,12 +163,13 @@ class OfflinePipeline:
         if key not in self._cache:
             try:
                 lite_path = self.lite_file(graph)
-                path = lite_path or self.dir / graph["file"]
+                path = lite_path or self.dir / self.graph_files(graph)[0]
                 if not path.is_file():
                     raise InferError(f"{path}: graph file missing from the export")
                 if lite_path is None:
                     self.check_files(graph)
-                self._cache[key] = open_graph(path, self.backend)
+                fp16 = self.manifest["components"][component]["dtype"] == "fp16"
+                self._cache[key] = open_graph(path, self.backend, fp16=fp16)
             except BackendError as exc:
                 raise InferError(str(exc)) from None
         return self._cache[key]
@@ -160,7 +179,7 @@ class OfflinePipeline:
         file is named here instead of failing inside ``mindspore.load``."""
         if graph["stem"] in self._checked:
             return
-        names = graph.get("files") or [graph["file"]]
+        names = self.graph_files(graph)
         listed = self.manifest.get("files", {})
         problems = file_problems(self.dir, listed, [n for n in names if n in listed])
         if problems:
@@ -170,7 +189,7 @@ class OfflinePipeline:
 
     def lite_file(self, graph: dict) -> Path | None:
         """The Lite-converted graph (``convert_lite.sh`` output) when using Lite and it exists."""
-        if resolve_backend(self.backend) != "lite":
+        if self.backend != "lite":
             return None
         component = graph["file"].split("/")[0]
         for name in (f"{graph['stem']}.mindir", f"{graph['stem']}_graph.mindir"):
@@ -218,6 +237,12 @@ class OfflinePipeline:
 
     def backends(self) -> list[str]:
         return sorted({r.backend for r in [*self._cache.values(), *self.overrides.values()]})
+
+
+def export_formats(manifest: dict) -> set[str]:
+    """The graph formats an export folder holds (``file``: MindIR graphs; an ``onnx`` section: ONNX graphs)."""
+    graphs = [g for entry in manifest["components"].values() for g in entry["graphs"]]
+    return {fmt for fmt, key in (("mindir", "file"), ("onnx", "onnx")) if any(key in g for g in graphs)}
 
 
 def image_paths(image_path: Path, count: int) -> list[Path]:
@@ -275,7 +300,7 @@ def infer(export_dir, prompt: str, image_path, negative_prompt: str = "", height
         if pipe.lite_file(graph) is None:
             pipe.check_files(graph)
     if log is not None:
-        log(f"backend: {'MindSpore Lite' if resolve_backend(backend) == 'lite' else 'MindSpore GraphCell'}")
+        log(f"backend: {DESCRIPTION[pipe.backend]}")
     images = pipe(request, progress=progress)
     paths = save_images(images, image_path, log)
     return {"images": [str(p) for p in paths], "bucket": bucket, "height": h, "width": w, "steps": steps,

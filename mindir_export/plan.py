@@ -39,6 +39,18 @@ class ExportOptions:
     precision_modes: dict = field(default_factory=dict)  # component -> Lite precision_mode override
     split_threshold: int | None = None  # bytes; MindSpore's is 1 GiB (lowered only to exercise the split path)
     validation: str = "full"  # "full" | "proxy" (see GraphSpec.validation_cases)
+    formats: tuple[str, ...] = ("mindir",)  # graph formats written into the one export folder
+
+
+FORMATS = ("mindir", "onnx")  # in the order they are exported (ONNX graphs are compared with their MindIR twins)
+
+
+def parse_formats(value) -> tuple[str, ...]:
+    """``mindir``, ``onnx`` or ``mindir,onnx`` (either order) -> the formats in export order."""
+    names = [v.strip() for v in (value.split(",") if isinstance(value, str) else value)]
+    if not names or any(n not in FORMATS for n in names) or len(set(names)) != len(names):
+        raise UsageError(f"--format {','.join(names)}: choose mindir, onnx or mindir,onnx")
+    return tuple(f for f in FORMATS if f in names)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -104,6 +116,7 @@ def check_export(out: Path, export_dir: Path, opts: ExportOptions):
     check_output(export_dir, inputs=[out], overwrite=opts.overwrite)
     if opts.batch < 1 or opts.max_length < 1:
         raise UsageError(f"--batch and --max-length must be positive (got {opts.batch}, {opts.max_length})")
+    opts.formats = parse_formats(opts.formats)
     if opts.validation not in ("full", "proxy"):
         raise UsageError(f"--validation {opts.validation!r}: choose full or proxy")
     for name, value in (("--dtype", opts.dtype), ("--text-encoder-dtype", opts.text_encoder_dtype)):
@@ -123,6 +136,8 @@ def check_export(out: Path, export_dir: Path, opts: ExportOptions):
     if bad_modes:
         raise UsageError(f"unknown Lite precision_mode(s) {bad_modes}; choose from {', '.join(lite.PRECISION_MODES)}")
     configs = {c: read_json(found[c] / "config.json") for c in components}
+    if "onnx" in opts.formats:
+        check_onnx_route(found, components)
     if "transformer" in components and opts.gears and len({(h // vae_scale, w // vae_scale)
                                                            for h, w in buckets.values()}) > 100:
         raise UsageError("Lite supports at most 100 gears; choose fewer buckets")
@@ -134,14 +149,39 @@ def check_export(out: Path, export_dir: Path, opts: ExportOptions):
     return found, components, buckets, vae_scale, bucket_source, configs
 
 
-def planned_export_bytes(found: dict[str, Path], specs: list[ComponentSpec], out: Path) -> int:
+def check_onnx_route(found: dict[str, Path], components: list[str]) -> None:
+    """The ONNX graphs are traced from the torch reference class: its packages must import, every view must say
+    how its torch forward is called, and the class must express the converted variant (diffusers has no KV
+    compression). Checked on the meta device, before MindSpore is imported; a miss is exit 2."""
+    from .onnx_export import require_onnx_stack
+
+    require_onnx_stack()
+    from .torch_source import skeleton
+
+    for name in components:
+        if registry.view(name).torch_forward is None:
+            raise UsageError(f"--format onnx: the {name} view has no torch forward to trace (registry "
+                             "View.torch_forward)")
+    for folder in sorted({found[c] for c in components}):
+        try:
+            skeleton(folder)
+        except ImportError as exc:
+            raise UsageError(f"--format onnx needs the torch reference classes (pip install diffusers "
+                             f"transformers): {exc}") from None
+        except SourceError as exc:
+            raise SourceError(f"{folder}: no ONNX graph: it is traced from the torch reference class, and {exc}") \
+                from None
+
+
+def planned_export_bytes(found: dict[str, Path], specs: list[ComponentSpec], out: Path, formats: int = 1) -> int:
     """About what the export writes: each graph stores its component's weights in the export dtype (the VAE's
-    encoder and decoder are counted with the whole VAE: an upper bound), plus the copied folders."""
+    encoder and decoder are counted with the whole VAE: an upper bound) once per format, plus the copied
+    folders."""
     total = 0
     for spec in specs:
         rows = read_manifest(found[spec.name], "converted")["tensors"]
         values = sum(dtypes.numel(r["shape"]) for r in rows if not r.get("extra"))
-        total += values * dtypes.get(spec.dtype).itemsize * len(spec.graphs)
+        total += values * dtypes.get(spec.dtype).itemsize * len(spec.graphs) * formats
     for name in PIPELINE_COPIED:
         total += sum(f.stat().st_size for f in (out / name).rglob("*") if f.is_file())
     return total

@@ -49,10 +49,8 @@ def torch_output(component: str, model, arrays: list[np.ndarray]) -> np.ndarray:
     return torch_forward(component, model, dict(zip(registry.view(component).inputs, arrays)))
 
 
-def check_output(graph_out: np.ndarray, expected: TensorSpec, eager: np.ndarray, reference: np.ndarray | None,
-                 dtype: str) -> tuple[dict, list[str]]:
-    """(record for the manifest, problems). ``graph_out`` is the GraphCell's output as returned (its dtype is
-    checked), ``eager`` the eager network's, ``reference`` the torch fp32 output or None."""
+def output_facts(graph_out: np.ndarray, expected: TensorSpec) -> tuple[dict, list[str]]:
+    """(shape, dtype and NaN/Inf counts of a graph's output, problems against the spec)."""
     problems = []
     record = {"shape": list(graph_out.shape), "dtype": str(graph_out.dtype),
               "nan": int(np.isnan(graph_out.astype(np.float64)).sum()),
@@ -63,9 +61,24 @@ def check_output(graph_out: np.ndarray, expected: TensorSpec, eager: np.ndarray,
         problems.append(f"output {expected.name} dtype {graph_out.dtype} != spec {expected.dtype}")
     if record["nan"] or record["inf"]:
         problems.append(f"output {expected.name} has {record['nan']} NaN and {record['inf']} Inf values")
-    eager_m = compare(graph_out, eager)
-    eager_m["tolerance"] = EAGER_TOLERANCE
-    eager_m["ok"] = bool(eager_m["rel_l2"] <= EAGER_TOLERANCE and str(eager.dtype) == str(graph_out.dtype))
+    return record, problems
+
+
+def against(graph_out: np.ndarray, reference: np.ndarray, tolerance: float) -> dict:
+    """``compare``'s metrics with the tolerance and the verdict."""
+    metrics = compare(graph_out, reference)
+    metrics["tolerance"] = tolerance
+    metrics["ok"] = bool(metrics["rel_l2"] <= tolerance)
+    return metrics
+
+
+def check_output(graph_out: np.ndarray, expected: TensorSpec, eager: np.ndarray, reference: np.ndarray | None,
+                 dtype: str) -> tuple[dict, list[str]]:
+    """(record for the manifest, problems). ``graph_out`` is the GraphCell's output as returned (its dtype is
+    checked), ``eager`` the eager network's, ``reference`` the torch fp32 output or None."""
+    record, problems = output_facts(graph_out, expected)
+    eager_m = against(graph_out, eager, EAGER_TOLERANCE)
+    eager_m["ok"] = eager_m["ok"] and str(eager.dtype) == str(graph_out.dtype)
     record["vs_eager"] = eager_m
     if str(eager.dtype) != str(graph_out.dtype):
         problems.append(f"output dtype {graph_out.dtype} != eager network's {eager.dtype}")
@@ -75,10 +88,7 @@ def check_output(graph_out: np.ndarray, expected: TensorSpec, eager: np.ndarray,
         problems.append(f"GraphCell vs eager MindSpore rel_l2 {eager_m['rel_l2']:.3g} > {EAGER_TOLERANCE:g}")
     if reference is not None:
         tol = TOLERANCES[dtype]
-        ref_m = compare(graph_out, reference)
-        ref_m["tolerance"] = tol
-        ref_m["ok"] = bool(ref_m["rel_l2"] <= tol)
-        record["vs_torch"] = ref_m
+        record["vs_torch"] = ref_m = against(graph_out, reference, tol)
         if not ref_m["ok"]:
             problems.append(f"GraphCell vs torch reference rel_l2 {ref_m['rel_l2']:.3g} > {tol:g} ({dtype})")
     return record, problems

@@ -84,6 +84,11 @@ class View:
     spatial: bool  # one graph per latent size (bucket); False: one graph
     lite_precision: dict = field(default_factory=lambda: {"fp32": "preferred_fp32", "fp16": "enforce_origin"})
     fp16_needs_check: bool = False  # exported in fp16 only when its fp16 outputs stay finite (the SDXL VAE)
+    # the ONNX route traces the torch reference: ``torch_forward(model, *tensors)`` is ``torch_call`` on torch
+    # tensors in graph input order (None: no ONNX graph of this view); ``torch_dynamic_hw(model, max_hw)`` readies
+    # the model for one graph with dynamic h, w and returns torch.export's ``dynamic_shapes`` (None: per size only)
+    torch_forward: Callable | None = None
+    torch_dynamic_hw: Callable | None = None
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,19 @@ def to_torch(arrays: dict, names) -> dict:
     return {k: None if arrays.get(k) is None else torch.from_numpy(arrays[k]) for k in names}
 
 
+def numpy_call(forward, names):
+    """A view's ``torch_call`` from its ``torch_forward``: numpy inputs by name in, fp32 numpy out, no autograd."""
+
+    def call(model, arrays: dict):
+        import torch
+
+        tensors = to_torch(arrays, names)
+        with torch.no_grad():
+            return forward(model, *[tensors[n] for n in names]).float().numpy()
+
+    return call
+
+
 class Table(dict):
     """A parameter table (name -> shape) built the way the networks declare their parameters."""
 

@@ -8,7 +8,7 @@ fp16 overflows in the feed-forward output projection ``wo``: it stays fp32 (as t
 from __future__ import annotations
 
 from ..registry import Component, Layout, TensorSpec, View, register
-from ._shared import TRANSFORMERS_WEIGHTS, Table, to_torch
+from ._shared import TRANSFORMERS_WEIGHTS, Table, numpy_call
 
 INPUTS = ("input_ids", "attention_mask")
 
@@ -41,13 +41,11 @@ def torch_model(config: dict):
     return T5EncoderModel(T5Config(**{k: v for k, v in config.items() if not k.startswith("_")}))
 
 
-def torch_call(model, arrays: dict):
-    import torch
+def torch_forward(model, input_ids, attention_mask):
+    return model(input_ids=input_ids.long(), attention_mask=attention_mask.long()).last_hidden_state
 
-    t = to_torch(arrays, INPUTS)
-    with torch.no_grad():
-        return model(input_ids=t["input_ids"].long(),
-                     attention_mask=t["attention_mask"].long()).last_hidden_state.float().numpy()
+
+torch_call = numpy_call(torch_forward, INPUTS)
 
 
 def cell(net):
@@ -94,5 +92,5 @@ COMPONENT = register(
     ),
     View("text_encoder", "text_encoder", INPUTS, "last_hidden_state", interface, cell, torch_call,
          taps=("shared", "encoder.block.{n}", "encoder.final_layer_norm"), spatial=False,
-         lite_precision={"fp32": "preferred_fp32", "fp16": "preferred_fp32"}),
+         lite_precision={"fp32": "preferred_fp32", "fp16": "preferred_fp32"}, torch_forward=torch_forward),
 )

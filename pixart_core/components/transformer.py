@@ -9,7 +9,7 @@ Exported per latent size (aspect-ratio bucket).
 from __future__ import annotations
 
 from ..registry import Component, Layout, TensorSpec, View, register
-from ._shared import DIFFUSERS_WEIGHTS, Table, class_name_is, init_kwargs, to_torch
+from ._shared import DIFFUSERS_WEIGHTS, Table, class_name_is, init_kwargs, numpy_call
 
 INPUTS = ("hidden_states", "timestep", "encoder_hidden_states", "encoder_attention_mask")
 ORIGINAL_SENTINELS = ("x_embedder.proj.weight", "t_block.1.weight")
@@ -48,13 +48,25 @@ def torch_model(config: dict):
     return PixArtTransformer2DModel.from_config(init_kwargs(PixArtTransformer2DModel, config))
 
 
-def torch_call(model, arrays: dict):
+def torch_forward(model, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask):
+    return model(hidden_states, encoder_hidden_states=encoder_hidden_states, timestep=timestep,
+                 encoder_attention_mask=encoder_attention_mask, return_dict=False)[0]
+
+
+torch_call = numpy_call(torch_forward, INPUTS)
+
+
+def torch_dynamic_hw(model, max_hw):
+    """One ONNX graph for every latent size up to ``max_hw``: diffusers' PatchEmbed uses its stored sin-cos table
+    whenever the traced grid is the sample size, which torch.export would bake in as a constant; height = width =
+    -1 makes it recompute the table from the (symbolic) grid, as it does for any other size."""
     import torch
 
-    t = to_torch(arrays, INPUTS)
-    with torch.no_grad():
-        return model(t["hidden_states"], encoder_hidden_states=t["encoder_hidden_states"], timestep=t["timestep"],
-                     encoder_attention_mask=t["encoder_attention_mask"]).sample.numpy()
+    model.pos_embed.height = model.pos_embed.width = -1
+    p = model.config.patch_size
+    h = torch.export.Dim("h", min=2, max=max(2, max_hw[0] // p))
+    w = torch.export.Dim("w", min=2, max=max(2, max_hw[1] // p))
+    return ({2: p * h, 3: p * w}, None, None, None)
 
 
 def cell(net):
@@ -122,5 +134,5 @@ COMPONENT = register(
                "transformer_blocks.{n}.ff",
                "transformer_blocks.{n}",
                "proj_out"),                               # final layer (after the final modulation)
-         spatial=True),
+         spatial=True, torch_forward=torch_forward, torch_dynamic_hw=torch_dynamic_hw),
 )

@@ -8,7 +8,7 @@ outputs stay finite (the SDXL VAE in plain fp16 can produce NaN).
 from __future__ import annotations
 
 from ..registry import Component, Layout, TensorSpec, View, register
-from ._shared import DIFFUSERS_WEIGHTS, Table, class_name_is, init_kwargs, to_torch
+from ._shared import DIFFUSERS_WEIGHTS, Table, class_name_is, init_kwargs, numpy_call
 
 
 def scale_factor(config: dict | None) -> int:
@@ -71,18 +71,16 @@ def torch_model(config: dict):
     return AutoencoderKL.from_config(init_kwargs(AutoencoderKL, config))
 
 
-def encode_torch(model, arrays: dict):
-    import torch
-
-    with torch.no_grad():
-        return model.encode(to_torch(arrays, ("image",))["image"]).latent_dist.parameters.numpy()
+def encode_forward(model, image):
+    return model.encode(image).latent_dist.parameters
 
 
-def decode_torch(model, arrays: dict):
-    import torch
+def decode_forward(model, latent):
+    return model.decode(latent).sample
 
-    with torch.no_grad():
-        return model.decode(to_torch(arrays, ("latent",))["latent"]).sample.numpy()
+
+encode_torch = numpy_call(encode_forward, ("image",))
+decode_torch = numpy_call(decode_forward, ("latent",))
 
 
 def encoder_cell(vae):
@@ -147,9 +145,9 @@ COMPONENT = register(
     View("vae_decoder", "vae", ("latent",), "sample", decoder_interface, decoder_cell, decode_torch,
          taps=("post_quant_conv", "decoder.conv_in", "decoder.mid_block", "decoder.up_blocks.{n}",
                "decoder.conv_out"),
-         spatial=True, fp16_needs_check=True),
+         spatial=True, fp16_needs_check=True, torch_forward=decode_forward),
     View("vae_encoder", "vae", ("image",), "moments", encoder_interface, encoder_cell, encode_torch,
          taps=("encoder.conv_in", "encoder.down_blocks.{n}", "encoder.mid_block", "encoder.conv_out",
                "quant_conv"),
-         spatial=True, fp16_needs_check=True),
+         spatial=True, fp16_needs_check=True, torch_forward=encode_forward),
 )
