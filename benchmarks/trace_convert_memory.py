@@ -1,23 +1,26 @@
 #!/usr/bin/env python
-"""Where does a conversion's memory go? Runs ``converters.convert.convert`` in this process with the reader,
-writer and hashing steps wrapped (nothing in the converter changes), samples ``/proc/self/status`` every
-``--interval`` seconds in a thread, and prints the RSS (anonymous / file-backed) per phase and at the peak.
+"""Where does a conversion's time and memory go? Runs ``converters.convert.convert`` in this process with its
+phases wrapped (nothing in the converter changes): wall time per phase of the main thread (exclusive of the
+phases nested in it), CPU time per thread (the main thread reads, checks and casts; ``stage-file-hash`` hashes the
+file, ``stage-write`` writes it; ``stage-hash`` hashes each tensor; ``source-hash`` hashes the source files), and the RSS,
+sampled every ``--interval`` seconds, at each phase's maximum.
 
-    python benchmarks/trace_convert_memory.py SRC OUT [--interval 0.02] [--log trace.tsv] [--json trace.json]
+    python benchmarks/trace_convert_memory.py SRC OUT [--interval 0.02] [--json trace.json] [convert options]
 
 A diagnostic for the numbers in BENCHMARKS.md ("## Conversion"), not a benchmark: the wrappers and the sampling
-thread cost a little time. OUT must not exist; it is left in place. Time per phase is attributed by the sampling
-thread to the innermost wrapped call running at each sample (20 ms resolution).
+thread cost a little time. OUT must not exist; it is left in place.
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import threading
 import time
 from pathlib import Path
 
 MiB = 2**20
+T0 = time.perf_counter()
 
 
 def status() -> dict:
@@ -32,55 +35,93 @@ def status() -> dict:
 class Tracer:
     def __init__(self, interval: float):
         self.interval = interval
-        self.phase = "start"
-        self.events = []  # (t, event, key, anon, file) after each wrapped call
-        self.by_phase: dict[str, list] = {}  # phase -> [max rss, anon at it, file at it, samples, seconds]
+        self.stack = ["start"]
+        self.wall: dict[str, float] = {}  # phase -> exclusive seconds (main thread)
+        self.calls: dict[str, int] = {}
+        self.rss: dict[str, tuple[int, int, int]] = {}  # phase -> (max rss, anon, file) at that max
+        self.thread_cpu: dict[str, float] = {}
         self.peak = (0, 0, 0, "", 0.0)
-        self.t0 = self._last = time.perf_counter()
+        self._mark = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._main = threading.get_ident()
 
-    def _sample(self):
-        s = status()
+    def _switch(self, phase: str | None) -> None:
         now = time.perf_counter()
-        rss, anon, file = s["VmRSS"], s["RssAnon"], s["RssFile"]
-        row = self.by_phase.setdefault(self.phase, [0, 0, 0, 0, 0.0])
-        row[3] += 1
-        row[4] += now - self._last
-        self._last = now
-        if rss > row[0]:
-            row[:3] = [rss, anon, file]
-        if rss > self.peak[0]:
-            self.peak = (rss, anon, file, self.phase, time.perf_counter() - self.t0)
+        top = self.stack[-1]
+        self.wall[top] = self.wall.get(top, 0.0) + now - self._mark
+        self._mark = now
+        if phase is None:
+            self.stack.pop()
+        else:
+            self.stack.append(phase)
+            self.calls[phase] = self.calls.get(phase, 0) + 1
 
     def _run(self):
         while not self._stop.is_set():
-            self._sample()
+            s = status()
+            phase = self.stack[-1]
+            if s["VmRSS"] > self.rss.get(phase, (0,))[0]:
+                self.rss[phase] = (s["VmRSS"], s["RssAnon"], s["RssFile"])
+            if s["VmRSS"] > self.peak[0]:
+                self.peak = (s["VmRSS"], s["RssAnon"], s["RssFile"], phase, time.perf_counter() - T0)
             time.sleep(self.interval)
 
     def start(self):
         self._thread.start()
 
     def stop(self):
+        self._switch("done")
         self._stop.set()
         self._thread.join()
-        self._sample()
 
-    def wrap(self, owner, name, phase_of):
+    def wrap(self, owner, name: str, phase: str) -> None:
         original = getattr(owner, name)
 
         @functools.wraps(original)
         def wrapper(*args, **kwargs):
-            phase, key = phase_of(*args, **kwargs)
-            previous, self.phase = self.phase, phase
+            if threading.get_ident() != self._main:
+                return original(*args, **kwargs)
+            self._switch(phase)
             try:
                 return original(*args, **kwargs)
             finally:
-                s = status()
-                self.events.append((time.perf_counter() - self.t0, phase, key, s["RssAnon"], s["RssFile"]))
-                self.phase = previous
+                self._switch(None)
 
         setattr(owner, name, wrapper)
+
+    def wrap_thread(self, owner, name: str, label: str) -> None:
+        """A worker thread's loop: its CPU time is recorded when the loop ends."""
+        original = getattr(owner, name)
+
+        @functools.wraps(original)
+        def wrapper(*args, **kwargs):
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.thread_cpu[label] = self.thread_cpu.get(label, 0.0) + time.thread_time()
+
+        setattr(owner, name, wrapper)
+
+
+PHASES = [  # (module, owner attribute or None, function, phase)
+    ("converters.convert", None, "detect", "detect (headers; the .pth zip + restricted unpickler)"),
+    ("converters.convert", None, "plan_job", "plan (key map + parameter table)"),
+    ("converters.convert", None, "stream_plan", "stream: other (loop, hand-offs)"),
+    ("converters.ranges", "RangeProducer", "fill", "read + check + cast (preadv into the buffers)"),
+    ("converters.staging", "StagedFile", "_take", "waiting for a free staging buffer"),
+    ("converters.staging", "StagedFile", "finish", "waiting for the hash/write threads to finish"),
+    ("converters.staging", "StagedFile", "close", "close (truncate the O_DIRECT padding)"),
+    ("converters.staging", "FileHasher", "result", "waiting for the source-file hash thread"),
+    ("converters.engine", None, "produce_group", "rule.apply path (whole arrays)"),
+    ("converters.engine", None, "check_aliases", "tied-copy check"),
+    ("converters.convert", None, "component_manifest", "manifest (rows, config.json hash)"),
+    ("pixart_core.outputs", None, "fsync_tree", "fsync (every file and folder)"),
+]
+THREADS = [("converters.staging", "StagedFile", "_write_loop", "stage-write: os.writev"),
+           ("converters.staging", "StagedFile", "_file_hash_loop", "stage-file-hash: the output file's sha256"),
+           ("converters.staging", "StagedFile", "_hash_loop", "stage-hash: per-tensor sha256"),
+           ("converters.staging", "FileHasher", "_run", "source-hash: source files' sha256")]
 
 
 def main():
@@ -88,71 +129,52 @@ def main():
     parser.add_argument("src", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--interval", type=float, default=0.02)
-    parser.add_argument("--log", type=Path, help="Write one line per wrapped call (t, phase, key, anon, file).")
     parser.add_argument("--json", type=Path, help="Write the phase table and the peak as JSON.")
+    parser.add_argument("--dtype", default="keep")
+    parser.add_argument("--format", default="safetensors")
     args = parser.parse_args()
 
     tracer = Tracer(args.interval)
     tracer.start()
-    tracer.phase = "import"
-    from converters import convert as convert_mod, engine, sources, writers
+    tracer._switch("import (CLI modules)")
+    import importlib
 
-    import torch
+    from converters import convert as convert_mod
 
-    tracer.phase = "other"
-    for cls in (sources.SafetensorsSource, sources.TorchSource):
-        tracer.wrap(cls, "read", lambda self, key: ("source.read", key))
-        tracer.wrap(cls, "close", lambda self: ("source.close", ""))
-    tracer.wrap(sources.SafetensorsSource, "read_rows",
-                lambda self, key, start, stop: ("alias check (read_rows)", f"{key}[{start}:{stop}]"))
-    tracer.wrap(writers._Writer, "write", lambda self, name, tensor: ("writer.write (+sha256)", name))
-    tracer.wrap(engine, "_equal_in_chunks", lambda source, a, b, *r: ("alias check (read_rows)", f"{a} == {b}"))
-    tracer.wrap(convert_mod, "file_entry", lambda path: ("manifest file sha256", str(path)))
-    tracer.wrap(convert_mod, "plan_job", lambda job, opts: ("plan", ""))
-    tracer.wrap(convert_mod, "detect", lambda src, component, ema=False: ("detect (headers)", str(src)))
-    # stream_plan is looked up in convert's namespace; wrap it there so the phase covers isfinite/cast too
-    tracer.wrap(convert_mod, "stream_plan", lambda plan, source, writer, progress=None: ("stream (other)", ""))
-    # the NaN/Inf check is the first code to touch a memory-mapped tensor's pages: disk reads land here
-    tracer.wrap(torch, "isfinite", lambda tensor: ("isfinite check (+page-in)", ""))
-    tracer.wrap(engine, "_cast", lambda target, value, bad: ("dtype cast", target.name))
+    tracer._switch(None)
+    for module, owner, name, phase in PHASES:
+        target = importlib.import_module(module)
+        tracer.wrap(getattr(target, owner) if owner else target, name, phase)
+    for module, owner, name, label in THREADS:
+        tracer.wrap_thread(getattr(importlib.import_module(module), owner), name, label)
 
+    cpu0 = time.process_time()
     started = time.perf_counter()
-    result = convert_mod.convert(args.src, args.out, progress=False)
+    result = convert_mod.convert(args.src, args.out, opts=convert_mod.Options(dtype=args.dtype, fmt=args.format),
+                                 progress=False)
     seconds = time.perf_counter() - started
     tracer.stop()
-
+    cpu = time.process_time() - cpu0
+    main_cpu = time.thread_time()
     hwm = status()["VmHWM"]
-    print(f"converted {args.src} -> {result['output']} in {seconds:.1f} s; VmHWM {hwm / MiB:,.0f} MiB")
+    phases = [{"phase": p, "seconds": round(s, 3), "calls": tracer.calls.get(p, 1),
+               "max_rss_bytes": tracer.rss.get(p, (0, 0, 0))[0]}
+              for p, s in sorted(tracer.wall.items(), key=lambda kv: -kv[1]) if p != "done"]
+    threads = {"main: read, check, cast, stage": round(main_cpu, 2),
+               **{k: round(v, 2) for k, v in tracer.thread_cpu.items()}}
     rss, anon, file, phase, at = tracer.peak
-    print(f"sampled peak: {rss / MiB:,.0f} MiB (anon {anon / MiB:,.0f}, file {file / MiB:,.0f}) at {at:.1f} s "
-          f"in phase '{phase}'")
-    print(f"{'phase':32s} {'seconds':>8s} {'max RSS':>9s} {'anon':>7s} {'file':>7s}  (MiB, at that phase's max)")
-    for name, (p_rss, p_anon, p_file, n, secs) in sorted(tracer.by_phase.items(), key=lambda kv: -kv[1][0]):
-        print(f"{name:32s} {secs:8.1f} {p_rss / MiB:9,.0f} {p_anon / MiB:7,.0f} {p_file / MiB:7,.0f}")
-    reads = [e for e in tracer.events if e[1] == "writer.write (+sha256)"]
-    if reads:
-        print("anon / file MiB after writing tensor k (every ~10%):")
-        step = max(1, len(reads) // 10)
-        for i in list(range(0, len(reads), step)) + [len(reads) - 1]:
-            t, _, key, e_anon, e_file = reads[i]
-            print(f"  {i + 1:4d}/{len(reads)} {t:7.1f} s  anon {e_anon / MiB:7,.0f}  file {e_file / MiB:7,.0f}  {key}")
+    print(f"converted {args.src} -> {result['output']} in {seconds:.1f} s wall, {cpu:.1f} s CPU; "
+          f"VmHWM {hwm / MiB:,.0f} MiB; peak sampled in '{phase}'")
+    for row in phases:
+        print(f"  {row['phase']:50s} {row['seconds']:8.2f} s  {row['calls']:6d} calls  "
+              f"{row['max_rss_bytes'] / MiB:7,.0f} MiB")
+    for name, value in threads.items():
+        print(f"  CPU {name:46s} {value:8.2f} s")
     if args.json:
-        import json
-
         args.json.write_text(json.dumps({
-            "src": str(args.src), "seconds": round(seconds, 2), "vmhwm_bytes": hwm,
+            "src": str(args.src), "seconds": round(seconds, 2), "cpu_s": round(cpu, 2), "vmhwm_bytes": hwm,
             "peak": {"rss_bytes": rss, "anon_bytes": anon, "file_bytes": file, "phase": phase, "at_s": round(at, 2)},
-            "phases": [{"phase": name, "seconds": round(secs, 2), "samples": n, "max_rss_bytes": r,
-                        "anon_bytes": a, "file_bytes": f}
-                       for name, (r, a, f, n, secs) in sorted(tracer.by_phase.items(), key=lambda kv: -kv[1][0])],
-        }, indent=1) + "\n")
-        print(f"wrote {args.json}")
-    if args.log:
-        with open(args.log, "w") as f:
-            f.write("t_s\tphase\tkey\tanon_bytes\tfile_bytes\n")
-            for t, ph, key, anon, file in tracer.events:
-                f.write(f"{t:.3f}\t{ph}\t{key}\t{anon}\t{file}\n")
-        print(f"wrote {args.log}")
+            "phases": phases, "thread_cpu_s": threads}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ Two checked plans, chained by ``engine.PlanSource``:
    (the original's ``pos_embed`` buffer); for diffusers / transformers folders the targets are checked against the
    torch class's own state dict (built on the meta device), so the folder loads with no missing or unexpected key.
 
-Then one stream, a group at a time, from the source through both rules into the writer (safetensors with
-``format: pt``, or a ``.pth``); the folder is written beside the target and renamed when complete, with the
+Then one stream through the same staged writers as a forward conversion (safetensors with ``format: pt``, or a
+``.pth``): a target that both rules keep as byte ranges of the source file (``PlanSource.spans``) is read straight
+into the output buffers and checked there, any other is produced a group at a time through both rules; the folder is written beside the target and renamed when complete, with the
 same manifest as a forward conversion (``target`` says which way it went).
 """
 from __future__ import annotations

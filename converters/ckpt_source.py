@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from pixart_core import dtypes
 from pixart_core.errors import SourceError
 
@@ -221,29 +219,6 @@ class CkptSource(ByteRangeSource):
             raise SourceError(f"{path}: cannot read ({exc.strerror or exc})") from exc
         except (_Malformed, UnicodeDecodeError) as exc:
             raise SourceError(f"{path}: not a readable MindSpore checkpoint ({exc})") from exc
-        self._handle = None
 
-    def _read_span(self, info, begin, shape):
-        out = np.empty(shape, dtypes.numpy_dtype(info.dtype))
-        view = memoryview(out.reshape(-1).view(np.uint8))
-        end = begin + len(view)
-        try:
-            if self._handle is None:
-                self._handle = open(self.files[0], "rb")
-            pos, filled = 0, 0
-            for offset, length in self._chunks[info.key]:  # the chunks that overlap begin:end
-                lo, hi = max(begin, pos), min(end, pos + length)
-                if lo < hi:
-                    self._handle.seek(offset + lo - pos)
-                    if self._handle.readinto(view[filled:filled + hi - lo]) != hi - lo:
-                        raise SourceError(f"{self.files[0]}: truncated inside tensor {info.key}")
-                    filled += hi - lo
-                pos += length
-        except OSError as exc:
-            raise SourceError(f"{self.files[0]}: cannot read tensor {info.key} ({exc})") from exc
-        return out
-
-    def close(self):
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+    def spans(self, key):
+        return [(self.files[0], offset, length) for offset, length in self._chunks[key]]

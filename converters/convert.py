@@ -79,6 +79,7 @@ def plan_job(job: Job, opts: Options):
     config, written, notes = resolve_config(job, opts.config, opts.sample_size)
     if opts.y_embedding_from is not None:
         notes.append(borrow_y_embedding(job, opts))
+    notes.extend(job.source.notes)  # how the reader read it, when a user may want to know (torch.load fallback)
     component = registry.component(job.component)
     prefix = registry.layout(job.layout).ema_prefix
     if opts.ema and prefix and not any(k.startswith(prefix) for k in job.source.infos):

@@ -2,10 +2,11 @@
 
 1. ``build_plan`` reads only names/shapes/dtypes, applies the spec's rules and checks the result against the
    target network's parameter table; every problem is collected before anything is read or written.
-2. ``stream_plan`` reads, transforms, checks and writes one rule group (one tensor, or one fused group) at a time.
+2. ``stream_plan`` reads, checks, transforms and writes one target at a time: byte ranges of the source straight
+   into the writer's staging buffers where the rule and the source allow it, one rule group at a time otherwise.
 
-Tensors are numpy arrays throughout (bfloat16 through ml_dtypes); each rule kind owns its shape prediction and its
-transformation (``keymaps.rules``), so the engine has no branch per rule kind.
+Tensors are numpy arrays (bfloat16 through ml_dtypes) or byte ranges; each rule kind owns its shape prediction, its
+transformation and whether that is a byte range (``keymaps.rules``), so the engine has no branch per rule kind.
 """
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ from pixart_core import dtypes
 from pixart_core.errors import DataError, PlanError
 from pixart_core.naming import fold, natural_key
 
+from . import checks
 from .keymaps.rules import Spec, fill, match
+from .ranges import RangeReader, file_ranges, spans_equal
 from .sources import DictSource, Source, numpy_to_torch
+from .staging import FileHasher, remember
 from .writers import TensorDictWriter
 
 DTYPE_POLICIES = {"keep": None, "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -169,23 +173,46 @@ def _check_against_table(plan: Plan, table: dict, extras: set) -> None:
 def stream_plan(plan: Plan, source: Source, writer, progress=None) -> dict[str, str]:
     """Write every target through ``writer`` in ``plan.targets`` order; returns name -> sha256.
 
-    Targets of one group are produced together, so a fused source is read once; they are buffered only until
-    their turn in the file order (which follows the group order for every layout we write).
-    NaN/Inf in a source and fp16 overflow are collected over the whole run and raised together at the end.
+    Into a staging writer (``writer.stages``: safetensors, ``.ckpt``) a target that is byte ranges of the source
+    (``Rule.byte_pieces``, where the source stores its tensors as ``spans``) streams straight from the source
+    files into the output buffers, checked and cast on the way (``converters.ranges``), while other threads hash
+    the tensors, the output and the source files and write; every other target is produced whole by its rule
+    (``produce_group``: fused siblings wait in memory until their turn in the file order, which follows the group
+    order for every layout we write), with the same checks. NaN/Inf in a source and fp16 overflow are collected
+    over the whole run and raised together at the end, after the tied copies are compared.
     """
     by_name = {t.name: t for t in plan.targets}
     ready: dict[str, np.ndarray] = {}
     bad: list[str] = []
     digests: dict[str, str] = {}
-    for target in plan.targets:
-        if target.name not in ready:
-            ready.update(produce_group(target.group, source, by_name, bad))
-        value = ready.pop(target.name)
-        digests[target.name] = writer.write(target.name, value)
-        if progress is not None:
-            progress(target.nbytes)
-        del value
-    source.close()  # the alias check reads its own row blocks; drop the stream's open files first
+    findings = checks.Findings()
+    staged = getattr(writer, "stages", False)
+    reader = RangeReader(source, findings) if staged else None
+    hasher = FileHasher(source.files) if staged and source.files else None
+    try:
+        for target in plan.targets:
+            value = reader.producer(target) if reader is not None else None
+            if value is None:
+                if target.name not in ready:
+                    ready.update(produce_group(target.group, source, by_name, bad))
+                value = ready.pop(target.name)
+            digest = writer.write(target.name, value)
+            if digest is not None:
+                digests[target.name] = digest
+            if progress is not None:
+                progress(target.nbytes)
+            del value
+        if staged:
+            digests.update(writer.digests())
+        if hasher is not None:
+            remember(hasher.result())
+    finally:
+        if hasher is not None:
+            hasher.cancel()
+        if reader is not None:
+            reader.close()
+        source.close()  # the alias check reads its own row blocks; drop the stream's open files first
+    bad.extend(findings.messages())
     bad.extend(check_aliases(plan, source))
     if bad:
         raise DataError(f"{plan.source}: {len(bad)} tensor(s) cannot be converted: " + "; ".join(bad))
@@ -196,6 +223,7 @@ def produce_group(group: Group, source: Source, by_name: dict, bad: list[str]) -
     """Read one group's source tensors, check them, apply its rule and cast: target name -> array. NaN/Inf and
     fp16 overflow are appended to ``bad``."""
     arrays = []
+    findings = checks.Findings()
     for key in group.sources:
         array = source.read(key)
         expected = source.infos[key]
@@ -203,18 +231,18 @@ def produce_group(group: Group, source: Source, by_name: dict, bad: list[str]) -
             raise DataError(f"{source.description}: {key} read as {tuple(array.shape)} {array.dtype}, "
                             f"header said {expected.shape} {expected.dtype}")
         if expected.dtype in dtypes.FLOAT_NAMES:
-            nonfinite = count_nonfinite(array)
-            if nonfinite:
-                bad.append(f"{key}: {nonfinite} NaN/Inf value(s)")
+            checks.check_array(array, expected.dtype, key, findings)
         arrays.append(array)
-    return {name: _cast(by_name[name], value, bad)
-            for name, value in zip(group.targets, group.rule.apply(arrays))}
+    out = {name: _cast(by_name[name], value, findings)
+           for name, value in zip(group.targets, group.rule.apply(arrays))}
+    bad.extend(findings.messages())
+    return out
 
 
 def check_aliases(plan: Plan, source: Source) -> list[str]:
     """The tied copies a plan dropped must equal what they are tied to, byte for byte."""
     return [f"{copy} is not a tied copy of {kept}: their values differ, dropping it would lose data"
-            for copy, kept in plan.aliases if not _equal_in_chunks(source, copy, kept)]
+            for copy, kept in plan.aliases if not _tied_equal(source, copy, kept)]
 
 
 class PlanSource(Source):
@@ -239,13 +267,47 @@ class PlanSource(Source):
             self._ready.update(produce_group(self._by_name[key].group, self.source, self._by_name, self.bad))
         return self._ready.pop(key)
 
+    def spans(self, key):
+        """A target that is byte ranges of the source (a renamed tensor, an axis-0 part) is those ranges: the
+        second plan then streams it from the source files like a forward conversion (checked on the way)."""
+        target = self._by_name[key]
+        group = target.group
+        if target.dtype != target.source_dtype or not group.sources:
+            return None
+        shapes = [self.source.infos[k].shape for k in group.sources]
+        pieces = group.rule.byte_pieces(shapes, dtypes.get(target.source_dtype).itemsize)
+        if pieces is None:
+            return None
+        out = []
+        for i, begin, n in pieces[group.targets.index(key)]:
+            spans = self.source.spans(group.sources[i])
+            if spans is None:
+                return None
+            out.extend(file_ranges(spans, begin, n))
+        return out
+
     def close(self):
         self._ready = {}
         self.source.close()
 
 
-def _equal_in_chunks(source: Source, a: str, b: str, chunk_bytes: int = 64 * 2**20) -> bool:
-    """Byte equality of two same-shaped source tensors, compared a block of rows at a time."""
+ALIAS_BLOCK = 16 * 2**20
+
+
+def _tied_equal(source: Source, a: str, b: str) -> bool:
+    """Byte equality of two same-shaped source tensors: their byte ranges compared as uint64 words, or (a source
+    without byte ranges) a block of rows at a time."""
+    spans_a, spans_b = source.spans(a), source.spans(b)
+    if spans_a is not None and spans_b is not None:
+        reader = RangeReader(source, checks.Findings())
+        try:
+            return spans_equal(reader, spans_a, spans_b, ALIAS_BLOCK)
+        finally:
+            reader.close()
+    return _equal_in_chunks(source, a, b)
+
+
+def _equal_in_chunks(source: Source, a: str, b: str, chunk_bytes: int = ALIAS_BLOCK) -> bool:
     info = source.infos[a]
     rows = info.shape[0] if info.shape else 1
     step = max(1, rows * chunk_bytes // max(info.nbytes, 1))
@@ -257,32 +319,11 @@ def _equal_in_chunks(source: Source, a: str, b: str, chunk_bytes: int = 64 * 2**
     return True
 
 
-# value checks run over flat blocks: whole-tensor temporaries (bool masks, widened bf16) would be several times
-# the largest tensor at T5-XXL's 251 MiB embedding
-CHECK_BLOCK = 4 * 2**20
-
-
-def _blocks(array: np.ndarray):
-    flat = array.reshape(-1)
-    for start in range(0, flat.size, CHECK_BLOCK):
-        yield flat[start:start + CHECK_BLOCK]
-
-
-def count_nonfinite(array: np.ndarray) -> int:
-    return sum(int(block.size - np.count_nonzero(np.isfinite(block))) for block in _blocks(array))
-
-
-def abs_max(array: np.ndarray) -> float:
-    return max((float(np.max(np.abs(block))) for block in _blocks(array) if block.size), default=0.0)
-
-
-def _cast(target: Target, value: np.ndarray, bad: list[str]) -> np.ndarray:
+def _cast(target: Target, value: np.ndarray, findings: checks.Findings) -> np.ndarray:
     if target.dtype == target.source_dtype:
         return value
     if target.dtype == "float16" and target.source_dtype in ("float32", "float64", "bfloat16"):
-        peak = abs_max(value)
-        if peak > dtypes.FP16_MAX:
-            bad.append(f"{target.name}: |x| up to {peak:.4g} overflows fp16 (max {dtypes.FP16_MAX:g})")
+        checks.check_cast(value, target.source_dtype, target.name, findings)
     with np.errstate(over="ignore"):  # an overflow is reported above; the run fails before the file is kept
         return np.ascontiguousarray(value.astype(dtypes.numpy_dtype(target.dtype)))
 

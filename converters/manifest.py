@@ -36,6 +36,8 @@ def component_manifest(job, plan, digests: dict, folder: Path, weights_name: str
     from pixart_core.manifests import file_entry
     from pixart_core.stamps import versions
 
+    from .staging import known_file_entry  # hashed beside the stream when it could be
+
     return {
         "format_version": FORMAT_VERSION,
         "component": job.component,
@@ -44,7 +46,7 @@ def component_manifest(job, plan, digests: dict, folder: Path, weights_name: str
         **more,
         "versions": versions("mindspore", "torch", "safetensors"),
         "source": {"path": str(job.path), "description": plan.source,
-                   "files": [{"name": str(p), **file_entry(p)} for p in job.source.files]},
+                   "files": [{"name": str(p), **(known_file_entry(p) or file_entry(p))} for p in job.source.files]},
         "dtype_policy": dtype_policy,
         "weights_format": Path(weights_name).suffix.lstrip("."),
         "weights_file": weights_name,

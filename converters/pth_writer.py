@@ -1,13 +1,14 @@
 """A streaming writer of torch ``.pth`` files (the original PixArt layout's ``{"state_dict": ...}``).
 
 ``torch.save`` needs the whole state dict in memory; here every name, dtype and shape is known from the plan, so
-the pickle (``data.pkl``) is written first and each tensor's bytes follow as its own record, one at a time: peak
-memory stays the largest tensor plus a constant. The archive is what ``torch.save`` writes: a zip with stored
-(uncompressed) records under one folder, each record's data aligned to 64 bytes by an ``FB`` padding field in its
-local header (so ``torch.load(mmap=True)`` maps storages in place), and a pickle (protocol 2) whose tensors are
-``torch._utils._rebuild_tensor_v2`` calls on persistent storage ids, which ``torch.load(weights_only=True)``
-accepts. zipfile rewrites each local header after its data, so the whole-file hash is computed by one read-back
-at ``close``.
+the pickle (``data.pkl``) is written first and each tensor's bytes follow as its own record, one at a time, through
+the same staged stream as every other format (``converters.writers``, ``converters.staging``). The archive is laid
+out as ``torch.save`` lays it out: a zip of stored (uncompressed) records under one folder, each record's data
+aligned to 64 bytes by an ``FB`` padding field in its local header (so ``torch.load(mmap=True)`` maps storages in
+place), sizes and CRC-32 in a data descriptor after the data (general purpose flag bit 3, as torch writes them:
+the CRC comes from the tensor-hash thread), zip64 fields where a size or an offset needs them; and a pickle
+(protocol 2) whose tensors are ``torch._utils._rebuild_tensor_v2`` calls on persistent storage ids, which
+``torch.load(weights_only=True)`` accepts.
 """
 from __future__ import annotations
 
@@ -15,17 +16,18 @@ import hashlib
 import io
 import pickle
 import struct
-import zipfile
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 
 from pixart_core import dtypes
 
 from .sources import TorchSource
+from .writers import _Writer
 
 ARCHIVE = "archive"
 ALIGNMENT = 64
-RECORD_CHUNK = 64 * 2**20
+RECORD_CHUNK = 64 * 2**20  # hash_pth's read block
 _STORAGE = {"float32": "FloatStorage", "float16": "HalfStorage", "bfloat16": "BFloat16Storage",
             "float64": "DoubleStorage", "int64": "LongStorage", "int32": "IntStorage", "int16": "ShortStorage",
             "int8": "CharStorage", "uint8": "ByteStorage", "bool": "BoolStorage"}
@@ -71,62 +73,78 @@ def state_dict_pickle(entries, wrap: str | None = "state_dict") -> bytes:
     return buf.getvalue()
 
 
-class PthWriter:
-    """The ``_Writer`` interface of ``converters.writers`` for ``.pth``: ``write`` tensors in entry order, then
-    ``close`` (``size`` and ``file_sha256`` describe the file afterwards) or ``abort``."""
+ZIP64_LIMIT = 0xFFFFFFFF  # sizes and offsets from here on go into zip64 fields (tests lower it)
+_FLAGS = 0x0808  # sizes and CRC in a data descriptor after the data; UTF-8 names (torch.save's flags)
+_DATE = 0x21  # 1980-01-01, the zip epoch
+
+
+def _zip64_extra(values) -> bytes:
+    return struct.pack(f"<HH{len(values)}Q", 1, 8 * len(values), *values) if values else b""
+
+
+class PthWriter(_Writer):
+    """``converters.writers``' staged writer for ``.pth``: local headers, data descriptors and the central
+    directory are framing bytes of the stream; each tensor's bytes come from the engine's producer."""
+
+    crc = True
 
     def __init__(self, path, entries, metadata=None, wrap: str | None = "state_dict"):
-        self.path = Path(path)
-        self.entries = entries
-        self._next = 0
-        self.size = 0
-        self.file_sha256 = ""
-        self._zip = zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        super().__init__(path, entries)
+        self._central: list[tuple[bytes, int, int, int]] = []  # (name, local header offset, size, crc)
         pickled = state_dict_pickle(entries, wrap)
         self._id = hashlib.sha256(pickled).hexdigest()[:40]
         for name, data in (("data.pkl", pickled), (".format_version", b"1"), (".storage_alignment", b"64"),
                            ("byteorder", b"little")):
-            self._record(name, memoryview(data))
+            self._record(name, data)
 
-    def _record(self, name: str, data: memoryview) -> None:
-        info = zipfile.ZipInfo(f"{ARCHIVE}/{name}", date_time=(1980, 1, 1, 0, 0, 0))
-        info.compress_type = zipfile.ZIP_STORED
-        info.file_size = len(data)
-        zip64 = info.file_size * 1.05 > zipfile.ZIP64_LIMIT  # zipfile's own rule for a local zip64 field
-        data_start = self._zip.start_dir + 30 + len(info.filename.encode()) + 4 + (20 if zip64 else 0)
-        pad = -data_start % ALIGNMENT
-        info.extra = b"FB" + struct.pack("<H", pad) + b"Z" * pad
-        with self._zip.open(info, "w", force_zip64=zip64) as f:
-            for start in range(0, len(data), RECORD_CHUNK):
-                f.write(data[start:start + RECORD_CHUNK])
+    def _begin(self, name: str, size: int) -> None:
+        offset, raw = self._file.tell(), f"{ARCHIVE}/{name}".encode()
+        zip64 = size >= ZIP64_LIMIT
+        extra = _zip64_extra([0, 0]) if zip64 else b""  # the sizes are in the descriptor
+        pad = -(offset + 30 + len(raw) + len(extra) + 4) % ALIGNMENT
+        extra += b"FB" + struct.pack("<H", pad) + b"Z" * pad
+        marker = 0xFFFFFFFF if zip64 else 0
+        self._emit(struct.pack("<IHHHHHIIIHH", 0x04034B50, 45 if zip64 else 20, _FLAGS, 0, 0, _DATE, 0, marker,
+                               marker, len(raw), len(extra)) + raw + extra)
+        self._central.append((raw, offset, size, 0))
 
-    def write(self, name: str, array) -> str:
-        from .writers import tensor_bytes
+    def _end(self, crc: int) -> None:
+        raw, offset, size, _ = self._central[-1]
+        self._central[-1] = (raw, offset, size, crc)
+        layout = "<IIQQ" if size >= ZIP64_LIMIT else "<IIII"
+        self._emit(struct.pack(layout, 0x08074B50, crc, size, size))
 
-        data = tensor_bytes(array)
-        expected_name, dtype, shape = self.entries[self._next]
-        if name != expected_name or data.nbytes != dtypes.nbytes(dtype, shape):
-            raise RuntimeError(f"writer got {name} ({data.nbytes} bytes), expected {expected_name} "
-                               f"({dtypes.nbytes(dtype, shape)} bytes)")
-        self._record(f"data/{self._next}", memoryview(data))
-        self._next += 1
-        return hashlib.sha256(data).hexdigest()
+    def _record(self, name: str, data: bytes) -> None:
+        self._begin(name, len(data))
+        self._emit(data)
+        self._end(zlib.crc32(data))
 
-    def close(self) -> None:
-        if self._next != len(self.entries):
-            raise RuntimeError(f"{self.path}: {len(self.entries) - self._next} tensors were never written")
-        self._record("version", memoryview(b"3\n"))
-        self._record(".data/serialization_id", memoryview(self._id.encode()))
-        self._zip.close()
-        digest = hashlib.sha256()
-        with open(self.path, "rb") as f:
-            while block := f.read(RECORD_CHUNK):
-                digest.update(block)
-        self.file_sha256 = digest.hexdigest()
-        self.size = self.path.stat().st_size
+    def _write(self, name, dtype, shape, data):
+        self._begin(f"data/{self._next - 1}", data.nbytes)
+        self._emit_tensor(name, data)
+        self._end(self._file.tensor_crc(name))  # waits for thread H to reach the tensor's end
 
-    def abort(self) -> None:
-        self._zip.close()
+    def _trailer(self) -> None:
+        self._record("version", b"3\n")
+        self._record(".data/serialization_id", self._id.encode())
+        start = self._file.tell()
+        for raw, offset, size, crc in self._central:
+            big = [size, size] if size >= ZIP64_LIMIT else []
+            if offset >= ZIP64_LIMIT:
+                big.append(offset)
+            extra = _zip64_extra(big)
+            fields = 0xFFFFFFFF if size >= ZIP64_LIMIT else size
+            version = 45 if big else 20
+            self._emit(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, version, version, _FLAGS, 0, 0, _DATE, crc,
+                                   fields, fields, len(raw), len(extra), 0, 0, 0, 0,
+                                   0xFFFFFFFF if offset >= ZIP64_LIMIT else offset) + raw + extra)
+        end = self._file.tell()
+        count, length = len(self._central), end - start
+        if count >= 0xFFFF or max(start, length) >= ZIP64_LIMIT:
+            self._emit(struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, count, count, length, start))
+            self._emit(struct.pack("<IIQI", 0x07064B50, 0, end, 1))
+            count, length, start = 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF
+        self._emit(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, count, count, length, start, 0))
 
 
 def hash_pth(path: Path):

@@ -2,20 +2,17 @@
 arrays (bfloat16 through ``ml_dtypes``).
 
 Formats: safetensors (single file or sharded with an ``*.index.json``), parsed here with numpy only (no torch);
-torch pickles (``.pth`` / ``.bin``, single or sharded) read only through ``torch.load(weights_only=True, mmap=True)``;
-MindSpore ``.ckpt`` protobuf files, scanned here without loading them (``converters.ckpt_source``); and in-memory
-dicts of numpy arrays or torch tensors (round trips, references). Mapped pages count in the process's
-RSS, so the torch reader re-opens its files after ``REOPEN_BYTES`` have been read: peak memory stays at the largest
-tensor plus a constant whatever the checkpoint's size.
+torch zip checkpoints (``.pth`` / ``.bin``, single or sharded: ``converters.torch_source``, a restricted reader
+without torch, ``torch.load(weights_only=True, mmap=True)`` for what it cannot express); MindSpore ``.ckpt``
+protobuf files, scanned here without loading them (``converters.ckpt_source``); and in-memory dicts of numpy arrays
+or torch tensors (round trips, references). A reader whose tensors are byte ranges of its files says so
+(``spans``), and the engine's stream reads those ranges straight into its output buffers.
 """
 from __future__ import annotations
 
 import json
 import os
-import pickle
 import struct
-import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +21,6 @@ import numpy as np
 from pixart_core import dtypes
 from pixart_core.errors import SourceError
 
-REOPEN_BYTES = 256 * 2**20
 MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
 
 
@@ -50,6 +46,7 @@ class Source:
     infos: dict[str, TensorInfo]
     description: str
     kind: str = "memory"
+    notes: tuple = ()  # what the reader had to do that a user may want to know (recorded in the manifest)
 
     def read(self, key: str) -> np.ndarray:
         raise NotImplementedError
@@ -58,6 +55,11 @@ class Source:
         """Rows ``start:stop`` of a tensor (all of a 0-d one); readers that can, read only those bytes."""
         t = self.read(key)
         return t[start:stop] if t.ndim else t
+
+    def spans(self, key: str) -> list[tuple[Path, int, int]] | None:
+        """The (file, offset, length) byte ranges holding the tensor's C-order bytes, or None when it is not
+        stored that way (then ``read``)."""
+        return None
 
     def close(self) -> None:
         pass
@@ -70,6 +72,7 @@ class OverlaySource(Source):
         self.base, self.extra = base, extra
         self.files = [*base.files, *(f for src, _ in extra.values() for f in src.files)]
         self.kind, self.description = base.kind, base.description
+        self.notes = [*base.notes, *(n for src, _ in extra.values() for n in src.notes)]
         self.infos = dict(base.infos)
         for key, (src, name) in extra.items():
             info = src.infos[name]
@@ -86,6 +89,12 @@ class OverlaySource(Source):
             src, name = self.extra[key]
             return src.read_rows(name, start, stop)
         return self.base.read_rows(key, start, stop)
+
+    def spans(self, key):
+        if key in self.extra:
+            src, name = self.extra[key]
+            return src.spans(name)
+        return self.base.spans(key)
 
     def close(self):
         self.base.close()
@@ -226,11 +235,36 @@ def safetensors_infos(path: Path) -> dict[str, TensorInfo]:
 
 
 class ByteRangeSource(Source):
-    """A source whose tensors are byte ranges of files: ``read`` and ``read_rows`` are one ``_read_span``."""
+    """A source whose tensors are byte ranges of files (``spans``): ``read`` and ``read_rows`` read the ranges
+    with ``os.preadv`` into a fresh array (no mapped pages accumulate in RSS)."""
+
+    _fds: dict | None = None
+
+    def _fd(self, path: Path) -> int:
+        if self._fds is None:
+            self._fds = {}
+        if path not in self._fds:
+            self._fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return self._fds[path]
 
     def _read_span(self, info: TensorInfo, begin: int, shape) -> np.ndarray:
         """A fresh array of ``shape`` from the tensor's bytes starting ``begin`` bytes into it."""
-        raise NotImplementedError
+        from .ranges import file_ranges
+
+        out = np.empty(shape, dtypes.numpy_dtype(info.dtype))
+        view = out.reshape(-1).view(np.uint8)
+        pos = 0
+        for path, offset, length in file_ranges(self.spans(info.key), begin, view.size):
+            try:
+                got = os.preadv(self._fd(path), [view[pos:pos + length]], offset)
+            except OSError as exc:
+                raise SourceError(f"{path}: cannot read tensor {info.key} ({exc})") from exc
+            if got != length:
+                raise SourceError(f"{path}: truncated inside tensor {info.key}")
+            pos += length
+        if pos != view.size:
+            raise SourceError(f"{info.file}: truncated inside tensor {info.key}")
+        return out
 
     def read(self, key):
         info = self.infos[key]
@@ -244,6 +278,11 @@ class ByteRangeSource(Source):
         row = dtypes.nbytes(info.dtype, info.shape[1:])
         return self._read_span(info, start * row, (stop - start, *info.shape[1:]))
 
+    def close(self):
+        for fd in (self._fds or {}).values():
+            os.close(fd)
+        self._fds = {}
+
 
 # ``__metadata__`` of safetensors written on the MindSpore side: MindSpore's own writer says "ms"; this tool says
 # "np" (which mindone's loaders accept) with its name as producer
@@ -256,8 +295,7 @@ def written_by_mindspore(metadata: dict | None) -> bool:
 
 
 class SafetensorsSource(ByteRangeSource):
-    """safetensors read with numpy alone: each tensor's byte range is read into a fresh array (no mapped pages
-    accumulate in RSS)."""
+    """safetensors read with numpy alone."""
 
     def __init__(self, paths: list[Path], index: Path | None = None):
         self.files = list(paths)
@@ -268,131 +306,19 @@ class SafetensorsSource(ByteRangeSource):
                 add_info(self.infos, info)
         if index is not None:
             check_index(index, self.infos)
-        self._open = {}
         metadata = read_safetensors_header(self.files[0])[0].get("__metadata__") if self.files else None
         self.kind = "mindspore" if written_by_mindspore(metadata if isinstance(metadata, dict) else None) \
             else "safetensors"
 
-    def _handle(self, path: Path):
-        handle = self._open.get(path)
-        if handle is None:
-            handle = self._open[path] = open(path, "rb")
-        return handle
-
-    def _read_range(self, info: TensorInfo, offset: int, shape) -> np.ndarray:
-        out = np.empty(shape, dtypes.numpy_dtype(info.dtype))
-        view = memoryview(out.reshape(-1).view(np.uint8))
-        try:
-            f = self._handle(info.file)
-            f.seek(offset)
-            got = f.readinto(view)
-        except OSError as exc:
-            raise SourceError(f"{info.file}: cannot read tensor {info.key} ({exc})") from exc
-        if got != len(view):
-            raise SourceError(f"{info.file}: truncated inside tensor {info.key}")
-        return out
-
-    def _read_span(self, info, begin, shape):
-        return self._read_range(info, info.offset + begin, shape)
-
-    def close(self):
-        for handle in self._open.values():
-            handle.close()
-        self._open = {}
-
-
-@contextmanager
-def _utf8_name(path: Path):
-    """A name torch can open for ``path``: torch's file reader takes UTF-8 names only, so a file whose name is not
-    valid UTF-8 is opened here and handed over as ``/proc/self/fd/N`` (the mapping outlives the descriptor)."""
-    name = str(path)
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            yield f"/proc/self/fd/{fd}"
-        finally:
-            os.close(fd)
-        return
-    yield name
-
-
-def _torch_load(path: Path) -> dict:
-    """``torch.load`` restricted to tensors and containers, memory-mapped; every failure is a SourceError."""
-    import torch
-
-    if not zipfile.is_zipfile(path):
-        raise SourceError(f"{path}: not a torch zip checkpoint (truncated, or the legacy pre-1.6 format, "
-                          "which cannot be memory-mapped; re-save it with a current torch)")
-    try:
-        with _utf8_name(path) as name:
-            return torch.load(name, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((line for line in first if "GLOBAL" in line or "Unsupported" in line), first[0] if first else "")
-        raise SourceError(f"{path}: refused: the pickle asks for more than tensors ({detail.strip()})") from exc
-    except Exception as exc:  # torch raises RuntimeError/KeyError/EOFError/zipfile errors for damaged archives
-        raise SourceError(f"{path}: cannot read torch checkpoint ({type(exc).__name__}: {exc})") from exc
-
-
-def select_state_dict(obj, path: Path, ema: bool) -> dict:
-    """The weights inside a training checkpoint: ``state_dict`` (or the top level); with ``ema``,
-    ``state_dict_ema`` or ``ema``."""
-    if not isinstance(obj, dict):
-        raise SourceError(f"{path}: top level is {type(obj).__name__}, not a dict of tensors")
-    if ema:
-        for key in ("state_dict_ema", "ema"):
-            if isinstance(obj.get(key), dict):
-                return obj[key]
-        raise SourceError(f"{path}: --ema given but no 'state_dict_ema' or 'ema' entry (top-level keys: "
-                          f"{', '.join(sorted(map(str, obj))[:8])})")
-    if isinstance(obj.get("state_dict"), dict):
-        return obj["state_dict"]
-    return obj
-
-
-class TorchSource(Source):
-    kind = "torch"
-
-    def __init__(self, paths: list[Path], index: Path | None = None, ema: bool = False):
-        import torch
-
-        self.files = list(paths)
-        self.ema = ema
-        self.description = str(index or paths[0])
-        self.infos = {}
-        for path in self.files:
-            state = self._load(path)
-            for key, value in state.items():
-                if not isinstance(value, torch.Tensor):
-                    raise SourceError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
-                name = dtypes.name_of_torch(value.dtype)
-                if name is None:
-                    raise SourceError(f"{path}: tensor {key} has unsupported dtype {value.dtype}")
-                add_info(self.infos, TensorInfo(key, tuple(value.shape), name, path))
-            del state
-        if index is not None:
-            check_index(index, self.infos)
-        self._state = {}
-        self._read_since_open = 0
-
-    def _load(self, path: Path) -> dict:
-        return select_state_dict(_torch_load(path), path, self.ema)
-
-    def read(self, key):
+    def spans(self, key):
         info = self.infos[key]
-        if self._read_since_open > REOPEN_BYTES:
-            self.close()
-        state = self._state.get(info.file)
-        if state is None:
-            state = self._state[info.file] = self._load(info.file)
-        self._read_since_open += info.nbytes
-        try:
-            return torch_to_numpy(state[key])
-        except Exception as exc:  # a truncated storage surfaces only when its pages are touched
-            raise SourceError(f"{info.file}: cannot read tensor {key} ({exc})") from exc
+        return [(info.file, info.offset, info.nbytes)]
 
-    def close(self):
-        self._state = {}
-        self._read_since_open = 0
+
+def __getattr__(name: str):
+    """``TorchSource`` and ``select_state_dict`` live in ``converters.torch_source`` (built on the classes above)."""
+    if name in ("TorchSource", "select_state_dict"):
+        from . import torch_source
+
+        return getattr(torch_source, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

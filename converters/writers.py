@@ -4,7 +4,8 @@ the header goes first and tensors follow one at a time; nothing but the current 
 - safetensors: the standard layout (8-byte header length, JSON header, raw C-order little-endian bytes), which
   ``mindspore.load_checkpoint(path, format="safetensors")`` reads.
 - ckpt: MindSpore's protobuf ``Checkpoint``, written as one serialized message per chunk; protobuf merges
-  concatenated messages and MindSpore joins consecutive chunks with the same tag, as its own writer does.
+  concatenated messages and MindSpore joins consecutive chunks with the same tag, as its own writer does. The
+  framing is encoded here, so writing needs no MindSpore.
 - pth (``converters.pth_writer``): torch's zip format, for the original layout.
 """
 from __future__ import annotations
@@ -18,7 +19,8 @@ import numpy as np
 
 from pixart_core import dtypes
 
-from .sources import PRODUCER, read_safetensors_header
+from .sources import PRODUCER, read_safetensors_header  # noqa: F401  (re-exported: tests and callers read headers here)
+from .staging import Bytes, StagedFile
 
 CKPT_CHUNK = 512 * 2**20
 # safetensors ``__metadata__``: "np" is what mindone's diffusers and transformers loaders and
@@ -34,44 +36,61 @@ def tensor_bytes(array: np.ndarray) -> np.ndarray:
 
 
 class _Writer:
-    """Writes a file front to back once; ``file_sha256`` / ``size`` describe the whole file when closed (hashed
-    while writing, so the manifest needs no second read of a multi-GB file)."""
+    """Writes a file front to back once, as the plan orders it: a subclass's ``_write`` emits a tensor's framing
+    (``_emit``) and its bytes (``_emit_tensor``) into a ``staging.StagedFile``, whose threads hash and write them.
+    ``write`` takes an array or a producer of the tensor's bytes (the engine's byte-range stream); ``digests``
+    gives every tensor's sha256 once all are written, and ``size`` / ``file_sha256`` describe the whole file after
+    ``close`` (hashed while writing, so the manifest needs no second read of a multi-GB file)."""
+
+    stages = True  # the engine may hand producers to ``write`` and collects the hashes from ``digests``
+    crc = False  # the format records each tensor's CRC-32 (thread H computes it beside the sha256)
 
     def __init__(self, path: Path, entries: list[tuple[str, str, tuple[int, ...]]]):
         self.path = Path(path)
         self.entries = entries
         self._next = 0
-        self._file = open(self.path, "wb")
-        self._digest = hashlib.sha256()
+        self._completed = False
         self.size = 0
+        self.file_sha256 = ""
+        self._file = StagedFile(self.path, crc=self.crc)
 
     def _emit(self, data) -> None:
-        self._file.write(data)
-        self._digest.update(data)
-        self.size += len(data)
+        self._file.put_bytes(data)
 
-    @property
-    def file_sha256(self) -> str:
-        return self._digest.hexdigest()
+    def _emit_tensor(self, name: str, data, count: int | None = None) -> None:
+        self._file.put_tensor(name, data, count)
 
-    def write(self, name: str, array: np.ndarray) -> str:
-        """Write the next tensor (they must come in header order); returns the sha256 of its bytes."""
-        data = tensor_bytes(array)
+    def write(self, name: str, value) -> None:
+        """Write the next tensor (they must come in header order): an array, or a producer of its bytes."""
+        data = Bytes(value) if isinstance(value, np.ndarray) else value
         expected_name, dtype, shape = self.entries[self._next]
         if name != expected_name or data.nbytes != dtypes.nbytes(dtype, shape):
             raise RuntimeError(f"writer got {name} ({data.nbytes} bytes), expected {expected_name} "
                                f"({dtypes.nbytes(dtype, shape)} bytes)")
         self._next += 1
         self._write(name, dtype, shape, data)
-        return hashlib.sha256(data).hexdigest()
+
+    def digests(self) -> dict[str, str]:
+        """name -> sha256 of every tensor written, once the hashing has caught up."""
+        self._complete()
+        return self._file.finish()
 
     def close(self) -> None:
+        self._complete()
+        self.size, self.file_sha256 = self._file.close()
+
+    def _complete(self) -> None:
         if self._next != len(self.entries):
             raise RuntimeError(f"{self.path}: {len(self.entries) - self._next} tensors were never written")
-        self._file.close()
+        if not self._completed:
+            self._completed = True
+            self._trailer()
+
+    def _trailer(self) -> None:
+        """What a format writes after the last tensor (a zip's central directory)."""
 
     def abort(self) -> None:
-        self._file.close()
+        self._file.abort()
 
 
 class SafetensorsWriter(_Writer):
@@ -91,30 +110,47 @@ class SafetensorsWriter(_Writer):
         self._emit(raw)
 
     def _write(self, name, dtype, shape, data):
-        self._emit(memoryview(data))
+        self._emit_tensor(name, data)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def ckpt_frame(name: str, dtype: str, shape, length: int) -> bytes:
+    """The bytes of one serialized ``Checkpoint {value {tag, tensor {dims, tensor_type, tensor_content}}}`` (proto2:
+    unpacked dims, the content always present) that precede its ``length`` bytes of content, which come last."""
+    dims = b"".join(b"\x08" + _varint(int(d)) for d in (list(shape) or [0]))
+    code = dtypes.get(dtype).ckpt.encode()
+    tensor = dims + b"\x12" + _varint(len(code)) + code + b"\x1a" + _varint(length)
+    tag = name.encode()
+    value = b"\x0a" + _varint(len(tag)) + tag + b"\x12" + _varint(len(tensor) + length) + tensor
+    return b"\x0a" + _varint(len(value) + length) + value
 
 
 class CkptWriter(_Writer):
+    """MindSpore's protobuf ``Checkpoint``, one serialized message per ``CKPT_CHUNK`` of content, framed here (the
+    tests compare the framing with MindSpore's ``checkpoint_pb2`` serializer)."""
+
     def __init__(self, path, entries, metadata=None):
         super().__init__(path, entries)
-        from mindspore.train.checkpoint_pb2 import Checkpoint
-
-        self._message = Checkpoint
 
     def _write(self, name, dtype, shape, data):
-        raw = memoryview(data)
-        for start in range(0, max(len(raw), 1), CKPT_CHUNK):
-            msg = self._message()
-            value = msg.value.add()
-            value.tag = name
-            value.tensor.dims.extend(list(shape) or [0])
-            value.tensor.tensor_type = dtypes.get(dtype).ckpt
-            value.tensor.tensor_content = bytes(raw[start:start + CKPT_CHUNK])
-            self._emit(msg.SerializeToString())
+        for start in range(0, max(data.nbytes, 1), CKPT_CHUNK):
+            count = min(CKPT_CHUNK, data.nbytes - start)
+            self._emit(ckpt_frame(name, dtype, shape, count))
+            self._emit_tensor(name, data, count)
 
 
-class TensorDictWriter(_Writer):
+class TensorDictWriter:
     """Collects the arrays in memory: for round trips and for building torch-layout state dicts."""
+
+    stages = False  # takes whole arrays; ``write`` returns the sha256
 
     def __init__(self, entries):
         self.path = Path("<memory>")
@@ -122,8 +158,15 @@ class TensorDictWriter(_Writer):
         self._next = 0
         self.tensors: dict[str, np.ndarray] = {}
 
-    def _write(self, name, dtype, shape, data):
+    def write(self, name: str, array: np.ndarray) -> str:
+        data = tensor_bytes(array)
+        expected_name, dtype, shape = self.entries[self._next]
+        if name != expected_name or data.nbytes != dtypes.nbytes(dtype, shape):
+            raise RuntimeError(f"writer got {name} ({data.nbytes} bytes), expected {expected_name} "
+                               f"({dtypes.nbytes(dtype, shape)} bytes)")
+        self._next += 1
         self.tensors[name] = data.copy().view(dtypes.numpy_dtype(dtype)).reshape(shape)
+        return hashlib.sha256(data).hexdigest()
 
     def close(self):
         if self._next != len(self.entries):
@@ -149,63 +192,6 @@ def writer_for(path: Path):
 def hash_weights_file(path: Path) -> tuple[str, int, list[tuple[str, str, tuple[int, ...], str]]]:
     """One sequential read of a weights file we wrote: (sha256 of the file, its size, and (name, dtype, shape,
     sha256 of the tensor's bytes) for every tensor). Raises ValueError for a damaged file."""
-    path = Path(path)
-    file_digest = hashlib.sha256()
-    tensors = []
-    if path.suffix == ".pth":
-        from .pth_writer import hash_pth
+    from .readback import hash_weights
 
-        return hash_pth(path)
-    if path.suffix == ".safetensors":
-        header, start = read_safetensors_header(path)
-        with open(path, "rb") as f:
-            file_digest.update(f.read(start))
-            entries = sorted((e["data_offsets"], k, e) for k, e in header.items() if k != "__metadata__")
-            position = 0
-            for (begin, end), name, entry in entries:
-                if begin < position:
-                    raise ValueError(f"{path}: tensor {name} overlaps the previous one")
-                file_digest.update(_read_exactly(f, begin - position, path, name))
-                digest = hashlib.sha256()
-                remaining = end - begin
-                while remaining:
-                    chunk = _read_exactly(f, min(remaining, 64 * 2**20), path, name)
-                    digest.update(chunk)
-                    file_digest.update(chunk)
-                    remaining -= len(chunk)
-                position = end
-                tensors.append((name, dtypes.from_safetensors(entry["dtype"]), tuple(entry["shape"]),
-                                digest.hexdigest()))
-            while tail := f.read(64 * 2**20):
-                file_digest.update(tail)
-        return file_digest.hexdigest(), path.stat().st_size, tensors
-    from google.protobuf.message import DecodeError
-    from mindspore.train.checkpoint_pb2 import Checkpoint
-
-    data = path.read_bytes()
-    file_digest.update(data)
-    msg = Checkpoint()
-    try:
-        msg.ParseFromString(data)
-    except DecodeError as exc:
-        raise ValueError(f"{path}: not a readable MindSpore checkpoint ({exc})") from exc
-    del data
-    current, digest, meta = None, None, None
-    for value in msg.value:
-        if value.tag != current:
-            if current is not None:
-                tensors.append((current, meta[0], meta[1], digest.hexdigest()))
-            current, digest = value.tag, hashlib.sha256()
-            dims = tuple(value.tensor.dims)
-            meta = (dtypes.from_ckpt(value.tensor.tensor_type), () if dims == (0,) else dims)
-        digest.update(value.tensor.tensor_content)
-    if current is not None:
-        tensors.append((current, meta[0], meta[1], digest.hexdigest()))
-    return file_digest.hexdigest(), path.stat().st_size, tensors
-
-
-def _read_exactly(f, n: int, path: Path, name: str) -> bytes:
-    data = f.read(n)
-    if len(data) != n:
-        raise ValueError(f"{path}: truncated inside tensor {name}")
-    return data
+    return hash_weights(Path(path))

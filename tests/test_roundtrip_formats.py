@@ -178,7 +178,7 @@ def test_pth_writer_is_what_torch_save_writes(tmp_path):
 def test_pth_writer_zip64(tmp_path, monkeypatch):
     """Records and archives over 4 GiB need zip64 fields, which shift the data: the alignment accounts for them
     (exercised with zipfile's limit lowered)."""
-    monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 64)
+    monkeypatch.setattr(pth_writer, "ZIP64_LIMIT", 64)
     arrays = pth_arrays()
     write_pth(tmp_path / "z64.pth", arrays)
     monkeypatch.undo()

@@ -41,6 +41,13 @@ def fill(pattern: str, fields: dict) -> str:
     return pattern.format(**fields)
 
 
+def _nbytes(shape, itemsize: int) -> int:
+    n = itemsize
+    for d in shape:
+        n *= int(d)
+    return n
+
+
 class Rule:
     """Base of every rule kind, a one-to-one byte copy by default. Each kind has ``sources`` and ``targets`` (tuples
     of patterns) and a ``note``."""
@@ -59,6 +66,12 @@ class Rule:
 
     def apply(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         return [arrays[0]]
+
+    def byte_pieces(self, shapes: list[tuple], itemsize: int) -> list[list[tuple[int, int, int]]] | None:
+        """What ``apply`` does as byte ranges, when it is one: per target, the (source index, byte offset, byte
+        length) pieces of the C-order source bytes it is made of, in order; None when it is not (then the stream
+        goes through ``apply``). A kind that does not say is not a byte range."""
+        return None
 
     def op(self, sources: tuple[str, ...], targets: tuple[str, ...]) -> str:
         """The op name recorded in the manifest for one application."""
@@ -90,6 +103,9 @@ class Rename(OneSource):
     def targets(self):
         return (self.target,)
 
+    def byte_pieces(self, shapes, itemsize):
+        return [[(0, 0, _nbytes(shapes[0], itemsize))]]
+
     def inverse(self):
         return None if self.read_only else Rename(self.target, self.source, self.note, self.extra)
 
@@ -111,6 +127,12 @@ class Split(OneSource):
 
     def apply(self, arrays):
         return [np.ascontiguousarray(c) for c in np.split(arrays[0], len(self.targets), axis=self.axis)]
+
+    def byte_pieces(self, shapes, itemsize):
+        if _nbytes(shapes[0][:self.axis], 1) != 1:  # only a cut along the outermost (non-trivial) axis is a range
+            return None
+        part = _nbytes(shapes[0], itemsize) // len(self.targets)
+        return [[(0, i * part, part)] for i in range(len(self.targets))]
 
     def op(self, sources, targets):
         return f"split({len(targets)}, axis={self.axis})"
@@ -141,6 +163,11 @@ class Concat(Rule):
 
     def apply(self, arrays):
         return [np.concatenate(arrays, axis=self.axis)]
+
+    def byte_pieces(self, shapes, itemsize):
+        if any(_nbytes(s[:self.axis], 1) != 1 for s in shapes):
+            return None
+        return [[(i, 0, _nbytes(s, itemsize)) for i, s in enumerate(shapes)]]
 
     def op(self, sources, targets):
         return f"concat(axis={self.axis})"
@@ -218,6 +245,9 @@ class Tie(Rule):
 
     def apply(self, arrays):
         return [arrays[0]] * len(self.targets)
+
+    def byte_pieces(self, shapes, itemsize):
+        return [[(0, 0, _nbytes(shapes[0], itemsize))]] * len(self.targets)
 
     def op(self, sources, targets):
         return f"tie({len(targets)})"
