@@ -7,6 +7,8 @@ under ``no_init_parameters`` so that full-size parameter tables cost no memory.
 """
 from __future__ import annotations
 
+import contextlib
+
 import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import initializer
@@ -78,12 +80,43 @@ class GELUTanh(nn.Cell):
         return ops.gelu(x, approximate="tanh")
 
 
+# Query rows per attention step when set (``query_blocks``): at 1024^2 one fp32 score tensor of the XL/2 is 2 GiB,
+# so validation and parity runs compute it in slices. Read when the forward runs (PYNATIVE) or is compiled (GRAPH).
+_QUERY_BLOCK: int | None = None
+
+
+@contextlib.contextmanager
+def query_blocks(rows: int | None):
+    """Within the block, ``attention`` computes at most ``rows`` query rows at a time (None: all at once)."""
+    global _QUERY_BLOCK
+    before, _QUERY_BLOCK = _QUERY_BLOCK, rows
+    try:
+        yield
+    finally:
+        _QUERY_BLOCK = before
+
+
 def attention(q, k, v, bias=None, scale: float = 1.0):
     """Multi-head attention core on (B, heads, N, d) tensors.
 
     Scores and softmax run in fp32 (fp16 scores overflow at PixArt-2K and T5 sizes); ``bias`` is an additive
-    fp32 mask broadcastable to (B, heads, N, M): 0 keeps a key, a large negative number removes it.
+    fp32 mask broadcastable to (B, heads, N, M): 0 keeps a key, a large negative number removes it. Each query row
+    is independent, so slicing the rows (``query_blocks``) gives the same numbers with a smaller peak.
     """
+    rows = q.shape[-2]
+    if _QUERY_BLOCK is not None and rows > _QUERY_BLOCK:
+        parts = []
+        for start in range(0, rows, _QUERY_BLOCK):
+            stop = min(start + _QUERY_BLOCK, rows)
+            part_bias = bias
+            if bias is not None and bias.shape[-2] == rows:
+                part_bias = bias[..., start:stop, :]
+            parts.append(_attention_rows(q[..., start:stop, :], k, v, part_bias, scale))
+        return ops.concat(parts, axis=-2)
+    return _attention_rows(q, k, v, bias, scale)
+
+
+def _attention_rows(q, k, v, bias, scale: float):
     scores = ops.matmul(q, k.swapaxes(-1, -2)).astype(ms.float32)
     if scale != 1.0:
         scores = scores * scale
