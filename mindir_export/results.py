@@ -34,6 +34,7 @@ class CaseRun:
     torch: np.ndarray | None = None  # the fp32 torch reference's output
     torch_seconds: float | None = None  # its forward time
     output: np.ndarray | None = None  # what the reloaded graph returned
+    pynative: np.ndarray | None = None  # the eager network's output in PYNATIVE mode (the golden output)
     record: dict | None = None  # the numbers that go into the manifest
 
 
@@ -51,6 +52,10 @@ class GraphResult:
     validate_seconds: float = 0.0
     weights: dict | None = None
     proxies: dict[int, Path] = field(default_factory=dict)  # case index -> a proxy export's folder (MindIR)
+    golden: CaseRun | None = None  # the real-shape inputs and the eager (PYNATIVE) output shipped with the graph
+    mode: str = "full"  # "full": the artifact ran at its real shape(s); "proxy": see ``why``
+    why: str = ""  # why the validation mode was chosen
+    memory: dict = field(default_factory=dict)  # the budget and the estimates behind ``mode``
     details: dict = field(default_factory=dict)  # format-specific facts for the manifest
     problems: list[str] = field(default_factory=list)
 

@@ -23,6 +23,11 @@ def graph_interface(path: Path) -> list[TensorSpec]:
 
     model = ModelProto()
     model.ParseFromString(Path(path).read_bytes())
+    return proto_interface(model)
+
+
+def proto_interface(model) -> list[TensorSpec]:
+    """The inputs a MindIR ModelProto declares."""
     specs = []
     for value in model.graph.input:
         tensor = value.tensor[0]
@@ -31,11 +36,11 @@ def graph_interface(path: Path) -> list[TensorSpec]:
     return specs
 
 
-def interface_problems(path: Path, expected: list[TensorSpec]) -> list[str]:
-    found = graph_interface(path)
+def interface_problems(path: Path, expected: list[TensorSpec], found: list[TensorSpec] | None = None) -> list[str]:
+    found = graph_interface(path) if found is None else found
     if found == list(expected):
         return []
-    return [f"{path.name}: graph inputs {[_describe(s) for s in found]} != spec {[_describe(s) for s in expected]}"]
+    return [f"{Path(path).name}: graph inputs {[_describe(s) for s in found]} != spec {[_describe(s) for s in expected]}"]
 
 
 def _describe(spec: TensorSpec) -> str:
@@ -73,19 +78,20 @@ def against(graph_out: np.ndarray, reference: np.ndarray, tolerance: float) -> d
 
 
 def check_output(graph_out: np.ndarray, expected: TensorSpec, eager: np.ndarray, reference: np.ndarray | None,
-                 dtype: str) -> tuple[dict, list[str]]:
+                 dtype: str, eager_tolerance: float | None = None) -> tuple[dict, list[str]]:
     """(record for the manifest, problems). ``graph_out`` is the GraphCell's output as returned (its dtype is
     checked), ``eager`` the eager network's, ``reference`` the torch fp32 output or None."""
     record, problems = output_facts(graph_out, expected)
-    eager_m = against(graph_out, eager, EAGER_TOLERANCE)
+    eager_tolerance = EAGER_TOLERANCE if eager_tolerance is None else eager_tolerance
+    eager_m = against(graph_out, eager, eager_tolerance)
     eager_m["ok"] = eager_m["ok"] and str(eager.dtype) == str(graph_out.dtype)
     record["vs_eager"] = eager_m
     if str(eager.dtype) != str(graph_out.dtype):
         problems.append(f"output dtype {graph_out.dtype} != eager network's {eager.dtype}")
     if not np.isfinite(eager.astype(np.float64)).all():
         problems.append("the eager network's output is not finite")
-    elif eager_m["rel_l2"] > EAGER_TOLERANCE:
-        problems.append(f"GraphCell vs eager MindSpore rel_l2 {eager_m['rel_l2']:.3g} > {EAGER_TOLERANCE:g}")
+    elif eager_m["rel_l2"] > eager_tolerance:
+        problems.append(f"GraphCell vs eager MindSpore rel_l2 {eager_m['rel_l2']:.3g} > {eager_tolerance:g}")
     if reference is not None:
         tol = TOLERANCES[dtype]
         record["vs_torch"] = ref_m = against(graph_out, reference, tol)
