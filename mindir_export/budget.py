@@ -20,11 +20,19 @@ from pathlib import Path
 GIB = 2**30
 RATIO = 1.3
 CONSTANT = 1 * GIB  # interpreter, MindSpore, torch
+TORCH_BASE = int(0.35 * GIB)  # the torch reference child's interpreter, torch and diffusers/transformers
 RUN_EXTRA = {"float16": 2.0, "float32": 0.5}  # GraphCell run: extra bytes per stored weight byte (measured)
 
 
 def budget(weight_bytes: int) -> int:
     return int(RATIO * weight_bytes + CONSTANT)
+
+
+SMALL = 64 * 2**20  # a run needing less than this always runs (a test process may already exceed a tiny budget)
+
+
+def fits(resident: int, need: int, limit: int) -> bool:
+    return need <= SMALL or resident + need <= limit
 
 
 def rss() -> int:

@@ -58,7 +58,7 @@ def load_network(view: str, folder: Path, dtype: str, num_layers: int | None = N
     reader = WeightReader(weights_file(view, folder))
     try:
         for name, param in net.parameters_and_names():
-            param.set_data(ms.Tensor(reader.read(name, dtypes.name_of_ms(param.dtype))))
+            param.set_data(ms.from_numpy(reader.read(name, dtypes.name_of_ms(param.dtype))))  # no copy
     finally:
         reader.close()
     return net, cell
@@ -72,7 +72,12 @@ def torch_reference(view: str, folder: Path):
     from converters.detect import read_json
 
     entry = registry.component(registry.view(view).component)
-    model = entry.torch_model(read_json(Path(folder) / "config.json")).float().eval()
+    config = read_json(Path(folder) / "config.json")
+    with torch.device("meta"):  # no random initialisation, no memory: every tensor is assigned below
+        model = entry.torch_model(config)
+    if non_persistent(model):  # buffers computed at construction (diffusers' position table): build it for real
+        model = entry.torch_model(config)
+    model = model.float().eval()
     expected = set(model.state_dict())
     reader = WeightReader(weights_file(view, folder))
     try:

@@ -24,7 +24,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from pixart_core import dtypes
+from pixart_core import dtypes, registry
 from pixart_core.errors import SourceError
 from pixart_core.inputs import sample_inputs
 
@@ -198,7 +198,7 @@ class MindIRExporter:
                          "resident_bytes": here}
         golden_run = CaseRun(full_cases[0], sample_inputs(full_cases[0].inputs, spec.config))
         result.golden = golden_run
-        if opts.validation == "full" or (opts.validation == "auto" and here + estimate <= limit):
+        if opts.validation == "full" or (opts.validation == "auto" and budget.fits(here, estimate, limit)):
             result.mode = "full"
             result.why = ("asked (--validation full)" if opts.validation == "full" else
                           f"reloading and running it needs about {budget.gib(estimate)}, within the budget "
@@ -212,7 +212,7 @@ class MindIRExporter:
         cases = graph.validation_cases("proxy", spec.vae_scale) if graph.latent_hw or graph.gears else full_cases[:1]
         case = cases[0]
         small = budget.graph_run_bytes(spec.name, spec.config, case.inputs, weights, largest, spec.out_dtype)
-        if here + small > limit or (case.runs_artifact and not graph.gears):
+        if not budget.fits(here, small, limit) or (case.runs_artifact and not graph.gears):
             layers = min(PROXY_LAYERS, spec.config.get("num_layers", PROXY_LAYERS))
             case = Case(f"proxy: first {layers} blocks" + ("" if case.runs_artifact else f", {case.label[6:]}"),
                         case.inputs, case.outputs, False, num_layers=layers)
@@ -231,40 +231,37 @@ class MindIRExporter:
 
     # -- phase 2
     def torch_phase(self, spec, folder: Path, results: list[GraphResult], limit: int) -> str | None:
-        """The fp32 torch reference's output for every full-depth run; returns why it was unavailable or None."""
-        from .validate import torch_output
+        """The fp32 torch reference's output for every full-depth run, computed in a child process (this one never
+        imports torch); returns why it was unavailable or None."""
+        from .torch_worker import run_reference
 
         reader = streaming.WeightReader(lean.weights_file(spec.name, folder))
         sizes = [4 * dtypes.numel(info.shape) for info in reader.source.infos.values()]
         reader.close()
         fp32, largest = sum(sizes), max(sizes, default=0)
-        here = budget.rss()
-        if here + budget.torch_source_bytes(fp32) <= limit:
-            model, note = torch_reference(folder)
-            how = "rebuilt from the source through the key map"
-        elif here + budget.torch_lean_bytes(fp32, largest) <= limit:
-            try:
-                model, note, how = lean.torch_reference(spec.name, folder), None, "the torch class holding the " \
-                    "converted weights (the source-rebuilt reference does not fit the budget)"
-            except ImportError as exc:
-                model, note = None, f"torch reference needs torch and diffusers/transformers: {exc}"
+        here = budget.rss() + budget.TORCH_BASE
+        if budget.fits(here, budget.torch_source_bytes(fp32), limit):
+            how, text = "source", "rebuilt from the source through the key map"
+        elif budget.fits(here, budget.torch_lean_bytes(fp32, largest), limit):
+            how, text = "lean", ("the torch class holding the converted weights (the source-rebuilt reference does "
+                                 "not fit the budget)")
         else:
-            model, note = None, (f"the fp32 torch reference needs about {budget.gib(fp32)} > the budget "
-                                 f"{budget.gib(limit)}")
-        if model is None:
+            note = f"the fp32 torch reference needs about {budget.gib(fp32)} > the budget {budget.gib(limit)}"
             progress(f"{spec.name}: torch reference unavailable ({note})")
             return note
+        runs = {f"{i}-{j}": run for i, result in enumerate(results) for j, run in enumerate(all_runs(result))
+                if run.case.num_layers is None}
+        watch = Stopwatch()
+        outputs, seconds, note = run_reference(folder, spec.name, how, {k: r.arrays for k, r in runs.items()},
+                                               list(registry.view(spec.name).inputs))
+        if note is not None:
+            progress(f"{spec.name}: torch reference unavailable ({note})")
+            return note
+        for key, run in runs.items():
+            run.torch, run.torch_seconds = outputs[key], round(seconds[key], 2)
         for result in results:
-            watch = Stopwatch()
-            for run in all_runs(result):
-                if run.case.num_layers is None:
-                    started = Stopwatch()
-                    run.torch = torch_output(spec.name, model, run.arrays)
-                    run.torch_seconds = started.seconds()
-            result.details["torch_reference"] = how
-            progress(f"{spec.name}/{result.stem}: torch reference {watch.seconds():.1f} s")
-        del model
-        gc.collect()
+            result.details["torch_reference"] = text
+        progress(f"{spec.name}: torch reference {watch.seconds():.1f} s ({how}, in a child process)")
         return None
 
     # -- phase 3

@@ -75,7 +75,7 @@ def open_graph_cell(path: Path):
             buf = np.empty(length, np.uint8)
             if os.preadv(handles[where], [buf], offset) != length:
                 raise OSError(f"{where}: truncated at parameter {name}")
-            params[key].set_data(ms.Tensor(buf.view(dtypes.numpy_dtype(dtype)).reshape(shape)))
+            params[key].set_data(ms.from_numpy(buf.view(dtypes.numpy_dtype(dtype)).reshape(shape)))  # no copy
             del buf
     finally:
         for fd in handles.values():

@@ -90,14 +90,31 @@ def all_problems(results: list[GraphResult]) -> list[str]:
     return [p for result in results for p in result.problems]
 
 
-def _vm_hwm() -> int | None:
+def _vm_hwm(field: str = "VmHWM") -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and give freed heap pages back to the OS (glibc keeps them in its arenas otherwise, and the
+    next phase's peak would sit on top of them)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _vm_rss() -> int | None:
+    return _vm_hwm("VmRSS")
 
 
 @contextlib.contextmanager
@@ -110,7 +127,10 @@ def phase(name: str, into: dict):
     except OSError:
         resettable = False
     watch = Stopwatch()
+    start = _vm_rss()
     try:
         yield
     finally:
-        into[name] = {"seconds": watch.seconds(), "peak_rss_bytes": _vm_hwm() if resettable else None}
+        release_freed_memory()
+        into[name] = {"seconds": watch.seconds(), "peak_rss_bytes": _vm_hwm() if resettable else None,
+                      "start_rss_bytes": start, "end_rss_bytes": _vm_rss()}

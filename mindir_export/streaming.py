@@ -129,9 +129,14 @@ class WeightReader:
             yield _cast(self.source.read_rows(name, start, start + step), info.dtype, target)
 
     def read(self, name: str, dtype: str) -> np.ndarray:
+        """The whole tensor in ``dtype``, filled chunk by chunk (one copy of it plus one chunk)."""
         info = self.info(name)
-        parts = list(self.chunks(name, dtype))
-        return (np.concatenate(parts) if len(parts) > 1 else parts[0]).reshape(info.shape)
+        out = np.empty(info.shape, dtypes.numpy_dtype(dtype))
+        flat, at = out.reshape(-1), 0
+        for chunk in self.chunks(name, dtype):
+            flat[at:at + chunk.size] = chunk.reshape(-1)
+            at += chunk.size
+        return out
 
     def close(self) -> None:
         self.source.close()
