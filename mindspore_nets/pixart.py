@@ -75,14 +75,22 @@ class PatchEmbed(nn.Cell):
         return (tokens.astype(ms.float32) + pos).astype(x.dtype)
 
 
-class TimestepEmbedding(nn.Cell):
-    def __init__(self, in_dim: int, dim: int, dtype):
+class TwoLayerMLP(nn.Cell):
+    """``linear_1`` -> activation -> ``linear_2``: diffusers' timestep embedder and caption projection."""
+
+    def __init__(self, in_dim: int, dim: int, act: nn.Cell, dtype):
         super().__init__()
         self.linear_1 = Linear(in_dim, dim, dtype=dtype)
+        self.act = act
         self.linear_2 = Linear(dim, dim, dtype=dtype)
 
     def construct(self, x):
-        return self.linear_2(ops.silu(self.linear_1(x)))
+        return self.linear_2(self.act(self.linear_1(x)))
+
+
+class TimestepEmbedding(TwoLayerMLP):
+    def __init__(self, in_dim: int, dim: int, dtype):
+        super().__init__(in_dim, dim, nn.SiLU(), dtype)
 
 
 class CombinedTimestepEmbedding(nn.Cell):
@@ -113,22 +121,15 @@ class AdaLayerNormSingle(nn.Cell):
         return self.linear(ops.silu(embedded)), embedded
 
 
-class CaptionProjection(nn.Cell):
+class CaptionProjection(TwoLayerMLP):
     def __init__(self, in_dim: int, dim: int, dtype):
-        super().__init__()
-        self.linear_1 = Linear(in_dim, dim, dtype=dtype)
-        self.act = GELUTanh()
-        self.linear_2 = Linear(dim, dim, dtype=dtype)
-
-    def construct(self, x):
-        return self.linear_2(self.act(self.linear_1(x)))
+        super().__init__(in_dim, dim, GELUTanh(), dtype)
 
 
-class SelfAttention(nn.Cell):
-    """``attn1``: q/k/v projections (the original's fused ``qkv``), optional qk LayerNorm over all channels,
-    optional depthwise-conv KV compression of the token grid, fp32 softmax."""
+class _Projections(nn.Cell):
+    """The q/k/v/out projections and head split both PixArt attentions share (diffusers' names)."""
 
-    def __init__(self, cfg: PixArtConfig, sr_ratio: int, dtype):
+    def __init__(self, cfg: PixArtConfig, dtype):
         super().__init__()
         dim = cfg.hidden_size
         self.heads = cfg.num_attention_heads
@@ -138,6 +139,18 @@ class SelfAttention(nn.Cell):
         self.to_k = Linear(dim, dim, dtype=dtype)
         self.to_v = Linear(dim, dim, dtype=dtype)
         self.to_out = nn.CellList([Linear(dim, dim, dtype=dtype)])
+
+    def _heads(self, x):
+        return split_heads(x, self.heads, self.head_dim)
+
+
+class SelfAttention(_Projections):
+    """``attn1``: q/k/v projections (the original's fused ``qkv``), optional qk LayerNorm over all channels,
+    optional depthwise-conv KV compression of the token grid, fp32 softmax."""
+
+    def __init__(self, cfg: PixArtConfig, sr_ratio: int, dtype):
+        super().__init__(cfg, dtype)
+        dim = cfg.hidden_size
         self.qk_norm = cfg.qk_norm
         if self.qk_norm:
             self.q_norm = LayerNorm(dim, eps=1e-5, dtype=dtype)
@@ -146,9 +159,6 @@ class SelfAttention(nn.Cell):
         if sr_ratio > 1:
             self.sr = Conv2d(dim, dim, sr_ratio, stride=sr_ratio, groups=dim, dtype=dtype)
             self.sr_norm = LayerNorm(dim, eps=1e-5, dtype=dtype)
-
-    def _heads(self, x):
-        return split_heads(x, self.heads, self.head_dim)
 
     def _compress(self, x, h, w):
         b, n, c = x.shape
@@ -171,22 +181,8 @@ class SelfAttention(nn.Cell):
         return self.to_out[0](out.swapaxes(1, 2).reshape(b, n, c))
 
 
-class CrossAttention(nn.Cell):
+class CrossAttention(_Projections):
     """``attn2``: image tokens attend to caption tokens; padded caption tokens get no weight."""
-
-    def __init__(self, cfg: PixArtConfig, dtype):
-        super().__init__()
-        dim = cfg.hidden_size
-        self.heads = cfg.num_attention_heads
-        self.head_dim = cfg.attention_head_dim
-        self.scale = self.head_dim ** -0.5
-        self.to_q = Linear(dim, dim, dtype=dtype)
-        self.to_k = Linear(dim, dim, dtype=dtype)
-        self.to_v = Linear(dim, dim, dtype=dtype)
-        self.to_out = nn.CellList([Linear(dim, dim, dtype=dtype)])
-
-    def _heads(self, x):
-        return split_heads(x, self.heads, self.head_dim)
 
     def construct(self, x, context, bias):
         b, n, c = x.shape

@@ -153,6 +153,11 @@ class T5LayerSelfAttention(nn.Cell):
         return hidden_states + self.SelfAttention(self.layer_norm(hidden_states), bias)
 
 
+def _activation(x, use_gelu: bool):
+    """T5 v1.1's ``gelu_new`` (tanh GELU) or the original T5's ReLU."""
+    return ops.gelu(x, approximate="tanh") if use_gelu else ops.relu(x)
+
+
 class T5DenseGatedActDense(nn.Cell):
     def __init__(self, config: T5Config, dtype=ms.float32, wo_dtype=ms.float32):
         super().__init__()
@@ -162,9 +167,7 @@ class T5DenseGatedActDense(nn.Cell):
         self.use_gelu = config.act == "gelu_new"
 
     def construct(self, hidden_states):
-        gate = self.wi_0(hidden_states)
-        gate = ops.gelu(gate, approximate="tanh") if self.use_gelu else ops.relu(gate)
-        hidden = gate * self.wi_1(hidden_states)
+        hidden = _activation(self.wi_0(hidden_states), self.use_gelu) * self.wi_1(hidden_states)
         return self.wo(hidden)  # Linear casts its input to wo's dtype first, as transformers does
 
 
@@ -176,9 +179,7 @@ class T5DenseActDense(nn.Cell):
         self.use_gelu = config.act == "gelu_new"
 
     def construct(self, hidden_states):
-        hidden = self.wi(hidden_states)
-        hidden = ops.gelu(hidden, approximate="tanh") if self.use_gelu else ops.relu(hidden)
-        return self.wo(hidden)
+        return self.wo(_activation(self.wi(hidden_states), self.use_gelu))
 
 
 class T5LayerFF(nn.Cell):
