@@ -28,7 +28,7 @@ from pixart_core import dtypes, registry
 from pixart_core.errors import SourceError
 from pixart_core.inputs import sample_inputs
 
-from . import budget, golden, lean, reload, streaming
+from . import blockwise, budget, golden, lean, reload, streaming
 from .results import CaseRun, GraphResult, Stopwatch, phase
 from .specs import Case
 
@@ -126,6 +126,18 @@ def all_runs(result: GraphResult) -> list[CaseRun]:
     return runs
 
 
+def query_blocks(rows):
+    from mindspore_nets.layers import query_blocks as blocks
+
+    return blocks(rows)
+
+
+def run_cell(cell, arrays):
+    from mindspore_nets.loading import run_cell as forward
+
+    return forward(cell, arrays)
+
+
 class MindIRExporter:
     name = "mindir"
 
@@ -147,7 +159,7 @@ class MindIRExporter:
             with phase("torch_reference", self.phases):
                 note = self.torch_phase(spec, folder, results, limit)
         with phase("eager", self.phases):
-            self.eager_phase(spec, folder, target, results)
+            self.eager_phase(spec, folder, target, results, limit)
         with phase("reload_run", self.phases):
             self.run(spec, target, results, tolerance_dtype, note)
         for result in results:
@@ -265,23 +277,44 @@ class MindIRExporter:
         return None
 
     # -- phase 3
-    def eager_phase(self, spec, folder: Path, target: Path, results: list[GraphResult]) -> None:
-        """The eager network: golden outputs (PYNATIVE), the stored weights byte for byte, every reference."""
-        from mindspore_nets.layers import query_blocks
-        from mindspore_nets.loading import run_cell
+    def eager_phase(self, spec, folder: Path, target: Path, results: list[GraphResult], limit: int) -> None:
+        """The eager network: golden outputs (PYNATIVE), the stored weights byte for byte, every reference. When
+        the whole network does not fit the budget it runs block by block (``blockwise``)."""
+        weights = max(r.memory.get("weights_bytes", 0) for r in results)
+        need = int(budget.EAGER_EXTRA.get(spec.out_dtype, 1.2) * weights)
+        if blockwise.supported(spec.name) and not budget.fits(budget.rss(), need, limit):
+            self.eager_blockwise(spec, folder, target, results, need, limit)
+        else:
+            self.eager_whole(spec, folder, target, results)
+        for result in results:
+            out = result.graph.concrete_outputs(result.graph.gears[0] if result.graph.gears else None)[0]
+            golden.save(target / f"{result.stem}{golden.SUFFIX}", result.golden.case.inputs, result.golden.arrays,
+                        result.golden.pynative)
+            result.files.append(target / f"{result.stem}{golden.SUFFIX}")
+            result.details["golden"] = golden.entry(spec.name, result.stem, result.golden.case.inputs, out,
+                                                    f"eager MindSpore network, PYNATIVE, {spec.dtype}"
+                                                    + (", block by block" if result.details.get("eager") else ""),
+                                                    spec.dtype)
+        for result in results:
+            for run in result.runs:
+                if run.case.num_layers is not None:  # the depth proxy's own network
+                    small, small_cell = lean.load_network(spec.name, folder, spec.dtype, run.case.num_layers)
+                    with query_blocks(QUERY_ROWS), reference_mode(spec.dtype):
+                        run.reference = run_cell(small_cell, run.arrays)
+                    del small, small_cell
+                    gc.collect()
 
+    def eager_whole(self, spec, folder: Path, target: Path, results: list[GraphResult]) -> None:
         from . import validate
 
         net, cell = lean.load_network(spec.name, folder, spec.dtype)
         with query_blocks(QUERY_ROWS):
             for result in results:
                 watch = Stopwatch()
-                gears = bool(result.graph.gears)
-                with dynamic_position_embedding(net, gears):
-                    started = Stopwatch()
+                with dynamic_position_embedding(net, bool(result.graph.gears)):
                     with execution_mode(graph=False):
                         result.golden.pynative = run_cell(cell, result.golden.arrays)
-                    result.details["eager_forward_seconds"] = started.seconds()
+                    result.details["eager_forward_seconds"] = watch.seconds()
                     for run in result.runs:
                         if run.case.num_layers is None:
                             with reference_mode(spec.dtype):
@@ -291,24 +324,32 @@ class MindIRExporter:
                 for problem in problems:
                     result.problem(problem)
                 result.weights = {"stored": count, "identical_to_network": not problems}
-                out = result.graph.concrete_outputs(result.graph.gears[0] if gears else None)[0]
-                golden.save(target / f"{result.stem}{golden.SUFFIX}", result.golden.case.inputs,
-                            result.golden.arrays, result.golden.pynative)
-                result.files.append(target / f"{result.stem}{golden.SUFFIX}")
-                result.details["golden"] = golden.entry(spec.name, result.stem, result.golden.case.inputs, out,
-                                                        f"eager MindSpore network, PYNATIVE, {spec.dtype}",
-                                                        spec.dtype)
                 progress(f"{spec.name}/{result.stem}: eager MindSpore {watch.seconds():.1f} s")
         del cell, net
         gc.collect()
+
+    def eager_blockwise(self, spec, folder: Path, target: Path, results: list[GraphResult], need: int,
+                        limit: int) -> None:
+        names = lean.parameter_names(lean.skeleton(spec.name, folder, spec.dtype)[0])
         for result in results:
+            watch = Stopwatch()
+            with execution_mode(graph=False):
+                result.golden.pynative = blockwise.forward(spec.name, folder, spec.dtype, result.golden.arrays)
+            result.details["eager_forward_seconds"] = watch.seconds()
+            result.details["eager"] = (f"block by block: the whole eager network needs about {budget.gib(need)} > "
+                                       f"the budget {budget.gib(limit)}")
             for run in result.runs:
-                if run.case.num_layers is not None:  # the depth proxy's own network
-                    small, small_cell = lean.load_network(spec.name, folder, spec.dtype, run.case.num_layers)
-                    with query_blocks(QUERY_ROWS), reference_mode(spec.dtype):
-                        run.reference = run_cell(small_cell, run.arrays)
-                    del small, small_cell
-                    gc.collect()
+                if run.case.num_layers is None:
+                    run.reference = result.golden.pynative if run.arrays is result.golden.arrays else \
+                        blockwise.forward(spec.name, folder, spec.dtype, run.arrays)
+            progress(f"{spec.name}/{result.stem}: eager MindSpore block by block {watch.seconds():.1f} s")
+            watch = Stopwatch()
+            count, problems = blockwise.stored_weight_problems(target / result.graph_file, folder, spec.name, names)
+            for problem in problems:
+                result.problem(problem)
+            result.weights = {"stored": count, "identical_to_network": not problems,
+                              "compared_with": "the source tensors cast by MindSpore"}
+            progress(f"{spec.name}/{result.stem}: stored weights checked {watch.seconds():.1f} s")
 
     # -- phase 4
     def run(self, spec, target: Path, results: list[GraphResult], tolerance_dtype: str, note: str | None) -> None:

@@ -168,3 +168,31 @@ def test_proxy_plans_and_golden_at_real_shape(tiny_pipeline, tmp_path):
     assert te["validation"][0]["shape"] == te["outputs"][0]["shape"]  # the real shape, fewer blocks
     result = run(validate_command, out, "--backend", "mindspore")
     assert result.exit_code == 0 and "2 graph(s) matched" in result.stdout
+
+
+def test_blockwise_eager_when_the_network_does_not_fit(tiny_pipeline, tmp_path, monkeypatch):
+    """A budget the whole eager T5 does not fit: its golden output comes from the block-by-block run (one block's
+    weights resident), equal to the whole network's; stored weights are checked against MindSpore's cast of the
+    source; the artifact then matches that golden output in ``validate``."""
+    import mindir_export.budget as budget
+    from mindir_export import blockwise
+
+    _, converted, _ = tiny_pipeline
+    folder = converted / "text_encoder"
+    arrays = [np.random.default_rng(1).integers(0, 64, (2, 16)).astype(np.int32), np.ones((2, 16), np.int32)]
+    arrays[1][0, 10:] = 0
+    for dtype in ("fp32", "fp16"):
+        net = load_network("text_encoder", folder, dtype)
+        with execution_mode(graph=False):
+            whole = run_cell(registry.view("text_encoder").cell(net), arrays)
+            assert np.array_equal(blockwise.forward("text_encoder", folder, dtype, arrays), whole), dtype
+    monkeypatch.setattr(budget, "SMALL", 0)
+    out = tmp_path / "blockwise"
+    manifest = export_pipeline(converted, out, log=lambda line: None, components=["text_encoder"], max_length=16,
+                               budget_bytes=1)
+    (graph,) = manifest["components"]["text_encoder"]["graphs"]
+    assert graph["validation_mode"] == "proxy" and "block by block" in graph["golden"]["reference"]
+    assert graph["weights"]["identical_to_network"] and "cast by MindSpore" in graph["weights"]["compared_with"]
+    assert graph["validation"][0]["vs_eager"]["ok"] and "unavailable" in graph["validation"][0]["vs_torch"]
+    result = run(validate_command, out, "--backend", "mindspore", "--budget-gib", "8")
+    assert result.exit_code == 0 and "1 graph(s) matched" in result.stdout
