@@ -90,3 +90,20 @@ def torch_source_bytes(fp32_weights: int) -> int:
 def torch_lean_bytes(fp32_weights: int, largest_param: int) -> int:
     """``lean.torch_reference``: the fp32 model plus one tensor being assigned."""
     return fp32_weights + 2 * largest_param
+
+
+def torch_streamed_bytes(fp32_weights: int, block_prefix: str, sizes: dict[str, int]) -> int:
+    """``lean.torch_streamed_reference``: the tensors outside the blocks plus the largest block, twice (the next
+    block is assigned while the freed one's memory returns)."""
+    import re
+
+    blocks: dict[str, int] = {}
+    outside = 0
+    pattern = re.compile(re.escape(block_prefix) + r"\.(\d+)\.")
+    for name, size in sizes.items():
+        match = pattern.match(name)
+        if match:
+            blocks[match.group(1)] = blocks.get(match.group(1), 0) + size
+        else:
+            outside += size
+    return outside + 2 * max(blocks.values(), default=0)

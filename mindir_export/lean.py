@@ -103,3 +103,49 @@ def torch_reference(view: str, folder: Path):
 def non_persistent(model) -> set[str]:
     return {f"{prefix}{'.' if prefix else ''}{name}" for prefix, module in model.named_modules()
             for name in getattr(module, "_non_persistent_buffers_set", ())}
+
+
+def block_prefix(view: str) -> str | None:
+    """The module path of the view's repeated blocks (the registry's ``{n}`` parity tap), e.g. ``encoder.block``."""
+    taps = [t for t in registry.view(view).taps if t.endswith(".{n}")]
+    return taps[0][: -len(".{n}")] if taps else None
+
+
+def torch_streamed_reference(view: str, folder: Path):
+    """The fp32 torch reference built on the meta device whose repeated blocks hold their weights only while they
+    run: a pre-hook assigns a block's tensors from the converted file, a hook returns them to the meta device.
+    Everything else (embeddings, norms) is resident. Peak: those plus one fp32 block. None when the class cannot be
+    built on the meta device (buffers computed at construction) or has no repeated blocks."""
+    import torch
+
+    from converters.detect import read_json
+
+    entry = registry.component(registry.view(view).component)
+    prefix = block_prefix(view)
+    with torch.device("meta"):
+        model = entry.torch_model(read_json(Path(folder) / "config.json"))
+    if prefix is None or non_persistent(model):
+        return None
+    model = model.float().eval()
+    reader = WeightReader(weights_file(view, folder))
+    names = set(model.state_dict())
+
+    def assign(module, module_prefix: str) -> None:
+        for name in [n for n, _ in module.named_parameters()]:
+            full = f"{module_prefix}{name}"
+            if full in reader.source.infos:
+                module.load_state_dict({name: torch.from_numpy(reader.read(full, "float32"))}, strict=False,
+                                       assign=True)
+
+    blocks = model.get_submodule(prefix)
+    for i, block in enumerate(blocks):
+        block.register_forward_pre_hook(lambda m, args, i=i: assign(m, f"{prefix}.{i}."))
+        block.register_forward_hook(lambda m, args, out: m.to_empty(device="meta") and None)
+    resident = [n for n in names if not n.startswith(f"{prefix}.")]
+    for name in resident:
+        if name in reader.source.infos:
+            model.load_state_dict({name: torch.from_numpy(reader.read(name, "float32"))}, strict=False, assign=True)
+    if entry.tied_in_torch:
+        model.tie_weights()
+    model.weights_reader = reader  # closed with the process
+    return model

@@ -248,7 +248,8 @@ class MindIRExporter:
         from .torch_worker import run_reference
 
         reader = streaming.WeightReader(lean.weights_file(spec.name, folder))
-        sizes = [4 * dtypes.numel(info.shape) for info in reader.source.infos.values()]
+        reader_sizes = {name: 4 * dtypes.numel(info.shape) for name, info in reader.source.infos.items()}
+        sizes = list(reader_sizes.values())
         reader.close()
         fp32, largest = sum(sizes), max(sizes, default=0)
         here = budget.rss() + budget.TORCH_BASE
@@ -257,6 +258,10 @@ class MindIRExporter:
         elif budget.fits(here, budget.torch_lean_bytes(fp32, largest), limit):
             how, text = "lean", ("the torch class holding the converted weights (the source-rebuilt reference does "
                                  "not fit the budget)")
+        elif lean.block_prefix(spec.name) and budget.fits(here, budget.torch_streamed_bytes(fp32, lean.block_prefix(
+                spec.name), reader_sizes), limit):
+            how, text = "streamed", ("the torch class holding the converted weights, each block's only while it "
+                                     "runs (the whole fp32 model does not fit the budget)")
         else:
             note = f"the fp32 torch reference needs about {budget.gib(fp32)} > the budget {budget.gib(limit)}"
             progress(f"{spec.name}: torch reference unavailable ({note})")

@@ -196,3 +196,21 @@ def test_blockwise_eager_when_the_network_does_not_fit(tiny_pipeline, tmp_path, 
     assert graph["validation"][0]["vs_eager"]["ok"] and "unavailable" in graph["validation"][0]["vs_torch"]
     result = run(validate_command, out, "--backend", "mindspore", "--budget-gib", "8")
     assert result.exit_code == 0 and "1 graph(s) matched" in result.stdout
+
+
+def test_streamed_torch_reference_equals_whole(tiny_pipeline):
+    """The torch reference with only the running block's weights resident gives the whole model's numbers."""
+    pytest.importorskip("torch")
+    from converters.references import torch_forward
+
+    _, converted, _ = tiny_pipeline
+    folder = converted / "text_encoder"
+    arrays = {"input_ids": np.arange(32).reshape(2, 16).astype(np.int32) % 64, "attention_mask": np.ones((2, 16),
+                                                                                                           np.int32)}
+    arrays["attention_mask"][1, 9:] = 0
+    streamed = lean.torch_streamed_reference("text_encoder", folder)
+    assert all(p.is_meta for p in streamed.encoder.block.parameters())  # nothing resident between runs
+    whole = lean.torch_reference("text_encoder", folder)
+    assert np.array_equal(torch_forward("text_encoder", streamed, arrays), torch_forward("text_encoder", whole, arrays))
+    assert all(p.is_meta for p in streamed.encoder.block.parameters())
+    assert lean.torch_streamed_reference("transformer", converted / "transformer") is None  # a computed buffer
