@@ -18,10 +18,12 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .specs import Case, GraphSpec
+if TYPE_CHECKING:  # specs imports MindSpore; argument errors answer before that
+    from .specs import Case, GraphSpec
 
 
 @dataclass
