@@ -25,7 +25,6 @@ import sys
 from pathlib import Path
 
 from pixart_core import dtypes, registry
-from pixart_core.errors import SourceError
 from pixart_core.inputs import sample_inputs
 
 from . import blockwise, budget, golden, lean, reload, streaming
@@ -102,20 +101,6 @@ def fp16_finite(component: str, folder: Path, spec, mode: str = "full") -> tuple
                 if bad:
                     return False, f"{graph.stem} ({case.label}): {bad} non-finite values in fp16"
     return True, "finite in fp16 on the real-shape inputs"
-
-
-def torch_reference(folder: Path):
-    """(the fp32 torch reference rebuilt from the converted folder's source, None) or (None, why not)."""
-    try:
-        from converters.references import load_reference
-    except ImportError as exc:  # torch or diffusers not installed
-        return None, f"torch reference needs torch and diffusers/transformers: {exc}"
-    try:
-        return load_reference(folder), None
-    except SourceError as exc:  # ReferenceUnavailable, or a source that no longer reads
-        return None, str(exc)
-    except ImportError as exc:
-        return None, f"torch reference needs torch and diffusers/transformers: {exc}"
 
 
 def all_runs(result: GraphResult) -> list[CaseRun]:

@@ -38,7 +38,7 @@ ALIGN = 64
 CHUNK_BYTES = 64 * 2**20  # source bytes read per step
 
 
-def trace(cell, inputs) -> "ModelProto":  # noqa: F821
+def trace(cell, inputs):
     """The MindIR ModelProto of ``cell`` traced in GRAPH mode at ``inputs`` (TensorSpecs; -1 dims become dynamic),
     without touching parameter data: the parameters carry name, dims and dtype only."""
     import mindspore as ms
