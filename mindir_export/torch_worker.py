@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 UNAVAILABLE = 3
+UNKNOWN_VIEW = 4  # a view registered at run time (``registry.add_view``): computed in the calling process instead
 
 
 def run_reference(folder: Path, view: str, how: str, inputs: dict[str, list[np.ndarray]], names: list[str]):
@@ -30,6 +31,10 @@ def run_reference(folder: Path, view: str, how: str, inputs: dict[str, list[np.n
                                str(dst)], capture_output=True, text=True)
         if proc.returncode == UNAVAILABLE:
             return {}, {}, proc.stderr.strip().splitlines()[-1]
+        if proc.returncode == UNKNOWN_VIEW:
+            if main(str(folder), view, how, str(src), str(dst)) != 0:
+                return {}, {}, f"the torch reference of {view} could not be built"
+            proc = subprocess.CompletedProcess(proc.args, 0)
         if proc.returncode != 0:
             raise RuntimeError(f"torch reference process failed ({proc.returncode}): {proc.stderr[-2000:]}")
         with np.load(dst) as data:
@@ -40,8 +45,12 @@ def run_reference(folder: Path, view: str, how: str, inputs: dict[str, list[np.n
 
 def main(folder: str, view: str, how: str, src: str, dst: str) -> int:
     from pixart_core import registry
+    from pixart_core.errors import UsageError
 
-    names = list(registry.view(view).inputs)
+    try:
+        names = list(registry.view(view).inputs)
+    except UsageError:
+        return UNKNOWN_VIEW
     try:
         if how == "source":
             from converters.references import load_reference
