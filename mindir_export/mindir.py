@@ -257,6 +257,9 @@ class MindIRExporter:
         outputs, seconds, note = run_reference(folder, spec.name, how, {k: r.arrays for k, r in runs.items()},
                                                list(registry.view(spec.name).inputs))
         if note is not None:
+            if how == "streamed":
+                note = (f"the whole fp32 torch model ({budget.gib(fp32)}) exceeds the budget {budget.gib(limit)}, "
+                        f"and {note}")
             progress(f"{spec.name}: torch reference unavailable ({note})")
             return note
         for key, run in runs.items():

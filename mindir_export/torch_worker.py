@@ -3,7 +3,8 @@
 The export process never imports torch: importing it keeps about 0.3 GiB resident for the rest of the process,
 on top of which the MindSpore phases would sit. The child builds the reference (``source``: rebuilt from the
 converted folder's source through the key map; ``lean``: the torch class holding the converted weights, one
-tensor at a time; ``streamed``: the same with only the running block's weights resident), runs it on every input set of ``IN`` (an npz of ``<run>/<input name>`` arrays) and writes
+tensor at a time; ``streamed``: the same with only the running block's weights resident), runs it on every input
+set of ``IN`` (an npz of ``<run>/<input name>`` arrays) and writes
 ``<run>`` outputs and ``<run>.seconds`` to ``OUT``. Exit 0 with the outputs, 3 with a one-line reason on stderr
 when the reference cannot be built (no source, no torch).
 """

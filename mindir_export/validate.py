@@ -40,7 +40,8 @@ def interface_problems(path: Path, expected: list[TensorSpec], found: list[Tenso
     found = graph_interface(path) if found is None else found
     if found == list(expected):
         return []
-    return [f"{Path(path).name}: graph inputs {[_describe(s) for s in found]} != spec {[_describe(s) for s in expected]}"]
+    return [f"{Path(path).name}: graph inputs {[_describe(s) for s in found]} != spec "
+            f"{[_describe(s) for s in expected]}"]
 
 
 def _describe(spec: TensorSpec) -> str:

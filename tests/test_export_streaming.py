@@ -62,8 +62,8 @@ def test_stream_writer_equals_mindspore_export(tiny_pipeline, tmp_path, dtype, t
     assert written.split == (threshold is not None)
     old_file = old / ("te_graph.mindir" if written.split else "te.mindir")
     old_model, new_model = reload.read_proto(old_file), reload.read_proto(new / written.graph_file)
-    table = lambda m: [(streaming.parameter_name(p), list(p.dims), p.data_type, p.external_data.offset, p.external_data.length,
-                        p.raw_data) for p in m.graph.parameter]  # noqa: E731
+    table = lambda m: [(streaming.parameter_name(p), list(p.dims), p.data_type, p.external_data.offset,  # noqa: E731
+                        p.external_data.length, p.raw_data) for p in m.graph.parameter]
     assert sorted(table(old_model)) == sorted(table(new_model))
     if written.split:
         assert (new / "te_variables" / "data_0").read_bytes() == (old / "te_variables" / "data_0").read_bytes()
@@ -143,7 +143,8 @@ def test_validate_catches_a_changed_golden_and_bad_input(exported, tmp_path):
     result = run(validate_command, copy, "--backend", "mindspore")
     assert result.exit_code == 1 and "vs the golden output" in result.stderr
     assert_clean_failure(run(validate_command, tmp_path / "nothing"), tmp_path / "absent", "no such file or folder")
-    assert_clean_failure(run(validate_command, out, "--backend", "lite"), tmp_path / "absent", "mindspore_lite does not import")
+    assert_clean_failure(run(validate_command, out, "--backend", "lite"), tmp_path / "absent",
+                         "mindspore_lite does not import")
     assert_clean_failure(run(validate_command, out, "--budget-gib", "-1"), tmp_path / "absent", "must be positive")
     (copy / graph["golden"]["file"]).unlink()
     result = run(validate_command, copy, "--backend", "mindspore")
