@@ -49,10 +49,9 @@ FORMATS = ("mindir", "onnx")  # in the order they are exported (ONNX graphs are 
 
 def parse_formats(value) -> tuple[str, ...]:
     """``mindir``, ``onnx`` or ``mindir,onnx`` (either order) -> the formats in export order."""
-    names = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
-    unknown = [n for n in names if n not in FORMATS]
-    if unknown or not names:
-        raise UsageError(f"--format {','.join(names) if names else repr(value)}: choose mindir, onnx or mindir,onnx")
+    names = [v.strip() for v in (value.split(",") if isinstance(value, str) else value)]
+    if not names or any(n not in FORMATS for n in names) or len(set(names)) != len(names):
+        raise UsageError(f"--format {','.join(names)}: choose mindir, onnx or mindir,onnx")
     return tuple(f for f in FORMATS if f in names)
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # specs imports MindSpore; argument errors answer before that
+if TYPE_CHECKING:  # specs imports MindSpore, which export imports only once its arguments are checked
     from .specs import Case, GraphSpec
 
 

@@ -135,7 +135,7 @@ class LazyWeights:
         from converters.engine import PlanSource
 
         folder = Path(folder)
-        self.model, component = skeleton(folder)
+        self.model, _ = skeleton(folder)
         self.bp = back_plan(folder, "fp32")
         self.source = PlanSource(self.bp.plan, self.bp.source)
         aliases = dict(self.bp.plan.aliases) if self.bp.plan.aliases else {}

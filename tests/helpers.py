@@ -37,6 +37,8 @@ def run_python(code: str, *args, blocked=("torch", "mindspore"), timeout: float 
     """``python -c CODE ARGS`` from the repository root, in a fresh interpreter where importing any of ``blocked``
     fails (the proof that a module or a command needs neither)."""
     block = "".join(f"sys.modules[{name!r}] = None; " for name in blocked)
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "GLOG_v": "3"}
+    # the repository first; a PYTHONPATH already set (packages installed in a folder of their own) stays after it
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "GLOG_v": "3"}
     return subprocess.run([sys.executable, "-c", f"import sys; {block}\n{code}", *map(str, args)],
                           capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=timeout)
