@@ -1,5 +1,7 @@
 """The eager network run a block at a time from the weights file, for components whose whole eager network does not
-fit the memory budget (T5-XXL in fp16: the whole network in PYNATIVE mode passed 22 GiB for 10.75 GiB of weights).
+fit the memory budget (T5-XXL in fp16: the whole network in PYNATIVE mode passed 22 GiB for 10.75 GiB of weights;
+the XL/2 in fp16 at 1024^2 passed 3 GiB for 1.14 GiB). T5 and the PixArt transformer have runners (each follows
+its network's ``construct``; tests check they give the whole network's numbers exactly).
 
 Only one block's weights are resident: the embedding, block 0 (it owns the relative position bias) and one more
 block Cell reused for blocks 1..N-1, each parameter ``set_data`` from the converted file in turn (a new PYNATIVE
@@ -20,7 +22,7 @@ from pixart_core import dtypes
 from . import lean
 from .streaming import WeightReader
 
-RUNNERS = {"text_encoder"}  # views with a block-by-block runner
+RUNNERS = {"text_encoder", "transformer"}  # views with a block-by-block runner
 
 
 def supported(view: str) -> bool:
@@ -67,10 +69,53 @@ def t5_forward(folder: Path, dtype: str, arrays: list[np.ndarray]) -> np.ndarray
         reader.close()
 
 
+def pixart_forward(folder: Path, dtype: str, arrays: list[np.ndarray]) -> np.ndarray:
+    """``PixArtTransformer2D`` in PYNATIVE mode (its ``construct``, step by step) with every weight outside the
+    blocks resident and the blocks run one at a time through one block Cell refilled for each."""
+    import mindspore as ms
+    from mindspore import ops
+
+    from mindspore_nets.layers import key_mask_bias
+
+    net, _ = lean.skeleton("transformer", folder, dtype)
+    reader = WeightReader(lean.weights_file("transformer", folder))
+
+    def fill(cell, prefix: str) -> None:
+        for name, param in cell.parameters_and_names():
+            param.set_data(ms.from_numpy(reader.read(prefix + name, dtypes.name_of_ms(param.dtype))))
+
+    try:
+        for name, param in net.parameters_and_names():
+            if not name.startswith("transformer_blocks."):
+                param.set_data(ms.from_numpy(reader.read(name, dtypes.name_of_ms(param.dtype))))
+        hidden_states, timestep, encoder_hidden_states, mask = (ms.Tensor(a) for a in arrays)
+        with ms._no_grad():
+            b, _, height, width = hidden_states.shape
+            p = net.patch_size
+            h, w = height // p, width // p
+            x = net.pos_embed(hidden_states.astype(net.compute_dtype))
+            modulation, embedded_timestep = net.adaln_single(timestep)
+            context = net.caption_projection(encoder_hidden_states.astype(net.compute_dtype))
+            bias = key_mask_bias(mask)
+            block = net.transformer_blocks[0]
+            for i in range(len(net.transformer_blocks)):
+                fill(block, f"transformer_blocks.{i}.")
+                x = block(x, modulation, context, bias, h, w)
+            shift, scale = ops.split(net.scale_shift_table.reshape(1, 2, -1) + embedded_timestep.reshape(b, 1, -1),
+                                     1, axis=1)
+            x = net.proj_out(net.norm_out(x) * (1 + scale) + shift)
+            x = x.reshape(b, h, w, p, p, net.out_channels).transpose(0, 5, 1, 3, 2, 4)
+            return x.reshape(b, net.out_channels, h * p, w * p).asnumpy()
+    finally:
+        reader.close()
+
+
 def forward(view: str, folder: Path, dtype: str, arrays: list[np.ndarray]) -> np.ndarray:
-    if view != "text_encoder":
-        raise ValueError(f"no block-by-block runner for {view}")
-    return t5_forward(folder, dtype, arrays)
+    if view == "text_encoder":
+        return t5_forward(folder, dtype, arrays)
+    if view == "transformer":
+        return pixart_forward(folder, dtype, arrays)
+    raise ValueError(f"no block-by-block runner for {view}")
 
 
 def stored_weight_problems(path: Path, folder: Path, view: str, names: dict[str, str]) -> tuple[int, list[str]]:

@@ -33,7 +33,7 @@ from .specs import Case
 
 REFERENCE_KIND = {"fp32": "eager network (PyNative)", "fp16": "network compiled in-process (GRAPH mode)"}
 PROXY_LAYERS = 2  # a depth proxy keeps this many blocks
-QUERY_ROWS = 1024  # attention query rows per block in the eager and torch runs
+QUERY_ROWS = 256  # attention query rows per slice in the eager runs (1024 rows at 1024^2: ~1.5 GiB of scores)
 
 
 def progress(line: str) -> None:
@@ -275,7 +275,8 @@ class MindIRExporter:
         the whole network does not fit the budget it runs block by block (``blockwise``)."""
         weights = max(r.memory.get("weights_bytes", 0) for r in results)
         need = int(budget.EAGER_EXTRA.get(spec.out_dtype, 1.2) * weights)
-        if blockwise.supported(spec.name) and not budget.fits(budget.rss(), need, limit):
+        gears = any(r.graph.gears for r in results)  # the block runners compute the static position table only
+        if blockwise.supported(spec.name) and not gears and not budget.fits(budget.rss(), need, limit):
             self.eager_blockwise(spec, folder, target, results, need, limit)
         else:
             self.eager_whole(spec, folder, target, results)

@@ -187,6 +187,13 @@ def test_blockwise_eager_when_the_network_does_not_fit(tiny_pipeline, tmp_path, 
         with execution_mode(graph=False):
             whole = run_cell(registry.view("text_encoder").cell(net), arrays)
             assert np.array_equal(blockwise.forward("text_encoder", folder, dtype, arrays), whole), dtype
+    config = json.loads((converted / "transformer" / "config.json").read_text())
+    inputs, _ = registry.view("transformer").interface(config, 1, 16, (8, 8), "float32")
+    latents = sample_inputs(inputs, config)
+    with execution_mode(graph=False):
+        whole = run_cell(registry.view("transformer").cell(load_network("transformer", converted / "transformer",
+                                                                         "fp16")), latents)
+        assert np.array_equal(blockwise.forward("transformer", converted / "transformer", "fp16", latents), whole)
     monkeypatch.setattr(budget, "SMALL", 0)
     out = tmp_path / "blockwise"
     manifest = export_pipeline(converted, out, log=lambda line: None, components=["text_encoder"], max_length=16,
