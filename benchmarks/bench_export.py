@@ -128,8 +128,10 @@ Measured beside the table (same host, 27 Nov 2026, branch issue8):
   171 s, 2-block proxy GraphCell 34 s (vs eager 0.0). The first attempt, with the whole eager network in PYNATIVE
   fp16, was killed at 22.5 GiB: MindSpore's CPU fp16 path keeps about an fp32 copy of the weights.
 - XL/2 1024x1024 fp16 (1.14 GiB; rule 2.49 GiB): trace 8.6 s, write 14.7 s; the whole eager network in PYNATIVE
-  fp16 at 128x128 was killed by the 3 GiB watchdog (3.06 GiB): the rule is not met for it (no block-by-block
-  runner for the transformer yet). The fp32 torch reference (2.28 GiB) does not fit its budget either.
+  fp16 at 128x128 was killed by the 3 GiB watchdog (3.06 GiB), and so was the block-by-block run with 1024-row
+  attention slices; with 256-row slices the block-by-block eager forward held 2.48 GiB resident (probe, still
+  running after 19 min on the loaded host). The whole export was not measured end to end. The fp32 torch
+  reference (2.28 GiB) does not fit this budget.
 - CI (`tests/test_export_memory.py`): a full-width T5 with one block (0.73 GiB fp32): process-tree peak 1.88 GiB
   <= 1.95 GiB rule, validated in full (trace 0.56, torch child 1.4 + parent 0.42, eager 1.55, reload/run 1.53 GiB
   per phase).
