@@ -12,7 +12,7 @@ quiet_mindspore()  # before anything imports MindSpore
 import click  # noqa: E402
 
 from converters.cli import convert_command, verify_command  # noqa: E402
-from mindir_export.cli import export_command, infer_command  # noqa: E402
+from mindir_export.cli import export_command, infer_command, validate_command  # noqa: E402
 from parity.cli import parity_command  # noqa: E402
 from pixart_demo.cli import demo_command  # noqa: E402
 
@@ -34,6 +34,7 @@ main.add_command(verify_command)
 main.add_command(parity_command)
 main.add_command(export_command)
 main.add_command(infer_command)
+main.add_command(validate_command)
 main.add_command(demo_command)
 
 if __name__ == "__main__":

@@ -49,10 +49,12 @@ def _precision_modes(values: tuple[str, ...]) -> dict:
 @click.option("--precision-mode", "precision_modes", multiple=True, metavar="COMPONENT=MODE",
               help="Lite precision_mode for one component (default preferred_fp32; enforce_origin for fp16 graphs).")
 @click.option("--no-torch-reference", is_flag=True, help="Skip the comparison with the torch reference.")
-@click.option("--validation", type=click.Choice(["full", "proxy"]), default="full", show_default=True,
-              help="full: run every graph at its exported shapes. proxy (hosts that cannot run it at that size): "
+@click.option("--validation", type=click.Choice(["auto", "full", "proxy"]), default="auto", show_default=True,
+              help="auto: run each graph at its exported shapes where that fits the memory budget (1.3 x the "
+              "largest graph's weights + 1 GiB), else through a proxy. full: always at the exported shapes. proxy: "
               "check the graph's interface and stored weights byte for byte, and run the same Cell exported at a "
-              "16x16 latent (a gears graph itself runs at 16x16).")
+              "16x16 latent and/or cut to its first blocks. Every graph ships a golden pair at its real shape "
+              "(`pixart-ms validate`).")
 @click.option("--split-threshold", type=int, default=None, hidden=True,
               help="Bytes above which MindSpore splits weights out (testing; MindSpore's is 1 GiB).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export folder that pixart-ms wrote.")
@@ -120,3 +122,37 @@ def infer_command(export_dir, prompt, image_path, negative_prompt, height, width
         echo(f"backend used: {', '.join(result['backend'])}")
         echo(f"wrote {', '.join(result['images'])} ({result['height']}x{result['width']}, bucket "
              f"{result['bucket']}, {steps} steps, guidance {guidance}, seed {seed})")
+
+
+@click.command("validate")
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--backend", type=click.Choice(["auto", "lite", "mindspore"]), default="auto", show_default=True,
+              help="lite: the MindSpore Lite runtime (on the Ascend host: the deployed artifact); mindspore: "
+              "GraphCell. auto: Lite when it imports.")
+@click.option("--budget-gib", type=float, default=None,
+              help="Memory budget for one graph's run (default: the export's rule, 1.3 x its largest graph's "
+              "weights + 1 GiB).")
+@click.option("--json", "as_json", is_flag=True, help="One record per graph on stdout.")
+def validate_command(export_dir, backend, budget_gib, as_json):
+    """Re-run each exported graph on its golden inputs and compare with the golden outputs. Graphs that do not
+    fit the memory budget here are skipped and named, with the reason."""
+    from .revalidate import validate_export
+
+    if budget_gib is not None and budget_gib <= 0:
+        fail(UsageError(f"--budget-gib {budget_gib:g}: must be positive"))
+    checks = []
+
+    def log(line):
+        echo(line, err=as_json)
+
+    try:
+        checks = validate_export(export_dir, backend, None if budget_gib is None else int(budget_gib * 2**30), log)
+    except ToolError as exc:
+        fail(exc)
+    ran = sum(c.status == "ok" for c in checks)
+    skipped = [c.name for c in checks if c.status == "skipped"]
+    if as_json:
+        echo(json.dumps([{"graph": c.name, "status": c.status, "detail": c.detail, **c.record} for c in checks],
+                        indent=1))
+    else:
+        echo(f"{ran} graph(s) matched their golden outputs" + (f"; skipped: {', '.join(skipped)}" if skipped else ""))

@@ -112,6 +112,8 @@ def component_entry(spec: ComponentSpec, by_format: dict[str, list[GraphResult]]
     entry = {"dtype": spec.dtype, "precision_mode": spec.precision_mode, "source": str(folder),
              "torch_reference": "used" if reference_note is None else f"unavailable ({reference_note})",
              "graphs": graphs}
+    if "mindir" in (phases or {}):
+        entry["phases"] = phases["mindir"]
     if "onnx" in (phases or {}):
         entry["onnx"] = {"phases": phases["onnx"]}
     return entry
@@ -150,6 +152,11 @@ def export_pipeline(out_dir, export_dir, log=print, **options) -> dict:
             else:
                 notes.append(f"{name}: fp16 NaN check passed ({why})")
         specs.append(spec)
+    from . import budget
+    from .plan import component_weight_bytes
+
+    largest = max((component_weight_bytes(found[s.name], s.name, s.dtype) for s in specs), default=0)
+    opts.budget_bytes = opts.budget_bytes or budget.budget(largest)
     tolerance_dtypes = {}
     for spec in specs:
         stored = stored_dtype(read_manifest(found[spec.name], "converted"))
@@ -191,6 +198,9 @@ def export_pipeline(out_dir, export_dir, log=print, **options) -> dict:
             "components": manifest_components,
             "lite": lite.manifest_section(opts.formats),
             "notes": notes,
+            "memory": {"rule": f"peak RSS <= {budget.RATIO} x the largest graph's weights + "
+                               f"{budget.CONSTANT // budget.GIB} GiB", "largest_weights_bytes": largest,
+                       "budget_bytes": opts.budget_bytes},
         }
         manifest["files"] = {str(p.relative_to(tmp)): file_entry(p) for p in sorted(tmp.rglob("*"))
                              if p.is_file() and p.name != MANIFEST}

@@ -1,33 +1,43 @@
-"""The MindIR exporter: the view's MindSpore Cell traced with ``mindspore.export``, reloaded with ``GraphCell``.
+"""The MindIR exporter: the view's MindSpore Cell traced without its weights, the weights streamed from the converted
+folder into MindSpore's own file layout, then validated in phases that each hold one heavy thing at a time.
 
-Phases (``results``): the eager network computes the in-process reference of every case, each graph is traced and
-written, its declared inputs and stored weights are read back (byte for byte against the network); the network is
-dropped; the torch reference rebuilt from the converted folder's *source* computes its outputs and is dropped;
-each graph is reloaded alone and judged against both.
+Phases (``results``), each timed with its own peak RSS in the manifest and one progress line per graph on stderr:
 
-Validation of each graph: its declared inputs equal the spec; every weight it stores equals the network's; and it
-runs against the in-process MindSpore network (<= 1e-6) and the torch reference (parity tolerance), at every
-exported shape (``--validation full``) or, on hosts that cannot run it at its size, through a proxy at a 16x16
-latent (``--validation proxy``, see ``GraphSpec.validation_cases``).
+1. **trace / write** (``streaming``): the Cell is built with uninitialised parameters and traced; the graph file
+   and its variables are written tensor by tensor from the converted weights file. The graph's declared inputs and
+   parameter dtypes are checked against the spec and the registry's keep_fp32. Each graph's validation is
+   planned: ``full`` (the artifact reloaded and run at its real shapes) when the estimate of that run fits the
+   memory budget (``budget``), else ``proxy``: the same Cell written at a 16x16 latent and/or cut to its first
+   ``PROXY_LAYERS`` blocks, run at the cost it fits in. ``--validation full|proxy`` forces either.
+2. **torch reference** (fp32): from the source through the key map when three fp32 copies fit the budget, else
+   the torch class holding the converted weights assigned one tensor at a time, else skipped (said in the
+   manifest); its outputs are kept, the model dropped.
+3. **eager MindSpore** (``lean``: one tensor at a time, attention in query blocks): the golden output at the real
+   shape (PYNATIVE), every stored weight compared byte for byte, the reference of every validation case; dropped.
+4. **reload / run** (``reload``: weights + largest parameter): each graph or proxy run alone and judged.
 """
 from __future__ import annotations
 
 import contextlib
 import gc
 import shutil
+import sys
 from pathlib import Path
 
-import numpy as np
-
 from pixart_core import dtypes, registry
-from pixart_core.errors import CheckFailed, OutputError, SourceError
 from pixart_core.inputs import sample_inputs
-from pixart_core.outputs import human_bytes
 
-from .results import GraphResult, Stopwatch, new_results
+from . import blockwise, budget, golden, lean, reload, streaming
+from .results import CaseRun, GraphResult, Stopwatch, phase
+from .specs import Case
 
-DISK_NEARLY_FULL = 64 * 2**20  # a MindSpore write error with less free than this is taken for a full disk
 REFERENCE_KIND = {"fp32": "eager network (PyNative)", "fp16": "network compiled in-process (GRAPH mode)"}
+PROXY_LAYERS = 2  # a depth proxy keeps this many blocks
+QUERY_ROWS = 256  # attention query rows per slice in the eager runs (1024 rows at 1024^2: ~1.5 GiB of scores)
+
+
+def progress(line: str) -> None:
+    print(f"export: {line}", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -52,24 +62,11 @@ def reference_mode(dtype: str):
 
 
 @contextlib.contextmanager
-def split_threshold(nbytes: int | None):
-    """Lower MindSpore's 1 GiB split-save threshold (``serialization.TOTAL_SAVE``, in KiB) for one export."""
-    import mindspore.train.serialization as serialization
-
-    if nbytes is None:
+def dynamic_position_embedding(net, on: bool = True):
+    """Swap the transformer's patch embedding for the in-graph one while a gears graph is traced or run."""
+    if not on:
         yield
         return
-    saved = serialization.TOTAL_SAVE
-    serialization.TOTAL_SAVE = max(nbytes, 0) / 1024
-    try:
-        yield
-    finally:
-        serialization.TOTAL_SAVE = saved
-
-
-@contextlib.contextmanager
-def dynamic_position_embedding(net):
-    """Swap the transformer's patch embedding for the in-graph one while a gears graph is traced."""
     from .specs import DynamicPatchEmbed
 
     static = net.pos_embed
@@ -80,142 +77,277 @@ def dynamic_position_embedding(net):
         net.pos_embed = static
 
 
-def written_files(folder: Path, stem: str) -> tuple[str, list[Path], bool]:
-    """(graph file to load, every file of the graph, split) after ``mindspore.export`` wrote ``stem``."""
-    single, graph, variables = folder / f"{stem}.mindir", folder / f"{stem}_graph.mindir", folder / f"{stem}_variables"
-    if graph.is_file() and variables.is_dir():
-        return graph.name, [graph, *sorted(p for p in variables.rglob("*") if p.is_file())], True
-    if single.is_file():
-        return single.name, [single], False
-    raise CheckFailed(f"{folder}: mindspore.export wrote neither {single.name} nor {graph.name} + {variables.name}/")
-
-
 def written_path(folder: Path, stem: str) -> Path:
-    return folder / written_files(folder, stem)[0]
+    for name in (f"{stem}_graph.mindir", f"{stem}.mindir"):
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"{folder}: no graph {stem}")
 
 
-def export_graph(cell, inputs, file_stem: Path, threshold: int | None) -> None:
-    """``mindspore.export`` in GRAPH mode; -1 dims become ``None`` (a dynamic-shape input for Lite gears)."""
-    import mindspore as ms
-
-    with execution_mode(graph=True), split_threshold(threshold):
-        dummies = [ms.Tensor(shape=[None if d == -1 else d for d in t.shape], dtype=dtypes.ms_dtype(t.dtype))
-                   if -1 in t.shape else ms.Tensor(np.zeros(t.shape, dtypes.numpy_dtype(t.dtype))) for t in inputs]
-        try:
-            ms.export(cell, *dummies, file_name=str(file_stem), file_format="MINDIR")
-        except RuntimeError as exc:  # MindSpore reports a full disk as a RuntimeError of its own
-            free = shutil.disk_usage(file_stem.parent).free
-            if free < DISK_NEARLY_FULL:
-                raise OutputError(f"{file_stem.parent}: no space left while MindSpore wrote {file_stem.name} "
-                                  f"({human_bytes(free)} free); nothing was kept") from exc
-            raise
-
-
-def graph_cell(path: Path):
-    import mindspore as ms
-    from mindspore import nn
-
-    return nn.GraphCell(ms.load(str(path)))
-
-
-def fp16_finite(component: str, folder: Path, spec, mode: str) -> tuple[bool, str]:
-    """Run the fp16 eager network on every graph's validation inputs: the VAE is exported in fp16 only if all of
+def fp16_finite(component: str, folder: Path, spec, mode: str = "full") -> tuple[bool, str]:
+    """Run the fp16 eager network on every graph's real-shape inputs: the VAE is exported in fp16 only if all of
     its outputs are finite."""
-    from mindspore_nets.loading import load_network, run_cell
+    import numpy as np
 
-    net = load_network(component, folder, "fp16")
-    cell = registry.view(component).cell(net)
-    with execution_mode(graph=False):
+    from mindspore_nets.layers import query_blocks
+    from mindspore_nets.loading import run_cell
+
+    net, cell = lean.load_network(component, folder, "fp16")
+    with execution_mode(graph=False), query_blocks(QUERY_ROWS):
         for graph in spec.graphs:
-            for case in graph.validation_cases(mode, spec.vae_scale):
+            for case in graph.validation_cases("full", spec.vae_scale)[:1]:
                 out = run_cell(cell, sample_inputs(case.inputs, spec.config))
                 bad = int((~np.isfinite(out.astype(np.float64))).sum())
                 if bad:
                     return False, f"{graph.stem} ({case.label}): {bad} non-finite values in fp16"
-    return True, "finite in fp16 on the validation inputs"
+    return True, "finite in fp16 on the real-shape inputs"
 
 
-def torch_reference(folder: Path):
-    """(the fp32 torch reference rebuilt from the converted folder's source, None) or (None, why not)."""
-    try:
-        from converters.references import load_reference
-    except ImportError as exc:  # torch or diffusers not installed
-        return None, f"torch reference needs torch and diffusers/transformers: {exc}"
-    try:
-        return load_reference(folder), None
-    except SourceError as exc:  # ReferenceUnavailable, or a source that no longer reads
-        return None, str(exc)
-    except ImportError as exc:
-        return None, f"torch reference needs torch and diffusers/transformers: {exc}"
+def all_runs(result: GraphResult) -> list[CaseRun]:
+    """The validation runs and, when it is not one of them, the golden run."""
+    runs = list(result.runs)
+    if result.golden is not None and all(run is not result.golden for run in runs):
+        runs.append(result.golden)
+    return runs
 
 
-def torch_outputs(view: str, model, results: list[GraphResult]) -> None:
-    """The torch reference's output for every case of every graph (its own phase: the model is dropped after)."""
-    from .validate import torch_output
+def query_blocks(rows):
+    from mindspore_nets.layers import query_blocks as blocks
 
-    for result in results:
-        for run in result.runs:
-            run.torch = torch_output(view, model, run.arrays)
+    return blocks(rows)
+
+
+def run_cell(cell, arrays):
+    from mindspore_nets.loading import run_cell as forward
+
+    return forward(cell, arrays)
 
 
 class MindIRExporter:
     name = "mindir"
 
+    def __init__(self):
+        self.phases: dict = {}
+
     def export_component(self, spec, folder: Path, target: Path, opts, log, tolerance_dtype: str,
                          twins=None) -> tuple[list[GraphResult], str | None]:
         """Every graph of one component written into ``target`` and judged; returns (results, why the torch
         reference was unavailable or None)."""
-        results = new_results(self.name, spec.graphs, lambda g: g.validation_cases(opts.validation, spec.vae_scale),
-                              lambda case: sample_inputs(case.inputs, spec.config))
-        self.trace_write(spec, folder, target, opts, results)
-        note = None
+        from .plan import component_weight_bytes
+
+        limit = opts.budget_bytes or budget.budget(component_weight_bytes(folder, spec.name, spec.dtype))
+        results = [GraphResult(self.name, graph, []) for graph in spec.graphs]
+        with phase("trace_write", self.phases):
+            self.trace_write(spec, folder, target, opts, results, limit)
+        note = "not asked (--no-torch-reference)"
         if opts.torch_reference:
-            reference, note = torch_reference(folder)
-            if reference is not None:
-                torch_outputs(spec.name, reference, results)
-            del reference
-            gc.collect()
-        self.run(spec, target, results, tolerance_dtype, note)
+            with phase("torch_reference", self.phases):
+                note = self.torch_phase(spec, folder, results, limit)
+        with phase("eager", self.phases):
+            self.eager_phase(spec, folder, target, results, limit)
+        with phase("reload_run", self.phases):
+            self.run(spec, target, results, tolerance_dtype, note)
         for result in results:
             log(summary_line(spec, result))
         return results, note
 
-    def trace_write(self, spec, folder: Path, target: Path, opts, results: list[GraphResult]) -> None:
-        """Phase 1: the eager network's reference outputs, the traced graphs, their interfaces and weights."""
-        from mindspore_nets.loading import load_network, run_cell
-
+    # -- phase 1
+    def trace_write(self, spec, folder: Path, target: Path, opts, results: list[GraphResult], limit: int) -> None:
         from . import validate
 
-        net = load_network(spec.name, folder, spec.dtype)
-        cell = registry.view(spec.name).cell(net)
-        for result in results:
-            graph = result.graph
-            with dynamic_position_embedding(net) if graph.gears else contextlib.nullcontext():
-                with reference_mode(spec.dtype):  # the in-process MindSpore reference of every case
-                    for run in result.runs:
-                        run.reference = run_cell(cell, run.arrays)
+        net, cell = lean.skeleton(spec.name, folder, spec.dtype)
+        names = lean.parameter_names(net)
+        reader = streaming.WeightReader(lean.weights_file(spec.name, folder))
+        try:
+            for result in results:
+                graph = result.graph
                 watch = Stopwatch()
-                export_graph(cell, graph.inputs, target / graph.stem, opts.split_threshold)
+                with dynamic_position_embedding(net, bool(graph.gears)):
+                    model = streaming.trace(cell, graph.inputs)
+                progress(f"{spec.name}/{graph.stem}: trace {watch.seconds():.1f} s")
+                for problem in [*validate.interface_problems(graph.stem, graph.inputs,
+                                                             validate.proto_interface(model)),
+                                *streaming.dtype_problems(spec.name, model, spec.dtype)]:
+                    result.problem(problem)
+                watch = Stopwatch()
+                written = streaming.write_graph(model, target, graph.stem, reader, names, opts.split_threshold)
                 result.export_seconds = watch.seconds()
-                result.graph_file, result.files, result.split = written_files(target, graph.stem)
-                for problem in validate.interface_problems(target / result.graph_file, graph.inputs):
-                    result.problem(problem)
-                n_weights, weight_problems = validate.weight_problems(target / result.graph_file, cell)
-                for problem in weight_problems:
-                    result.problem(problem)
-                result.weights = {"stored": n_weights, "identical_to_network": not weight_problems}
-                for i, run in enumerate(result.runs):
-                    if not run.case.runs_artifact:  # the same Cell at the proxy size, outside the export folder
-                        where = target.parent / f".proxy-{graph.stem}-{i}"  # removed once it has run
-                        shutil.rmtree(where, ignore_errors=True)
-                        where.mkdir()
-                        export_graph(cell, run.case.inputs, where / graph.stem, opts.split_threshold)
-                        result.proxies[i] = where
+                result.graph_file, result.files, result.split = written.graph_file, written.files, written.split
+                result.details = {"proto_bytes": written.proto_bytes, "weight_bytes": written.weight_bytes}
+                progress(f"{spec.name}/{graph.stem}: write {result.export_seconds:.1f} s "
+                         f"({budget.gib(written.weight_bytes)}{', split' if written.split else ''})")
+                self.plan(spec, folder, target, opts, result, model, limit, reader)
+                del model
+        finally:
+            reader.close()
         del cell, net
         gc.collect()
 
+    def plan(self, spec, folder: Path, target: Path, opts, result: GraphResult, model, limit: int, reader) -> None:
+        """Choose the graph's validation (full or proxy) and write any proxy graph."""
+        graph = result.graph
+        full_cases = graph.validation_cases("full", spec.vae_scale)
+        weights, largest = streaming.stored_bytes(model), reload.largest_parameter(model)
+        here = budget.rss()
+        estimate = budget.graph_run_bytes(spec.name, spec.config, full_cases[0].inputs, weights, largest,
+                                          spec.out_dtype)
+        result.memory = {"budget_bytes": limit, "weights_bytes": weights, "run_estimate_bytes": estimate,
+                         "resident_bytes": here}
+        golden_run = CaseRun(full_cases[0], sample_inputs(full_cases[0].inputs, spec.config))
+        result.golden = golden_run
+        if opts.validation == "full" or (opts.validation == "auto" and budget.fits(here, estimate, limit)):
+            result.mode = "full"
+            result.why = ("asked (--validation full)" if opts.validation == "full" else
+                          f"reloading and running it needs about {budget.gib(estimate)}, within the budget "
+                          f"{budget.gib(limit)}")
+            result.runs = [golden_run] + [CaseRun(c, sample_inputs(c.inputs, spec.config)) for c in full_cases[1:]]
+            return
+        result.mode = "proxy"
+        result.why = ("asked (--validation proxy)" if opts.validation == "proxy" else
+                      f"reloading and running it at its real shape needs about {budget.gib(estimate)} "
+                      f"(weights, fp32 copies, GRAPH-mode activations) > the budget {budget.gib(limit)}")
+        cases = graph.validation_cases("proxy", spec.vae_scale) if graph.latent_hw or graph.gears else full_cases[:1]
+        case = cases[0]
+        small = budget.graph_run_bytes(spec.name, spec.config, case.inputs, weights, largest, spec.out_dtype)
+        if not budget.fits(here, small, limit) or (case.runs_artifact and not graph.gears):
+            layers = min(PROXY_LAYERS, spec.config.get("num_layers", PROXY_LAYERS))
+            case = Case(f"proxy: first {layers} blocks" + ("" if case.runs_artifact else f", {case.label[6:]}"),
+                        case.inputs, case.outputs, False, num_layers=layers)
+        result.runs = [CaseRun(case, sample_inputs(case.inputs, spec.config))]
+        if not case.runs_artifact:
+            where = target.parent / f".proxy-{graph.stem}"  # removed once it has run
+            shutil.rmtree(where, ignore_errors=True)
+            where.mkdir()
+            net, cell = lean.skeleton(spec.name, folder, spec.dtype, case.num_layers)
+            with dynamic_position_embedding(net, bool(graph.gears)):
+                proxy = streaming.trace(cell, case.inputs)
+            streaming.write_graph(proxy, where, graph.stem, reader, lean.parameter_names(net), opts.split_threshold)
+            result.proxies[0] = where
+            result.memory["proxy_weights_bytes"] = streaming.stored_bytes(proxy)
+            progress(f"{spec.name}/{graph.stem}: proxy written ({case.label})")
+
+    # -- phase 2
+    def torch_phase(self, spec, folder: Path, results: list[GraphResult], limit: int) -> str | None:
+        """The fp32 torch reference's output for every full-depth run, computed in a child process (this one never
+        imports torch); returns why it was unavailable or None."""
+        from .torch_worker import run_reference
+
+        reader = streaming.WeightReader(lean.weights_file(spec.name, folder))
+        reader_sizes = {name: 4 * dtypes.numel(info.shape) for name, info in reader.source.infos.items()}
+        sizes = list(reader_sizes.values())
+        reader.close()
+        fp32, largest = sum(sizes), max(sizes, default=0)
+        here = budget.rss() + budget.TORCH_BASE
+        if budget.fits(here, budget.torch_source_bytes(fp32), limit):
+            how, text = "source", "rebuilt from the source through the key map"
+        elif budget.fits(here, budget.torch_lean_bytes(fp32, largest), limit):
+            how, text = "lean", ("the torch class holding the converted weights (the source-rebuilt reference does "
+                                 "not fit the budget)")
+        elif lean.block_prefix(spec.name) and budget.fits(here, budget.torch_streamed_bytes(fp32, lean.block_prefix(
+                spec.name), reader_sizes), limit):
+            how, text = "streamed", ("the torch class holding the converted weights, each block's only while it "
+                                     "runs (the whole fp32 model does not fit the budget)")
+        else:
+            note = f"the fp32 torch reference needs about {budget.gib(fp32)} > the budget {budget.gib(limit)}"
+            progress(f"{spec.name}: torch reference unavailable ({note})")
+            return note
+        runs = {f"{i}-{j}": run for i, result in enumerate(results) for j, run in enumerate(all_runs(result))
+                if run.case.num_layers is None}
+        watch = Stopwatch()
+        outputs, seconds, note = run_reference(folder, spec.name, how, {k: r.arrays for k, r in runs.items()},
+                                               list(registry.view(spec.name).inputs))
+        if note is not None:
+            if how == "streamed":
+                note = (f"the whole fp32 torch model ({budget.gib(fp32)}) exceeds the budget {budget.gib(limit)}, "
+                        f"and {note}")
+            progress(f"{spec.name}: torch reference unavailable ({note})")
+            return note
+        for key, run in runs.items():
+            run.torch, run.torch_seconds = outputs[key], round(seconds[key], 2)
+        for result in results:
+            result.details["torch_reference"] = text
+        progress(f"{spec.name}: torch reference {watch.seconds():.1f} s ({how}, in a child process)")
+        return None
+
+    # -- phase 3
+    def eager_phase(self, spec, folder: Path, target: Path, results: list[GraphResult], limit: int) -> None:
+        """The eager network: golden outputs (PYNATIVE), the stored weights byte for byte, every reference. When
+        the whole network does not fit the budget it runs block by block (``blockwise``)."""
+        weights = max(r.memory.get("weights_bytes", 0) for r in results)
+        need = int(budget.EAGER_EXTRA.get(spec.out_dtype, 1.2) * weights)
+        gears = any(r.graph.gears for r in results)  # the block runners compute the static position table only
+        if blockwise.supported(spec.name) and not gears and not budget.fits(budget.rss(), need, limit):
+            self.eager_blockwise(spec, folder, target, results, need, limit)
+        else:
+            self.eager_whole(spec, folder, target, results)
+        for result in results:
+            out = result.graph.concrete_outputs(result.graph.gears[0] if result.graph.gears else None)[0]
+            golden.save(target / f"{result.stem}{golden.SUFFIX}", result.golden.case.inputs, result.golden.arrays,
+                        result.golden.pynative)
+            result.files.append(target / f"{result.stem}{golden.SUFFIX}")
+            result.details["golden"] = golden.entry(spec.name, result.stem, result.golden.case.inputs, out,
+                                                    f"eager MindSpore network, PYNATIVE, {spec.dtype}"
+                                                    + (", block by block" if result.details.get("eager") else ""),
+                                                    spec.dtype)
+        for result in results:
+            for run in result.runs:
+                if run.case.num_layers is not None:  # the depth proxy's own network
+                    small, small_cell = lean.load_network(spec.name, folder, spec.dtype, run.case.num_layers)
+                    with query_blocks(QUERY_ROWS), reference_mode(spec.dtype):
+                        run.reference = run_cell(small_cell, run.arrays)
+                    del small, small_cell
+                    gc.collect()
+
+    def eager_whole(self, spec, folder: Path, target: Path, results: list[GraphResult]) -> None:
+        from . import validate
+
+        net, cell = lean.load_network(spec.name, folder, spec.dtype)
+        with query_blocks(QUERY_ROWS):
+            for result in results:
+                watch = Stopwatch()
+                with dynamic_position_embedding(net, bool(result.graph.gears)):
+                    with execution_mode(graph=False):
+                        result.golden.pynative = run_cell(cell, result.golden.arrays)
+                    result.details["eager_forward_seconds"] = watch.seconds()
+                    for run in result.runs:
+                        if run.case.num_layers is None:
+                            with reference_mode(spec.dtype):
+                                run.reference = (result.golden.pynative if run is result.golden and
+                                                 spec.dtype == "fp32" else run_cell(cell, run.arrays))
+                count, problems = validate.weight_problems(target / result.graph_file, cell)
+                for problem in problems:
+                    result.problem(problem)
+                result.weights = {"stored": count, "identical_to_network": not problems}
+                progress(f"{spec.name}/{result.stem}: eager MindSpore {watch.seconds():.1f} s")
+        del cell, net
+        gc.collect()
+
+    def eager_blockwise(self, spec, folder: Path, target: Path, results: list[GraphResult], need: int,
+                        limit: int) -> None:
+        names = lean.parameter_names(lean.skeleton(spec.name, folder, spec.dtype)[0])
+        for result in results:
+            watch = Stopwatch()
+            with execution_mode(graph=False):
+                result.golden.pynative = blockwise.forward(spec.name, folder, spec.dtype, result.golden.arrays)
+            result.details["eager_forward_seconds"] = watch.seconds()
+            result.details["eager"] = (f"block by block: the whole eager network needs about {budget.gib(need)} > "
+                                       f"the budget {budget.gib(limit)}")
+            for run in result.runs:
+                if run.case.num_layers is None:
+                    run.reference = result.golden.pynative if run.arrays is result.golden.arrays else \
+                        blockwise.forward(spec.name, folder, spec.dtype, run.arrays)
+            progress(f"{spec.name}/{result.stem}: eager MindSpore block by block {watch.seconds():.1f} s")
+            watch = Stopwatch()
+            count, problems = blockwise.stored_weight_problems(target / result.graph_file, folder, spec.name, names)
+            for problem in problems:
+                result.problem(problem)
+            result.weights = {"stored": count, "identical_to_network": not problems,
+                              "compared_with": "the source tensors cast by MindSpore"}
+            progress(f"{spec.name}/{result.stem}: stored weights checked {watch.seconds():.1f} s")
+
+    # -- phase 4
     def run(self, spec, target: Path, results: list[GraphResult], tolerance_dtype: str, note: str | None) -> None:
-        """Phase 3: each graph (or its proxy) reloaded alone, run on its cases, judged."""
+        """Each graph (or its proxy) reloaded alone, run on its cases, judged."""
         from mindspore_nets.loading import run_cell
 
         from . import validate
@@ -225,8 +357,10 @@ class MindIRExporter:
             for i, run in enumerate(result.runs):
                 where = result.proxies.get(i)
                 path = target / result.graph_file if where is None else written_path(where, result.stem)
+                started = Stopwatch()
                 with execution_mode(graph=True):
-                    run.output = run_cell(graph_cell(path), run.arrays)
+                    run.output = run_cell(reload.open_graph_cell(path), run.arrays)
+                seconds = started.seconds()
                 gc.collect()
                 if where is not None:
                     shutil.rmtree(where, ignore_errors=True)
@@ -234,22 +368,39 @@ class MindIRExporter:
                                                       tolerance_dtype or spec.dtype)
                 record["vs_eager"]["reference"] = REFERENCE_KIND[spec.dtype]
                 record["case"] = run.case.label
-                record["ran"] = "the exported graph" if where is None else "proxy: the same Cell exported at this size"
+                record["ran"] = "the exported graph" if where is None else f"{run.case.label}: the same Cell " \
+                    "exported at this size and depth"
                 record["inputs"] = [t.to_dict() for t in run.case.inputs]
+                record["forward_seconds"] = {"graph": seconds, "torch_reference": run.torch_seconds}
                 if run.torch is None:
-                    record["vs_torch"] = f"unavailable ({note})"
+                    record["vs_torch"] = f"unavailable ({note or 'depth proxy: no torch model of that depth'})"
+                if run is result.golden:
+                    vs_golden = validate.against(run.output, result.golden.pynative,
+                                                 result.details["golden"]["tolerance"])
+                    record["vs_golden"] = vs_golden
+                    if not vs_golden["ok"]:
+                        found.append(f"GraphCell vs the golden output rel_l2 {vs_golden['rel_l2']:.3g}")
                 run.record = record
                 for problem in found:
                     result.problem(problem, run.case)
+                progress(f"{spec.name}/{result.stem}: reload and run {seconds:.1f} s ({run.case.label})")
             result.validate_seconds = watch.seconds()
+            if result.golden.torch is not None:
+                result.details["golden"]["eager_vs_torch"] = validate.against(
+                    result.golden.pynative, result.golden.torch, validate.TOLERANCES[tolerance_dtype or spec.dtype])
+            progress(f"{spec.name}/{result.stem}: validate {result.mode} ({result.why})")
 
     @staticmethod
     def graph_entry(spec, result: GraphResult, target: Path) -> tuple[dict, dict]:
         """(fields before the common ones, fields after) of the graph's manifest entry."""
+        graph_files = [p for p in result.files if not p.name.endswith(golden.SUFFIX)]
         head = {"file": f"{spec.name}/{result.graph_file}", "split": result.split,
-                "files": [f"{spec.name}/{p.relative_to(target)}" for p in result.files]}
+                "files": [f"{spec.name}/{p.relative_to(target)}" for p in graph_files]}
+        details = dict(result.details)
         tail = {"export_seconds": result.export_seconds, "validate_seconds": result.validate_seconds,
-                "weights": result.weights, "validation": [run.record for run in result.runs]}
+                "weights": result.weights, "validation_mode": result.mode, "validation_why": result.why,
+                "golden": details.pop("golden", None), "memory": result.memory, **details,
+                "validation": [run.record for run in result.runs]}
         return head, tail
 
 
@@ -258,5 +409,5 @@ def summary_line(spec, result: GraphResult) -> str:
     torch_values = [run.record["vs_torch"]["rel_l2"] for run in result.runs if isinstance(run.record["vs_torch"], dict)]
     torch_text = f"{max(torch_values):.2e}" if torch_values else "unavailable"
     return (f"{result.stem}: {spec.dtype}, {result.nbytes() / 2**20:.1f} MiB{' (split)' if result.split else ''}, "
-            f"exported in {result.export_seconds:.1f} s; GraphCell vs MindSpore rel_l2 {eager:.2e}, "
-            f"vs torch {torch_text}")
+            f"exported in {result.export_seconds:.1f} s; validation {result.mode}; GraphCell vs MindSpore rel_l2 "
+            f"{eager:.2e}, vs torch {torch_text}")

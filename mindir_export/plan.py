@@ -38,10 +38,12 @@ class ExportOptions:
     torch_reference: bool = True
     precision_modes: dict = field(default_factory=dict)  # component -> Lite precision_mode override
     split_threshold: int | None = None  # bytes; MindSpore's is 1 GiB (lowered only to exercise the split path)
-    validation: str = "full"  # "full" | "proxy" (see GraphSpec.validation_cases)
+    validation: str = "auto"  # "auto" (full where it fits the memory budget) | "full" | "proxy"
     formats: tuple[str, ...] = ("mindir",)  # graph formats written into the one export folder
+    budget_bytes: int | None = None  # the memory budget (default: budget.budget of the largest graph's weights)
 
 
+VALIDATION_MODES = ("auto", "full", "proxy")
 FORMATS = ("mindir", "onnx")  # in the order they are exported (ONNX graphs are compared with their MindIR twins)
 
 
@@ -117,8 +119,8 @@ def check_export(out: Path, export_dir: Path, opts: ExportOptions):
     if opts.batch < 1 or opts.max_length < 1:
         raise UsageError(f"--batch and --max-length must be positive (got {opts.batch}, {opts.max_length})")
     opts.formats = parse_formats(opts.formats)
-    if opts.validation not in ("full", "proxy"):
-        raise UsageError(f"--validation {opts.validation!r}: choose full or proxy")
+    if opts.validation not in VALIDATION_MODES:
+        raise UsageError(f"--validation {opts.validation!r}: choose auto, full or proxy")
     for name, value in (("--dtype", opts.dtype), ("--text-encoder-dtype", opts.text_encoder_dtype)):
         if value not in EXPORT_DTYPES:
             raise UsageError(f"{name} {value!r}: choose fp32 or fp16 (bf16 has no kernels on 910A/310P)")
@@ -184,4 +186,21 @@ def planned_export_bytes(found: dict[str, Path], specs: list[ComponentSpec], out
         total += values * dtypes.get(spec.dtype).itemsize * len(spec.graphs) * formats
     for name in PIPELINE_COPIED:
         total += sum(f.stat().st_size for f in (out / name).rglob("*") if f.is_file())
+    return total
+
+
+def component_weight_bytes(folder: Path, view: str, dtype: str) -> int:
+    """The weight bytes a graph of ``view`` stores in ``dtype`` (the registry's keep_fp32 tensors in fp32), from the
+    converted folder's manifest; the VAE's encoder and decoder are each counted with the whole VAE (an upper
+    bound)."""
+    import re
+
+    keep = [re.compile(re.escape(n).replace(re.escape("{n}"), r"\d+") + "$")
+            for n in registry.component(registry.view(view).component).keep_fp32]
+    total = 0
+    for row in read_manifest(folder, "converted")["tensors"]:
+        if row.get("extra"):
+            continue
+        size = 4 if any(p.match(row["name"]) for p in keep) else dtypes.get(dtypes.canonical(dtype)).itemsize
+        total += dtypes.numel(row["shape"]) * size
     return total

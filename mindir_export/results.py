@@ -36,6 +36,7 @@ class CaseRun:
     torch: np.ndarray | None = None  # the fp32 torch reference's output
     torch_seconds: float | None = None  # its forward time
     output: np.ndarray | None = None  # what the reloaded graph returned
+    pynative: np.ndarray | None = None  # the eager network's output in PYNATIVE mode (the golden output)
     record: dict | None = None  # the numbers that go into the manifest
 
 
@@ -53,6 +54,10 @@ class GraphResult:
     validate_seconds: float = 0.0
     weights: dict | None = None
     proxies: dict[int, Path] = field(default_factory=dict)  # case index -> a proxy export's folder (MindIR)
+    golden: CaseRun | None = None  # the real-shape inputs and the eager (PYNATIVE) output shipped with the graph
+    mode: str = "full"  # "full": the artifact ran at its real shape(s); "proxy": see ``why``
+    why: str = ""  # why the validation mode was chosen
+    memory: dict = field(default_factory=dict)  # the budget and the estimates behind ``mode``
     details: dict = field(default_factory=dict)  # format-specific facts for the manifest
     problems: list[str] = field(default_factory=list)
 
@@ -87,14 +92,31 @@ def all_problems(results: list[GraphResult]) -> list[str]:
     return [p for result in results for p in result.problems]
 
 
-def _vm_hwm() -> int | None:
+def _vm_hwm(field: str = "VmHWM") -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and give freed heap pages back to the OS (glibc keeps them in its arenas otherwise, and the
+    next phase's peak would sit on top of them)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _vm_rss() -> int | None:
+    return _vm_hwm("VmRSS")
 
 
 @contextlib.contextmanager
@@ -107,7 +129,10 @@ def phase(name: str, into: dict):
     except OSError:
         resettable = False
     watch = Stopwatch()
+    start = _vm_rss()
     try:
         yield
     finally:
-        into[name] = {"seconds": watch.seconds(), "peak_rss_bytes": _vm_hwm() if resettable else None}
+        release_freed_memory()
+        into[name] = {"seconds": watch.seconds(), "peak_rss_bytes": _vm_hwm() if resettable else None,
+                      "start_rss_bytes": start, "end_rss_bytes": _vm_rss()}

@@ -87,7 +87,8 @@ class Case:
     label: str
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    runs_artifact: bool  # False: a proxy graph exported from the same Cell at a smaller size
+    runs_artifact: bool  # False: a proxy graph exported from the same Cell at a smaller size (or depth)
+    num_layers: int | None = None  # a depth proxy: the network cut to its first blocks
 
 
 def _resizer(latent_from: tuple[int, int], latent_to: tuple[int, int], scale: int):

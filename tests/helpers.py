@@ -10,7 +10,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-PROGRESS = re.compile(r"^\w+: +\d+%\|")
+PROGRESS = re.compile(r"^(\w+: +\d+%\||export: )")  # tqdm bars; export's per-phase lines
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

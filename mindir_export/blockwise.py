@@ -1,0 +1,151 @@
+"""The eager network run a block at a time from the weights file, for components whose whole eager network does not
+fit the memory budget (T5-XXL in fp16: the whole network in PYNATIVE mode passed 22 GiB for 10.75 GiB of weights;
+the XL/2 in fp16 at 1024^2 passed 3 GiB for 1.14 GiB). T5 and the PixArt transformer have runners (each follows
+its network's ``construct``; tests check they give the whole network's numbers exactly).
+
+Only one block's weights are resident: the embedding, block 0 (it owns the relative position bias) and one more
+block Cell reused for blocks 1..N-1, each parameter ``set_data`` from the converted file in turn (a new PYNATIVE
+Cell per block leaks about 0.5 GiB each; reusing one stays flat). The output equals the whole network's in
+PYNATIVE mode (research/export/q3_blockwise.py: identical; 2.67 GiB peak for T5-XXL fp16).
+
+The stored weights are checked here against MindSpore's own cast of the source tensors, parameter by parameter
+(the artifact's bytes == ``Tensor(source).astype(dtype)``), since no whole network exists to compare with.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pixart_core import dtypes
+
+from . import lean
+from .streaming import WeightReader
+
+RUNNERS = {"text_encoder", "transformer"}  # views with a block-by-block runner
+
+
+def supported(view: str) -> bool:
+    return view in RUNNERS
+
+
+def t5_forward(folder: Path, dtype: str, arrays: list[np.ndarray]) -> np.ndarray:
+    """``T5Encoder(ids, mask)`` in PYNATIVE mode with one block's weights resident at a time."""
+    import mindspore as ms
+    from mindspore.nn.utils import no_init_parameters
+
+    from mindspore_nets.layers import key_mask_bias, to_ms_dtype
+    from mindspore_nets.t5 import T5Block, T5Embedding, T5LayerNorm
+
+    config = lean.config_object("text_encoder", folder)
+    compute = to_ms_dtype(dtype)
+    reader = WeightReader(lean.weights_file("text_encoder", folder))
+
+    def filled(cell, prefix: str):
+        for name, param in cell.parameters_and_names():
+            param.set_data(ms.from_numpy(reader.read(prefix + name, dtypes.name_of_ms(param.dtype))))
+        cell.set_train(False)
+        return cell
+
+    ids, mask = (ms.Tensor(a) for a in arrays)
+    try:
+        with ms._no_grad(), no_init_parameters():
+            embedding = T5Embedding(config.vocab_size, config.d_model, dtype=compute)
+            first = T5Block(config, has_relative_attention_bias=True, dtype=compute)
+            other = T5Block(config, has_relative_attention_bias=False, dtype=compute) if config.num_layers > 1 \
+                else None
+            norm = T5LayerNorm(config.d_model, config.layer_norm_epsilon, dtype=compute)
+        with ms._no_grad():
+            hidden = filled(embedding, "shared.")(ids)
+            del embedding
+            filled(first, "encoder.block.0.")
+            bias = first.layer[0].SelfAttention.compute_bias(ids.shape[1]) + key_mask_bias(mask)
+            hidden = first(hidden, bias)
+            del first
+            for i in range(1, config.num_layers):
+                hidden = filled(other, f"encoder.block.{i}.")(hidden, bias)
+            return filled(norm, "encoder.final_layer_norm.")(hidden).asnumpy()
+    finally:
+        reader.close()
+
+
+def pixart_forward(folder: Path, dtype: str, arrays: list[np.ndarray]) -> np.ndarray:
+    """``PixArtTransformer2D`` in PYNATIVE mode (its ``construct``, step by step) with every weight outside the
+    blocks resident and the blocks run one at a time through one block Cell refilled for each."""
+    import mindspore as ms
+    from mindspore import ops
+
+    from mindspore_nets.layers import key_mask_bias
+
+    net, _ = lean.skeleton("transformer", folder, dtype)
+    reader = WeightReader(lean.weights_file("transformer", folder))
+
+    def fill(cell, prefix: str) -> None:
+        for name, param in cell.parameters_and_names():
+            param.set_data(ms.from_numpy(reader.read(prefix + name, dtypes.name_of_ms(param.dtype))))
+
+    try:
+        for name, param in net.parameters_and_names():
+            if not name.startswith("transformer_blocks."):
+                param.set_data(ms.from_numpy(reader.read(name, dtypes.name_of_ms(param.dtype))))
+        hidden_states, timestep, encoder_hidden_states, mask = (ms.Tensor(a) for a in arrays)
+        with ms._no_grad():
+            b, _, height, width = hidden_states.shape
+            p = net.patch_size
+            h, w = height // p, width // p
+            x = net.pos_embed(hidden_states.astype(net.compute_dtype))
+            modulation, embedded_timestep = net.adaln_single(timestep)
+            context = net.caption_projection(encoder_hidden_states.astype(net.compute_dtype))
+            bias = key_mask_bias(mask)
+            block = net.transformer_blocks[0]
+            for i in range(len(net.transformer_blocks)):
+                fill(block, f"transformer_blocks.{i}.")
+                x = block(x, modulation, context, bias, h, w)
+            shift, scale = ops.split(net.scale_shift_table.reshape(1, 2, -1) + embedded_timestep.reshape(b, 1, -1),
+                                     1, axis=1)
+            x = net.proj_out(net.norm_out(x) * (1 + scale) + shift)
+            x = x.reshape(b, h, w, p, p, net.out_channels).transpose(0, 5, 1, 3, 2, 4)
+            return x.reshape(b, net.out_channels, h * p, w * p).asnumpy()
+    finally:
+        reader.close()
+
+
+def forward(view: str, folder: Path, dtype: str, arrays: list[np.ndarray]) -> np.ndarray:
+    if view == "text_encoder":
+        return t5_forward(folder, dtype, arrays)
+    if view == "transformer":
+        return pixart_forward(folder, dtype, arrays)
+    raise ValueError(f"no block-by-block runner for {view}")
+
+
+def stored_weight_problems(path: Path, folder: Path, view: str, names: dict[str, str]) -> tuple[int, list[str]]:
+    """(parameters checked, problems): each stored parameter against MindSpore's cast of the source tensor."""
+    import mindspore as ms
+
+    from .reload import read_proto
+    from .streaming import parameter_name
+
+    path = Path(path)
+    model = read_proto(path)
+    reader = WeightReader(lean.weights_file(view, folder))
+    problems = []
+    try:
+        with open(path.parent / model.graph.parameter[0].external_data.location, "rb") if model.graph.parameter \
+                and model.graph.parameter[0].external_data.location else open(path, "rb") as handle:
+            for proto in model.graph.parameter:
+                name = parameter_name(proto)
+                source = reader.source.read(names.get(name, name))
+                if source.dtype.name == "bfloat16":  # through its exact fp32 value (MindSpore takes no ml_dtypes)
+                    source = source.astype(np.float32)
+                want = ms.Tensor(source).astype(dtypes.ms_dtype(dtypes.from_mindir(proto.data_type))).asnumpy()
+                if proto.external_data.location:
+                    handle.seek(proto.external_data.offset)
+                    stored = handle.read(proto.external_data.length)
+                else:
+                    stored = proto.raw_data
+                if stored != want.tobytes():
+                    problems.append(f"{path.name}: {name} differs from the source's weights cast by MindSpore")
+                del source, want, stored
+    finally:
+        reader.close()
+    return len(model.graph.parameter), problems

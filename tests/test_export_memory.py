@@ -1,0 +1,85 @@
+"""The export's memory rule at small scale: a full-width T5 encoder cut to one block (d_model 4096, d_ff 10240, 64
+heads; a small vocabulary), whose ~0.75 GiB of fp32 weights dominate the import baseline, exported by
+``pixart-ms export`` in its own process; the peak RSS the kernel reports for that whole process (``/usr/bin/time
+-v``) must stay within 1.3 x the weights of the largest graph + 1 GiB, validation included."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .helpers import REPO_ROOT, run_cli
+
+TIME = Path("/usr/bin/time")
+WIDE_T5 = dict(vocab_size=1024, d_model=4096, d_kv=64, d_ff=10240, num_layers=1, num_heads=64,
+               relative_attention_num_buckets=32, relative_attention_max_distance=128,
+               feed_forward_proj="gated-gelu", is_gated_act=True, dense_act_fn="gelu_new")
+
+
+@pytest.fixture(scope="module")
+def wide_t5(tmp_path_factory):
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    root = tmp_path_factory.mktemp("wide_t5")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model = T5EncoderModel(T5Config(**WIDE_T5)).eval()
+        for p in model.parameters():
+            p.mul_(0.05 if p.ndim > 1 else 1.0)  # keep activations moderate
+    model.save_pretrained(root / "src")
+    del model
+    result = run_cli("convert", root / "src", "-o", root / "converted", "--component", "text_encoder")
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def run_sampled(cmd, env):
+    """(completed process, peak RSS of its process tree sampled every 50 ms)."""
+    import time
+
+    import psutil
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT)
+    root, peak = psutil.Process(proc.pid), 0
+    import threading
+
+    out = {}
+    reader = threading.Thread(target=lambda: out.update(zip(("stdout", "stderr"), proc.communicate())))
+    reader.start()
+    while proc.poll() is None:
+        try:
+            tree = [root, *root.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    reader.join()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out["stdout"], out["stderr"]), peak
+
+
+@pytest.mark.skipif(not TIME.is_file(), reason="needs /usr/bin/time")
+def test_export_peak_rss_within_rule(wide_t5):
+    out = wide_t5 / "export"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "GLOG_v": "3"}
+    cmd = [str(TIME), "-v", sys.executable, "-c", "from pixart_ms import main; main()", "export",
+           str(wide_t5 / "converted"), "-o", str(out), "--max-length", "32", "--json"]
+    proc, tree_peak = run_sampled(cmd, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # the kernel's peak of the largest single process, and the sampled peak of the whole tree (the torch reference
+    # runs in a child process)
+    peak = max(int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1)) * 1024,
+               tree_peak)
+    manifest = json.loads(proc.stdout)
+    (graph,) = manifest["components"]["text_encoder"]["graphs"]
+    weights = graph["memory"]["weights_bytes"]
+    assert weights > 0.7 * 2**30 and graph["split"]  # weights dominate; the split layout
+    assert graph["validation_mode"] in ("full", "proxy") and graph["validation"][0]["vs_eager"]["ok"]
+    assert peak <= 1.3 * weights + 2**30, (peak / 2**30, weights / 2**30, graph["validation_why"])
+    for phase in manifest["components"]["text_encoder"]["phases"].values():  # each phase within the rule too
+        assert phase["peak_rss_bytes"] <= 1.3 * weights + 2**30
