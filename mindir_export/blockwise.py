@@ -73,9 +73,6 @@ def pixart_forward(folder: Path, dtype: str, arrays: list[np.ndarray]) -> np.nda
     """``PixArtTransformer2D`` in PYNATIVE mode (its ``construct``, step by step) with every weight outside the
     blocks resident and the blocks run one at a time through one block Cell refilled for each."""
     import mindspore as ms
-    from mindspore import ops
-
-    from mindspore_nets.layers import key_mask_bias
 
     net, _ = lean.skeleton("transformer", folder, dtype)
     reader = WeightReader(lean.weights_file("transformer", folder))
@@ -90,22 +87,14 @@ def pixart_forward(folder: Path, dtype: str, arrays: list[np.ndarray]) -> np.nda
                 param.set_data(ms.from_numpy(reader.read(name, dtypes.name_of_ms(param.dtype))))
         hidden_states, timestep, encoder_hidden_states, mask = (ms.Tensor(a) for a in arrays)
         with ms._no_grad():
-            b, _, height, width = hidden_states.shape
-            p = net.patch_size
-            h, w = height // p, width // p
-            x = net.pos_embed(hidden_states.astype(net.compute_dtype))
-            modulation, embedded_timestep = net.adaln_single(timestep)
-            context = net.caption_projection(encoder_hidden_states.astype(net.compute_dtype))
-            bias = key_mask_bias(mask)
+            h, w = hidden_states.shape[2] // net.patch_size, hidden_states.shape[3] // net.patch_size
+            x, modulation, embedded_timestep, context, bias = net.embed(hidden_states, timestep,
+                                                                        encoder_hidden_states, mask)
             block = net.transformer_blocks[0]
             for i in range(len(net.transformer_blocks)):
                 fill(block, f"transformer_blocks.{i}.")
                 x = block(x, modulation, context, bias, h, w)
-            shift, scale = ops.split(net.scale_shift_table.reshape(1, 2, -1) + embedded_timestep.reshape(b, 1, -1),
-                                     1, axis=1)
-            x = net.proj_out(net.norm_out(x) * (1 + scale) + shift)
-            x = x.reshape(b, h, w, p, p, net.out_channels).transpose(0, 5, 1, 3, 2, 4)
-            return x.reshape(b, net.out_channels, h * p, w * p).asnumpy()
+            return net.finish(x, embedded_timestep, h, w).asnumpy()
     finally:
         reader.close()
 

@@ -257,17 +257,28 @@ class PixArtTransformer2D(PretrainedMixin, nn.Cell):
         self.proj_out = Linear(dim, config.patch_size ** 2 * self.out_channels, dtype=dtype)
 
     def construct(self, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask=None):
-        b, _, height, width = hidden_states.shape
         p = self.patch_size
-        h, w = height // p, width // p
+        h, w = hidden_states.shape[2] // p, hidden_states.shape[3] // p
+        x, modulation, embedded_timestep, context, bias = self.embed(hidden_states, timestep, encoder_hidden_states,
+                                                                     encoder_attention_mask)
+        for block in self.transformer_blocks:
+            x = block(x, modulation, context, bias, h, w)
+        return self.finish(x, embedded_timestep, h, w)
+
+    def embed(self, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask=None):
+        """Everything before the blocks (also run alone by the block-by-block runners): the patch tokens, the
+        timestep modulation and embedding, the projected caption and its key bias (None without a mask)."""
         x = self.pos_embed(hidden_states.astype(self.compute_dtype))
         modulation, embedded_timestep = self.adaln_single(timestep)
         context = self.caption_projection(encoder_hidden_states.astype(self.compute_dtype))
         bias = None
         if encoder_attention_mask is not None:
             bias = key_mask_bias(encoder_attention_mask)
-        for block in self.transformer_blocks:
-            x = block(x, modulation, context, bias, h, w)
+        return x, modulation, embedded_timestep, context, bias
+
+    def finish(self, x, embedded_timestep, h: int, w: int):
+        """Everything after the blocks: the final modulated norm, the projection and the unpatchify."""
+        b, p = x.shape[0], self.patch_size
         shift, scale = ops.split(self.scale_shift_table.reshape(1, 2, -1) + embedded_timestep.reshape(b, 1, -1), 1,
                                  axis=1)
         x = self.proj_out(self.norm_out(x) * (1 + scale) + shift)

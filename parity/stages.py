@@ -49,16 +49,13 @@ def _pixart_block(config, index, dtype):
 def _pixart_embed(net, arrays):
     import mindspore as ms
 
-    from mindspore_nets.layers import key_mask_bias
-
     hidden = _tensor(arrays["hidden_states"])
     p = net.patch_size
     state = {"hw": (hidden.shape[2] // p, hidden.shape[3] // p), "batch": hidden.shape[0]}
-    x = net.pos_embed(hidden.astype(net.compute_dtype))
-    state["modulation"], state["embedded_timestep"] = net.adaln_single(_tensor(arrays["timestep"]))
-    state["context"] = net.caption_projection(_tensor(arrays["encoder_hidden_states"]).astype(net.compute_dtype))
     mask = arrays.get("encoder_attention_mask")
-    state["bias"] = None if mask is None else key_mask_bias(ms.Tensor(mask))
+    x, state["modulation"], state["embedded_timestep"], state["context"], state["bias"] = net.embed(
+        hidden, _tensor(arrays["timestep"]), _tensor(arrays["encoder_hidden_states"]),
+        None if mask is None else ms.Tensor(mask))
     return state, x
 
 
@@ -106,14 +103,8 @@ def _pixart_fed(state, args, kwargs):
 
 
 def _pixart_final(net, state, hidden):
-    from mindspore import ops
-
-    b, (h, w), p = state["batch"], state["hw"], net.patch_size
-    shift, scale = ops.split(net.scale_shift_table.reshape(1, 2, -1) + state["embedded_timestep"].reshape(b, 1, -1),
-                             1, axis=1)
-    x = net.proj_out(net.norm_out(hidden) * (1 + scale) + shift)
-    x = x.reshape(b, h, w, p, p, net.out_channels).transpose(0, 5, 1, 3, 2, 4)
-    return x.reshape(b, net.out_channels, h * p, w * p)
+    h, w = state["hw"]
+    return net.finish(hidden, state["embedded_timestep"], h, w)
 
 
 def _pixart_activations(config, shapes, query_rows=None):
