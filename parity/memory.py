@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 
-from pixart_core import registry
+from pixart_core import dtypes, registry
 from pixart_core.errors import UsageError
 from pixart_core.manifests import read_manifest
 
@@ -39,19 +39,12 @@ def parse_memory(text: str | None) -> int:
     return size
 
 
-def _fp32_bytes(shape) -> int:
-    n = 4
-    for d in shape:
-        n *= int(d)
-    return n
-
-
 def weight_bytes(folder, blocks: str | None) -> tuple[int, int, int]:
     """(all fp32 weight bytes, the largest block's, the embedding and final layers') of a converted folder."""
     tensors = read_manifest(folder, "converted")["tensors"]
     total, per_block = 0, {}
     for t in tensors:
-        size = _fp32_bytes(t["shape"])
+        size = dtypes.nbytes("float32", t["shape"])
         total += size
         m = re.match(re.escape(blocks) + r"\.(\d+)\.", t["name"]) if blocks else None
         if m:
