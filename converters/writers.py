@@ -19,7 +19,7 @@ import numpy as np
 
 from pixart_core import dtypes
 
-from .sources import PRODUCER, read_safetensors_header  # noqa: F401  (re-exported: tests and callers read headers here)
+from .sources import PRODUCER
 from .staging import Bytes, StagedFile
 
 CKPT_CHUNK = 512 * 2**20

@@ -24,8 +24,6 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-# the bucket tables are pure data, shared with parity: re-exported under the names export has used
-from mindspore_nets.buckets import model_buckets as export_buckets, select_buckets  # noqa: F401
 from pixart_core import dtypes, registry
 from pixart_core.registry import TensorSpec
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from converters.references import torch_forward  # noqa: F401  (one torch forward per view, shared)
 from mindspore_nets.buckets import bucket_table
 from pixart_core import registry
 from pixart_core.components.vae import scale_factor

@@ -77,10 +77,10 @@ def tolerance_dtypes(found: dict[str, Path], dtype: str) -> tuple[dict[str, str]
 def run_component(component: str, folder: Path, source: Path, dtype: str, tolerance: float, reference=None,
                   network=None, **case_options) -> dict:
     from converters.keymaps import spec_for
-    from converters.references import load_reference
+    from converters.references import load_reference, torch_forward
     from mindspore_nets.loading import load_network
 
-    from .cases import build_cases, ms_forward, torch_forward
+    from .cases import build_cases, ms_forward
     from .taps import mindspore_taps, tap_paths, tied_modules, torch_taps
 
     started = time.time()

@@ -41,9 +41,10 @@ def sampling_parity(src, out, prompt: str = "a small red fox in the snow", negat
     import torch
     from diffusers import DPMSolverMultistepScheduler
 
+    from converters.references import torch_forward
     from mindspore_nets.loading import load_network
 
-    from .cases import latent_size, ms_forward, torch_forward
+    from .cases import latent_size, ms_forward
 
     src, out = Path(src), Path(out)
     refs = {name: load_reference(out / name, src / name) for name in ("text_encoder", "transformer", "vae")}

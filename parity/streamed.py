@@ -299,7 +299,7 @@ def run_streamed(component: str, folder: Path, source: Path, dtype: str, toleran
     from converters.keymaps import spec_for
     from mindspore_nets.layers import query_blocks
 
-    from .cases import torch_forward
+    from converters.references import torch_forward
     from .harness import summarize
     from .taps import mindspore_taps, torch_taps
 

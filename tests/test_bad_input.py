@@ -27,7 +27,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file, save_file
 
-from converters.writers import read_safetensors_header
+from converters.sources import read_safetensors_header
 
 from .helpers import run_cli
 

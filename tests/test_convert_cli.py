@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from converters.writers import read_safetensors_header
+from converters.sources import read_safetensors_header
 
 from .helpers import assert_clean_failure, run_cli  # assert_clean_failure: also imported from here by others
 

@@ -15,7 +15,8 @@ from mindspore import nn
 from pixart_core.manifests import file_sha256
 from mindir_export.cli import export_command
 from mindir_export.lite import read_config
-from mindir_export.specs import TensorSpec, export_buckets, select_buckets
+from mindir_export.specs import TensorSpec
+from mindspore_nets.buckets import model_buckets as export_buckets, select_buckets
 from pixart_core import registry
 from pixart_core.inputs import sample_inputs
 from mindir_export.validate import graph_interface, torch_output
