@@ -195,9 +195,15 @@ def test_blockwise_eager_when_the_network_does_not_fit(tiny_pipeline, tmp_path, 
                                                                          "fp16")), latents)
         assert np.array_equal(blockwise.forward("transformer", converted / "transformer", "fp16", latents), whole)
     monkeypatch.setattr(budget, "SMALL", 0)
+    from mindir_export.mindir import QUERY_ROWS
+    from mindspore_nets import layers
+
+    rows_seen, forward = [], blockwise.forward  # the block-by-block run slices attention like the whole one
+    monkeypatch.setattr(blockwise, "forward", lambda *args: rows_seen.append(layers._QUERY_BLOCK) or forward(*args))
     out = tmp_path / "blockwise"
     manifest = export_pipeline(converted, out, log=lambda line: None, components=["text_encoder"], max_length=16,
                                budget_bytes=1)
+    assert rows_seen == [QUERY_ROWS]
     (graph,) = manifest["components"]["text_encoder"]["graphs"]
     assert graph["validation_mode"] == "proxy" and "block by block" in graph["golden"]["reference"]
     assert graph["weights"]["identical_to_network"] and "cast by MindSpore" in graph["weights"]["compared_with"]
