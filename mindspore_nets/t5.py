@@ -28,7 +28,8 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from .config import T5Config
-from .layers import Linear, attention, key_mask_bias, ones_param, to_ms_dtype, zeros_param
+from .layers import (Linear, attention, fast_kernels_on, gelu_tanh, key_mask_bias, ones_param, to_ms_dtype,
+                     zeros_param)
 from .loading import PretrainedMixin
 
 FP16_MAX = 65504.0  # torch.finfo(torch.float16).max
@@ -153,9 +154,9 @@ class T5LayerSelfAttention(nn.Cell):
         return hidden_states + self.SelfAttention(self.layer_norm(hidden_states), bias)
 
 
-def _activation(x, use_gelu: bool):
+def _activation(x, use_gelu: bool, fast: bool):
     """T5 v1.1's ``gelu_new`` (tanh GELU) or the original T5's ReLU."""
-    return ops.gelu(x, approximate="tanh") if use_gelu else ops.relu(x)
+    return gelu_tanh(x, fast) if use_gelu else ops.relu(x)
 
 
 class T5DenseGatedActDense(nn.Cell):
@@ -165,9 +166,10 @@ class T5DenseGatedActDense(nn.Cell):
         self.wi_1 = Linear(config.d_model, config.d_ff, bias=False, dtype=dtype)
         self.wo = Linear(config.d_ff, config.d_model, bias=False, dtype=wo_dtype)
         self.use_gelu = config.act == "gelu_new"
+        self.fast = fast_kernels_on()
 
     def construct(self, hidden_states):
-        hidden = _activation(self.wi_0(hidden_states), self.use_gelu) * self.wi_1(hidden_states)
+        hidden = _activation(self.wi_0(hidden_states), self.use_gelu, self.fast) * self.wi_1(hidden_states)
         return self.wo(hidden)  # Linear casts its input to wo's dtype first, as transformers does
 
 
@@ -177,9 +179,10 @@ class T5DenseActDense(nn.Cell):
         self.wi = Linear(config.d_model, config.d_ff, bias=False, dtype=dtype)
         self.wo = Linear(config.d_ff, config.d_model, bias=False, dtype=wo_dtype)
         self.use_gelu = config.act == "gelu_new"
+        self.fast = fast_kernels_on()
 
     def construct(self, hidden_states):
-        return self.wo(_activation(self.wi(hidden_states), self.use_gelu))
+        return self.wo(_activation(self.wi(hidden_states), self.use_gelu, self.fast))
 
 
 class T5LayerFF(nn.Cell):

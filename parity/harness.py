@@ -134,7 +134,9 @@ def run_parity(src, out, components=None, dtype: str = "fp32", tolerance: float 
     """Parity of every requested component of ``out`` (converted from ``src``). ``tolerance`` None: each
     component's default (``tolerance_dtypes``), listed in the report's ``notes``. Streamed block by block
     (``parity.streamed``) unless ``whole`` or the view has no stage description (the VAE); attention in slices of
-    ``query_rows`` query rows (the same numbers, a smaller peak)."""
+    ``query_rows`` query rows (the same numbers, a smaller peak). The MindSpore networks are built with the fast CPU
+    kernels (``layers.fast_kernels``: im2col convolutions, two-level group-norm sums, fused LayerNorm, sigmoid-form
+    GELU), as close to float64 as the plain ones and several times faster (benchmarks/bench_vae_speed.py)."""
     import contextlib
 
     from mindspore_nets.layers import fast_kernels, query_blocks
@@ -161,17 +163,15 @@ def run_parity(src, out, components=None, dtype: str = "fp32", tolerance: float 
         if not whole and stages_of(component) is not None:
             shared.clear()
             cases = build_cases(component, read_manifest(folder, "converted")["config"], **case_options)
-            results[component] = run_streamed(component, folder, source_of(src, component), dtype,
-                                              tolerances[component], cases, query_rows=query_rows)
+            with fast_kernels():
+                results[component] = run_streamed(component, folder, source_of(src, component), dtype,
+                                                  tolerances[component], cases, query_rows=query_rows)
             continue
         # the VAE encoder and decoder share one reference and one network
         key = (str(folder), registry.view(component).component)
         if key not in shared:
             shared.clear()
-            # the VAE is built with the fast CPU kernels (im2col convolutions, two-level group-norm sums): 20x faster
-            # in PYNATIVE mode and closer to float64 than the plain ones (benchmarks/bench_vae_speed.py)
-            kernels = fast_kernels() if key[1] == "vae" else contextlib.nullcontext()
-            with kernels:
+            with fast_kernels():
                 network = load_network(component, folder, dtype)
             shared[key] = (load_reference(folder, source_of(src, component)), network)
         reference, network = shared[key]

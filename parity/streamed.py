@@ -11,10 +11,12 @@ same way around the blocks (``parity.stages``).
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from mindspore_nets.metrics import compare
 from pixart_core import registry
@@ -393,8 +395,11 @@ def run_streamed(component: str, folder: Path, source: Path, dtype: str, toleran
             del fed, fed_hidden, fed_state
             release_memory()
             run["inside"] += time.time() - entered
+            bar.update()
 
         handles = []
+        bar = tqdm(total=len(torch_blocks), desc=f"parity {component} {case.name}", unit="block", file=sys.stderr,
+                   mininterval=1.0)
         with torch_taps(model, paths, tied, consume=keep_torch) as t_rec:
             for module in torch_blocks:
                 handles.append(module.register_forward_pre_hook(before_block, with_kwargs=True))
@@ -407,6 +412,7 @@ def run_streamed(component: str, folder: Path, source: Path, dtype: str, toleran
             finally:
                 for h in handles:
                     h.remove()
+                bar.close()
             t_rec.add("output", t_out)
         with mindspore_taps(net, glue_paths, consume=measure), rows():
             chain_out = timed("mindspore", stages.final, net, run["state"], run["chain"])

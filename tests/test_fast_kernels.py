@@ -82,3 +82,45 @@ def test_switch_is_read_at_construction_only():
     with fast_kernels():
         depthwise = Conv2d(4, 4, 2, stride=2, groups=4)  # grouped convolutions keep ops.Conv2D
     assert inside.unfold and not nested_off.unfold and not after.unfold and not depthwise.unfold
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_fused_layer_norm_matches_torch_in_float64(affine):
+    from mindspore_nets.layers import LayerNorm
+
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    with fast_kernels():
+        fast = LayerNorm(96, eps=1e-6, affine=affine)
+    plain = LayerNorm(96, eps=1e-6, affine=affine)
+    assert fast.fused is not None and plain.fused is None
+    weight = RNG.standard_normal(96).astype(np.float32)
+    bias = RNG.standard_normal(96).astype(np.float32)
+    if affine:
+        for cell in (fast, plain):
+            cell.weight.set_data(ms.Tensor(weight))
+            cell.bias.set_data(ms.Tensor(bias))
+    x = (RNG.standard_normal((2, 50, 96)) * 3 + 1.5).astype(np.float32)
+    ref = torch.nn.functional.layer_norm(torch.from_numpy(x).double(), (96,),
+                                         torch.from_numpy(weight).double() if affine else None,
+                                         torch.from_numpy(bias).double() if affine else None, 1e-6).numpy()
+    ours = fast(ms.Tensor(x)).asnumpy()
+    assert rel_l2(ours, ref) < 1e-7
+    assert rel_l2(ours, ref) <= 2 * rel_l2(plain(ms.Tensor(x)).asnumpy(), ref) + 1e-8
+    half = fast(ms.Tensor(x).astype(ms.float16))  # fp16 in, fp32 statistics, fp16 out
+    assert half.dtype == ms.float16 and rel_l2(half.asnumpy(), ref) < 1e-3
+
+
+def test_sigmoid_gelu_matches_torch_in_float64():
+    from mindspore_nets.layers import GELUTanh
+
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    with fast_kernels():
+        fast = GELUTanh()
+    plain = GELUTanh()
+    assert fast.fast and not plain.fast
+    x = (RNG.standard_normal((4, 1000)) * 3).astype(np.float32)
+    ref = torch.nn.functional.gelu(torch.from_numpy(x).double(), approximate="tanh").numpy()
+    ours = fast(ms.Tensor(x)).asnumpy()
+    assert rel_l2(ours, ref) < 1.5e-7
+    assert rel_l2(ours, ref) <= 3 * rel_l2(plain(ms.Tensor(x)).asnumpy(), ref) + 1e-8
+    assert np.all(np.isfinite(fast(ms.Tensor(np.array([-1e4, -80.0, 80.0, 1e4], np.float32))).asnumpy()))
