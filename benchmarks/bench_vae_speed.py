@@ -4,6 +4,7 @@ decoder against torch, in one process, with the plain ops and with ``layers.fast
 convolutions, two-level group-norm sums), in PYNATIVE mode and compiled (ms.jit).
 
     python benchmarks/bench_vae_speed.py [--latent 16,32] [--modes plain:pynative,fast:pynative,fast:jit]
+    python benchmarks/bench_vae_speed.py --latent 128 --modes fast:pynative   # the 1024x1024 decode
 
 Drift is measured against a float64 torch decode of the same weights (torch fp32 itself is not exact), and the
 same figure is given for torch fp32. Results: ``benchmarks/results/vae_speed.json`` and the ``## VAE decoder speed
@@ -116,8 +117,12 @@ def main() -> None:
     parser.add_argument("--latent", default="16,32")
     parser.add_argument("--modes", default="plain:pynative,fast:pynative,fast:jit")
     args = parser.parse_args()
+    runs = [bench(int(n), args.modes.split(",")) for n in args.latent.split(",")]
+    # rows of other latent sizes from earlier runs are kept (the 1024^2 decode alone takes minutes)
+    earlier = json.loads(RESULTS.read_text())["latents"] if RESULTS.is_file() else []
+    kept = [r for r in earlier if r["latent"] not in {n["latent"] for n in runs}]
     results = {"date": time.strftime("%Y-%m-%d"), "machine": machine(Path("/tmp"), False),
-               "latents": [bench(int(n), args.modes.split(",")) for n in args.latent.split(",")]}
+               "latents": sorted(kept + runs, key=lambda r: r["latent"])}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     write_section(render(results), SECTION)
