@@ -231,7 +231,7 @@ def main() -> None:
 
     found = run(workdir, args.only.split(","), args.t5_converted, args.keep, save, args.from_logs)
     save(found["import_baseline"], found["runs"])
-    print(f"wrote {RESULTS} and the {SECTION} section of {bench_convert.REPORT}")
+    print(f"wrote {RESULTS} and the {SECTION} section of BENCHMARKS.md")
 
 
 if __name__ == "__main__":
