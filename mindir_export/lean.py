@@ -73,9 +73,8 @@ def torch_reference(view: str, folder: Path):
 
     entry = registry.component(registry.view(view).component)
     config = read_json(Path(folder) / "config.json")
-    with torch.device("meta"):  # no random initialisation, no memory: every tensor is assigned below
-        model = entry.torch_model(config)
-    if non_persistent(model):  # buffers computed at construction (diffusers' position table): build it for real
+    model = meta_model(entry, config)
+    if model is None:  # buffers computed at construction that the entry cannot recompute: build it for real
         model = entry.torch_model(config)
     model = model.float().eval()
     expected = set(model.state_dict())
@@ -100,6 +99,23 @@ def torch_reference(view: str, folder: Path):
     return model
 
 
+def meta_model(entry, config: dict):
+    """The torch reference class built on the meta device (no initialisation, no memory), with the buffers its
+    construction computes put back from ``entry.torch_buffers``; None when some computed buffer cannot be."""
+    import torch
+
+    with torch.device("meta"):
+        model = entry.torch_model(config)
+    computed = non_persistent(model)
+    buffers = entry.torch_buffers(model) if computed and entry.torch_buffers else {}
+    if set(buffers) != computed:
+        return None
+    for name, value in buffers.items():
+        owner, _, leaf = name.rpartition(".")
+        model.get_submodule(owner).register_buffer(leaf, value, persistent=False)
+    return model
+
+
 def non_persistent(model) -> set[str]:
     return {f"{prefix}{'.' if prefix else ''}{name}" for prefix, module in model.named_modules()
             for name in getattr(module, "_non_persistent_buffers_set", ())}
@@ -115,16 +131,16 @@ def torch_streamed_reference(view: str, folder: Path):
     """The fp32 torch reference built on the meta device whose repeated blocks hold their weights only while they
     run: a pre-hook assigns a block's tensors from the converted file, a hook returns them to the meta device.
     Everything else (embeddings, norms) is resident. Peak: those plus one fp32 block. None when the class cannot be
-    built on the meta device (buffers computed at construction) or has no repeated blocks."""
+    built on the meta device (buffers computed at construction that ``meta_model`` cannot restore) or has no
+    repeated blocks."""
     import torch
 
     from converters.detect import read_json
 
     entry = registry.component(registry.view(view).component)
     prefix = block_prefix(view)
-    with torch.device("meta"):
-        model = entry.torch_model(read_json(Path(folder) / "config.json"))
-    if prefix is None or non_persistent(model):
+    model = meta_model(entry, read_json(Path(folder) / "config.json"))
+    if prefix is None or model is None:
         return None
     model = model.float().eval()
     reader = WeightReader(weights_file(view, folder))

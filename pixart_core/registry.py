@@ -104,6 +104,8 @@ class Component:
     views: tuple[str, ...]
     parameter_shapes: Callable  # config object -> {name: shape} of the network's parameters (no MindSpore needed)
     torch_model: Callable  # config dict -> fp32 torch reference module (random weights)
+    # the module built on the meta device -> {name: tensor} of the buffers its construction computes (in no file)
+    torch_buffers: Callable | None = None
     extras: tuple[str, ...] = ()  # tensors kept beside the parameters (unused at inference)
     tied_in_torch: tuple[str, ...] = ()  # torch-side names of a parameter tied to another
     keep_fp32: tuple[str, ...] = ()  # parameters that stay fp32 when fp16 is asked for

@@ -214,7 +214,7 @@ def test_blockwise_eager_when_the_network_does_not_fit(tiny_pipeline, tmp_path, 
 
 def test_streamed_torch_reference_equals_whole(tiny_pipeline):
     """The torch reference with only the running block's weights resident gives the whole model's numbers."""
-    pytest.importorskip("torch")
+    torch = pytest.importorskip("torch")
     from converters.references import torch_forward
 
     _, converted, _ = tiny_pipeline
@@ -227,4 +227,17 @@ def test_streamed_torch_reference_equals_whole(tiny_pipeline):
     whole = lean.torch_reference("text_encoder", folder)
     assert np.array_equal(torch_forward("text_encoder", streamed, arrays), torch_forward("text_encoder", whole, arrays))
     assert all(p.is_meta for p in streamed.encoder.block.parameters())
-    assert lean.torch_streamed_reference("transformer", converted / "transformer") is None  # a computed buffer
+    # the transformer's position table is computed at construction, not stored: recomputed for the meta-built model
+    folder = converted / "transformer"
+    config = json.loads((folder / "config.json").read_text())
+    inputs, _ = registry.view("transformer").interface(config, 1, 16, (8, 8), "float32")
+    latents = dict(zip(registry.view("transformer").inputs, sample_inputs(inputs, config)))
+    streamed = lean.torch_streamed_reference("transformer", folder)
+    assert streamed is not None and all(p.is_meta for p in streamed.transformer_blocks.parameters())
+    from pixart_core.components.transformer import torch_model
+
+    built = torch_model(config)  # constructed for real: its own table
+    assert torch.equal(streamed.pos_embed.pos_embed, built.pos_embed.pos_embed)
+    whole = lean.torch_reference("transformer", folder)
+    assert not whole.pos_embed.pos_embed.is_meta
+    assert np.array_equal(torch_forward("transformer", streamed, latents), torch_forward("transformer", whole, latents))

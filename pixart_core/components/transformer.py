@@ -48,6 +48,17 @@ def torch_model(config: dict):
     return PixArtTransformer2DModel.from_config(init_kwargs(PixArtTransformer2DModel, config))
 
 
+def torch_buffers(model) -> dict:
+    """diffusers' sin-cos position table, a buffer computed at construction: recomputed for a model built on the meta
+    device (a square grid: ``PixArtTransformer2DModel`` takes one ``sample_size``)."""
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed
+
+    embed = model.pos_embed
+    table = get_2d_sincos_pos_embed(embed.proj.out_channels, embed.height, base_size=embed.base_size,
+                                    interpolation_scale=embed.interpolation_scale, output_type="pt")
+    return {"pos_embed.pos_embed": table.float().unsqueeze(0)}
+
+
 def torch_forward(model, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask):
     return model(hidden_states, encoder_hidden_states=encoder_hidden_states, timestep=timestep,
                  encoder_attention_mask=encoder_attention_mask, return_dict=False)[0]
@@ -120,6 +131,7 @@ COMPONENT = register(
         views=("transformer",),
         parameter_shapes=parameter_shapes,
         torch_model=torch_model,
+        torch_buffers=torch_buffers,
         # the original's caption-dropout embedding (T5 of "" at 300 tokens): training needs it, inference does not
         extras=("caption_projection.y_embedding",),
         config_from_source="converters.configs:pixart_config",
