@@ -253,7 +253,8 @@ class BlockRunner:
         self.close()
         tapped, names = self.stages.tapped(fresh)
         self.cell, self.tapped, self.names = fresh, tapped, names
-        self.fed_fn = ms.jit(fresh.construct) if self.jit else fresh
+        # one compiled graph serves both runs (the fed run drops the taps): each compiled graph keeps its own
+        # activation memory between calls
         self.tapped_fn = ms.jit(tapped.construct) if self.jit else None
         load_ms(self.cell, tensors, self.round_bf16, where)
         self.key = key
@@ -262,7 +263,7 @@ class BlockRunner:
         """Drop the current cell and its compiled graphs (they hold its weights until recycled)."""
         import mindspore as ms
 
-        self.key = self.cell = self.tapped = self.fed_fn = self.tapped_fn = None
+        self.key = self.cell = self.tapped = self.tapped_fn = None
         if self.jit:
             ms.ms_memory_recycle()
         release_memory()
@@ -289,7 +290,11 @@ class BlockRunner:
 
     def run(self, index, state, hidden):
         self.stages.prepare(self.cell, index, state)
-        return self.fed_fn(*self.stages.block_args(state, hidden))
+        args = self.stages.block_args(state, hidden)
+        if not self.jit:
+            return self.cell(*args)
+        outputs = self.tapped_fn(*args)
+        return outputs[0] if isinstance(outputs, (tuple, list)) else outputs
 
 
 def run_streamed(component: str, folder: Path, source: Path, dtype: str, tolerance: float, cases, query_rows=None,
