@@ -124,3 +124,26 @@ def test_sigmoid_gelu_matches_torch_in_float64():
     assert rel_l2(ours, ref) < 1.5e-7
     assert rel_l2(ours, ref) <= 3 * rel_l2(plain(ms.Tensor(x)).asnumpy(), ref) + 1e-8
     assert np.all(np.isfinite(fast(ms.Tensor(np.array([-1e4, -80.0, 80.0, 1e4], np.float32))).asnumpy()))
+
+
+@pytest.mark.parametrize("shape, bias", [((7, 24), True), ((2, 5, 24), True), ((2, 5, 24), False)])
+def test_fast_linear_matches_float64(shape, bias):
+    from mindspore_nets.layers import Linear
+
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    with fast_kernels():
+        fast = Linear(24, 40, bias=bias)
+    plain = Linear(24, 40, bias=bias)
+    assert fast.fast and not plain.fast
+    weight = RNG.standard_normal((40, 24)).astype(np.float32)
+    for cell in (fast, plain):
+        cell.weight.set_data(ms.Tensor(weight))
+        if bias:
+            cell.bias.set_data(ms.Tensor(np.arange(40, dtype=np.float32)))
+    x = ms.Tensor(RNG.standard_normal(shape).astype(np.float32))
+    ours = fast(x).asnumpy()
+    assert ours.shape == shape[:-1] + (40,)
+    ref = x.asnumpy().astype(np.float64) @ weight.astype(np.float64).T + (np.arange(40) if bias else 0)
+    # the same dot products; the bias is added after the product (Dense may fold it in): within an ulp
+    assert rel_l2(ours, ref) < 1e-7 and rel_l2(ours, ref) <= 2 * rel_l2(plain(x).asnumpy(), ref) + 1e-8
+    assert np.array_equal(ms.jit(fast.construct)(x).asnumpy(), ours)
