@@ -30,6 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import bench_convert  # noqa: E402  (its measuring helpers; it imports neither torch nor MindSpore)
+import bench_sources  # noqa: E402
 
 # the machine is shared: waiting (up to 2 min, holding the memory lock) for a quiet machine only delays the others;
 # each run records the load average it started at instead
@@ -119,7 +120,7 @@ def run(workdir: Path, only: list[str], t5_converted: Path | None, keep: bool, s
     baseline = bench_convert.measure([sys.executable, "-c", "import mindspore, torch, onnxruntime"], logs, "import")
     if "xl2" in only:
         folder, conversion = (None, None) if from_logs else converted(
-            workdir, "transformer", SRC / "pixart" / bench_convert.PIXART_FILE, "keep", logs)
+            workdir, "transformer", SRC / "pixart" / bench_sources.PIXART_FILE, "keep", logs)
         out = workdir / "export-xl2"
         runs["xl2"] = export_run(folder, out, logs, "export-xl2-fp32",
                                  ["--component", "transformer", "--buckets", "1.0", "--dtype", "fp32"], from_logs)

@@ -86,9 +86,9 @@ def test_export_peak_rss_within_rule(wide_t5):
 
 
 def test_eager_estimate_counts_one_block_of_activations(tmp_path):
-    """The whole-or-block-by-block decision counts one block's PYNATIVE activations: the XL/2 at 1024^2 in fp32
-    (2.28 GiB of weights, 1.2x that for the whole eager network) then no longer fits its 3.96 GiB budget, which it
-    did on weights alone (and then peaked at 4.94 GiB)."""
+    """The whole-or-block-by-block decisions count one block's activations: the XL/2 at 1024^2 in fp32 (2.28 GiB of
+    weights) then no longer fits its 3.96 GiB budget as a whole eager network or as a whole torch reference, which it
+    did on weights alone (and then peaked at 4.94 and 4.07 GiB)."""
     from types import SimpleNamespace
 
     from mindir_export import budget
@@ -105,3 +105,7 @@ def test_eager_estimate_counts_one_block_of_activations(tmp_path):
     assert 1 * 2**30 < activations < 3 * 2**30
     assert budget.fits(int(0.62 * 2**30), int(1.2 * weights), budget.budget(weights))  # what it decided before
     assert not budget.fits(int(0.62 * 2**30), int(1.2 * weights) + activations, budget.budget(weights))
+    # the torch reference child: the whole fp32 model fit on weights alone and took the export to 4.07 GiB
+    here, lean_need = int(0.62 * 2**30) + budget.TORCH_BASE, budget.torch_lean_bytes(weights, 2**25)
+    assert budget.fits(here, lean_need, budget.budget(weights))
+    assert not budget.fits(here + activations, lean_need, budget.budget(weights))
