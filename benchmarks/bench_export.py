@@ -132,6 +132,13 @@ Measured beside the table (same host, 27 Nov 2026, branch issue8):
   attention slices; with 256-row slices the block-by-block eager forward held 2.48 GiB resident (probe, still
   running after 19 min on the loaded host). The whole export was not measured end to end. The fp32 torch
   reference (2.28 GiB) does not fit this budget.
+- XL/2 1024x1024 fp32 (2.28 GiB; rule 3.96 GiB), main at eb94364, 27 Nov 2026: trace + write 14 s at 1.20 GiB
+  (below the weights: nothing materialised), torch reference streamed block by block in its child 203 s (the
+  whole-process tree, child included, stays under 2.8 GiB), eager MindSpore block by block with 256-row attention
+  slices 614 s at 2.42 GiB, proxy reload + run (2 blocks, 16x16 latent) 2 s at 2.81 GiB. Eager vs torch at the
+  real shape: rel L2 9.2e-7; proxy graph vs eager 3.0e-7. Earlier runs of the same export: 5.90 GiB (the whole eager
+  network), 4.70 GiB (the whole eager network with query slices: the weights-only estimate said it fit), 4.07 GiB
+  (the eager phase block by block, but the whole fp32 torch model in the child: same cause).
 - CI (`tests/test_export_memory.py`): a full-width T5 with one block (0.73 GiB fp32): process-tree peak 1.88 GiB
   <= 1.95 GiB rule, validated in full (trace 0.56, torch child 1.4 + parent 0.42, eager 1.55, reload/run 1.53 GiB
   per phase).
