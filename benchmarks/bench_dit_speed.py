@@ -64,16 +64,19 @@ def op_table(rows: int) -> list[dict]:
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
     def linear(i, o, t_in, m_in):
+        """(calls' torch function, Cell factory, input) of one Linear with the same weights on both sides."""
         weight = arr(o, i) * 0.02
-        cell, module = Linear(i, o), torch.nn.Linear(i, o)
-        cell.weight.set_data(ms.Tensor(weight))
+        module = torch.nn.Linear(i, o)
         module.weight.data = torch.from_numpy(weight)
-        return (lambda: module(t_in)), (lambda: cell(m_in).asnumpy())
+
+        def make():
+            cell = Linear(i, o)
+            cell.weight.set_data(ms.Tensor(weight))
+            return cell
+
+        return (lambda: module(t_in)), make, m_in
 
     same = {  # op: (calls per block, torch, MindSpore): no fast variant
-        "linear 1152->1152, 4096 tokens (q, k, v, out; cross q, out)": (6, *linear(DIM, DIM, tx, mx)),
-        "linear 1152->4608 (feed-forward in)": (1, *linear(DIM, FF, tx, mx)),
-        "linear 4608->1152 (feed-forward out)": (1, *linear(FF, DIM, th, mh)),
         "self-attention core, 4096 x 4096 keys": (1, lambda: sdpa(tq, tq, tq),
                                                   lambda: attention(mq, mq, mq, None, HEAD_DIM ** -0.5).asnumpy()),
         "cross-attention core, 4096 x 300 keys": (1, lambda: sdpa(tq, tc, tc),
@@ -82,6 +85,9 @@ def op_table(rows: int) -> list[dict]:
             8, lambda: tx * 1.5 + tx, lambda: (mx * 1.5 + mx).asnumpy()),
     }
     switched = {  # op: (calls per block, torch, Cell factory, input): the fast variant is built under fast_kernels
+        "linear 1152->1152, 4096 tokens (q, k, v, out; cross q, out)": (6, *linear(DIM, DIM, tx, mx)),
+        "linear 1152->4608 (feed-forward in)": (1, *linear(DIM, FF, tx, mx)),
+        "linear 4608->1152 (feed-forward out)": (1, *linear(FF, DIM, th, mh)),
         "LayerNorm, no affine": (2, lambda: torch.nn.functional.layer_norm(tx, (DIM,), eps=1e-6),
                                  lambda: LayerNorm(DIM, 1e-6, affine=False), mx),
         "GELU tanh, 2 x 4096 x 4608": (1, lambda: torch.nn.functional.gelu(th, approximate="tanh"), GELUTanh, mh),
