@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from bench_convert import machine, write_section  # noqa: E402
-from bench_vae_speed import rel  # noqa: E402
+from mindspore_nets.metrics import rel_l2  # noqa: E402
+from support import machine_summary  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "dit_speed.json"
@@ -140,7 +141,7 @@ def forward_runs(layers: int, rows: int) -> dict:
     t0 = time.perf_counter()
     ref32 = torch_run()
     torch_s = [time.perf_counter() - t0]
-    out = {"layers": layers, "rows": rows, "torch_fp32_vs_fp64": rel(ref32, ref64), "runs": {}}
+    out = {"layers": layers, "rows": rows, "torch_fp32_vs_fp64": rel_l2(ref32, ref64), "runs": {}}
     for kernels in ("plain", "fast"):
         with fast_kernels(kernels == "fast"):
             net = PixArtTransformer2D(PixArtConfig.from_dict(dict(ref.config)))
@@ -158,8 +159,8 @@ def forward_runs(layers: int, rows: int) -> dict:
             t0 = time.perf_counter()
             net(*args).asnumpy()
             seconds = time.perf_counter() - t0
-        out["runs"][kernels] = {"seconds": seconds, "first_s": first, "vs_torch_fp32": rel(y, ref32),
-                                "vs_fp64": rel(y, ref64)}
+        out["runs"][kernels] = {"seconds": seconds, "first_s": first, "vs_torch_fp32": rel_l2(y, ref32),
+                                "vs_fp64": rel_l2(y, ref64)}
         print(kernels, out["runs"][kernels], flush=True)
         del net
         gc.collect()
@@ -171,8 +172,7 @@ def forward_runs(layers: int, rows: int) -> dict:
 
 def render(results: dict) -> str:
     m, f = results["machine"], results["forward"]
-    lines = [SECTION, "", f"Machine: {m['cpu']}, {m['cores']} cores; MindSpore {m['versions']['mindspore']}, torch "
-             f"{m['versions']['torch']}; {results['date']}. PYNATIVE MindSpore, attention in {f['rows']}-row query "
+    lines = [SECTION, "", f"Machine: {machine_summary(m)}; {results['date']}. PYNATIVE MindSpore, attention in {f['rows']}-row query "
              "slices; torch: diffusers' PixArtTransformer2DModel (fused CPU scaled_dot_product_attention).", "",
              f"Whole forward, {f['layers']} full-width block(s) with the embedding and final layer, 1024x1024, batch 2,"
              f" 300 caption tokens (torch fp32 vs float64: {f['torch_fp32_vs_fp64']:.2e}):", "",

@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_convert import machine, measure, remove, write_section  # noqa: E402
+from support import machine_summary  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "parity.json"
@@ -95,8 +96,7 @@ Notes (27 Nov 2026):
 def render(results: dict) -> str:
     m = results["machine"]
     lines = [SECTION, "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_bytes'] / GiB:.1f} GiB RAM; Python {m['python']}, "
-             f"MindSpore {m['versions']['mindspore']}, torch {m['versions']['torch']}; {results['date']}. Shared "
+             f"Machine: {machine_summary(m)}; {results['date']}. Shared "
              "with other jobs while measured: times are indicative, the same-run ratios less so.", "",
              "`pixart-ms parity` streamed block by block (the default): one block of each side in memory, MindSpore "
              "blocks compiled once (ms.jit) and refilled, attention in query blocks of 512 rows.", "",

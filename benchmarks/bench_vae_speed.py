@@ -26,17 +26,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
+from mindspore_nets.metrics import rel_l2  # noqa: E402
+from support import machine_summary  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "vae_speed.json"
 SECTION = "## VAE decoder speed and drift"
 SDXL = dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32, latent_channels=4,
             down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, sample_size=1024,
             scaling_factor=0.13025)
-
-
-def rel(x, y) -> float:
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    return float(np.linalg.norm(x - y) / np.linalg.norm(y))
 
 
 def bench(latent: int, modes: list[str]) -> dict:
@@ -61,7 +59,7 @@ def bench(latent: int, modes: list[str]) -> dict:
         torch_s = [time.perf_counter() - t0]
         ref64 = tvae.double().decode(torch.from_numpy(z).double()).sample.numpy()
         tvae.float()
-    out = {"latent": latent, "pixels": latent * 8, "torch_fp32_vs_fp64": rel(ref32, ref64), "runs": {}}
+    out = {"latent": latent, "pixels": latent * 8, "torch_fp32_vs_fp64": rel_l2(ref32, ref64), "runs": {}}
     for mode in modes:
         kernels, execution = mode.split(":")
         with fast_kernels(kernels == "fast"):
@@ -71,9 +69,10 @@ def bench(latent: int, modes: list[str]) -> dict:
         cell = net.decoder_cell()
         jitted = ms.jit(cell.construct) if execution == "jit" else cell
 
-        def fn(x):  # the mid-block attention in query slices, as parity runs it (16384 tokens at 1024^2)
+        def fn(x, run=jitted):  # the mid-block attention in query slices, as parity runs it (16384 tokens at 1024^2)
             with query_blocks(QUERY_ROWS):
-                return jitted(x)
+                return run(x)
+
         t0 = time.perf_counter()
         y = fn(ms.Tensor(z)).asnumpy()
         first = time.perf_counter() - t0
@@ -84,8 +83,8 @@ def bench(latent: int, modes: list[str]) -> dict:
         t0 = time.perf_counter()
         fn(ms.Tensor(z)).asnumpy()
         second = time.perf_counter() - t0
-        out["runs"][mode] = {"first_s": first, "second_s": second, "vs_torch_fp32": rel(y, ref32),
-                             "vs_fp64": rel(y, ref64)}
+        out["runs"][mode] = {"first_s": first, "second_s": second, "vs_torch_fp32": rel_l2(y, ref32),
+                             "vs_fp64": rel_l2(y, ref64)}
         print(latent, mode, out["runs"][mode], flush=True)
         del fn, jitted, cell, net
         gc.collect()
@@ -98,8 +97,7 @@ def bench(latent: int, modes: list[str]) -> dict:
 def render(results: dict) -> str:
     m = results["machine"]
     lines = [SECTION, "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_bytes'] / 2**30:.1f} GiB RAM; MindSpore "
-             f"{m['versions']['mindspore']}, torch {m['versions']['torch']}; {results['date']}; shared with other "
+             f"Machine: {machine_summary(m)}; {results['date']}; shared with other "
              "jobs (ratios are same-process, torch timed between the MindSpore runs).", "",
              "Full-size SDXL VAE decoder, diffusers' random init (seed 0), one latent. `plain`: the ops exported "
              "graphs use (ops.Conv2D, mean-based GroupNorm); `fast`: built under `layers.fast_kernels()`. Drift "

@@ -227,6 +227,13 @@ def machine_lines(m: dict) -> list[str]:
             f"date {m['date']}"]
 
 
+def machine_summary(m: dict) -> str:
+    """One line for a section's header: CPU, cores, RAM, Python, MindSpore and torch."""
+    v = m["versions"]
+    return (f"{m['cpu']}, {m['cores']} cores, {m['ram_bytes'] / 2**30:.1f} GiB RAM; Python {m['python']}, MindSpore "
+            f"{v['mindspore']}, torch {v['torch']}")
+
+
 def write_section(section: str, heading: str) -> None:
     """Replace (or append) the ``heading`` section of BENCHMARKS.md; every benchmark script writes its own."""
     text = REPORT.read_text() if REPORT.is_file() else (
