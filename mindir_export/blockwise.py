@@ -71,7 +71,7 @@ def t5_forward(folder: Path, dtype: str, arrays: list[np.ndarray]) -> np.ndarray
 
 def pixart_forward(folder: Path, dtype: str, arrays: list[np.ndarray]) -> np.ndarray:
     """``PixArtTransformer2D`` in PYNATIVE mode (its ``construct``, step by step) with every weight outside the
-    blocks resident and the blocks run one at a time through one block Cell refilled for each."""
+    blocks resident and the blocks run one at a time through one block Cell refilled for each, sample by sample."""
     import mindspore as ms
 
     net, _ = lean.skeleton("transformer", folder, dtype)
@@ -91,9 +91,16 @@ def pixart_forward(folder: Path, dtype: str, arrays: list[np.ndarray]) -> np.nda
             x, modulation, embedded_timestep, context, bias = net.embed(hidden_states, timestep,
                                                                         encoder_hidden_states, mask)
             block = net.transformer_blocks[0]
+            # one sample at a time through each block: MindSpore's CPU pool keeps what a block's forward touched,
+            # about 2 GiB for a batch of two at 1024^2 against 0.8 GiB for one (research/s18/block_mem.py); the
+            # samples are independent and the outputs are bitwise those of the whole batch
+            samples = [[t if t is None else t[j:j + 1] for t in (x, modulation, context, bias)]
+                       for j in range(x.shape[0])]
             for i in range(len(net.transformer_blocks)):
                 fill(block, f"transformer_blocks.{i}.")
-                x = block(x, modulation, context, bias, h, w)
+                for sample in samples:
+                    sample[0] = block(*sample, h, w)
+            x = ms.ops.concat([sample[0] for sample in samples], axis=0)
             return net.finish(x, embedded_timestep, h, w).asnumpy()
     finally:
         reader.close()

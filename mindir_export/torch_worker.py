@@ -3,8 +3,8 @@
 The export process never imports torch: importing it keeps about 0.3 GiB resident for the rest of the process,
 on top of which the MindSpore phases would sit. The child builds the reference (``source``: rebuilt from the
 converted folder's source through the key map; ``lean``: the torch class holding the converted weights, one
-tensor at a time; ``streamed``: the same with only the running block's weights resident), runs it on every input
-set of ``IN`` (an npz of ``<run>/<input name>`` arrays) and writes
+tensor at a time; ``streamed``: the same with only the running block's weights resident and the batch run a
+sample at a time), runs it on every input set of ``IN`` (an npz of ``<run>/<input name>`` arrays) and writes
 ``<run>`` outputs and ``<run>.seconds`` to ``OUT``. Exit 0 with the outputs, 3 with a one-line reason on stderr
 when the reference cannot be built (no source, no torch).
 """
@@ -88,7 +88,12 @@ def main(folder: str, view: str, how: str, src: str, dst: str) -> int:
         for key in keys:
             arrays = {name: data[f"{key}/{name}"] for name in names}
             started = time.time()
-            results[key] = torch_forward(view, model, arrays)
+            if how == "streamed":  # a sample at a time: half the activations of a CFG pair, same numbers
+                batch = len(next(iter(arrays.values())))
+                results[key] = np.concatenate([torch_forward(view, model, {name: a[j:j + 1] for name, a in
+                                                                           arrays.items()}) for j in range(batch)])
+            else:
+                results[key] = torch_forward(view, model, arrays)
             results[f"{key}.seconds"] = np.float64(time.time() - started)
     np.savez(dst, **results)
     return 0

@@ -190,6 +190,7 @@ def test_blockwise_eager_when_the_network_does_not_fit(tiny_pipeline, tmp_path, 
     config = json.loads((converted / "transformer" / "config.json").read_text())
     inputs, _ = registry.view("transformer").interface(config, 1, 16, (8, 8), "float32")
     latents = sample_inputs(inputs, config)
+    assert latents[0].shape[0] == 2  # a CFG pair; the block runner takes the batch a sample at a time: still the same bits
     with execution_mode(graph=False):
         whole = run_cell(registry.view("transformer").cell(load_network("transformer", converted / "transformer",
                                                                          "fp16")), latents)
@@ -241,3 +242,10 @@ def test_streamed_torch_reference_equals_whole(tiny_pipeline):
     whole = lean.torch_reference("transformer", folder)
     assert not whole.pos_embed.pos_embed.is_meta
     assert np.array_equal(torch_forward("transformer", streamed, latents), torch_forward("transformer", whole, latents))
+    # the export's child runs the streamed reference a sample at a time: the whole batch's numbers
+    from mindir_export.torch_worker import run_reference
+
+    outputs, _, note = run_reference(folder, "transformer", "streamed", {"pair": list(latents.values())},
+                                     list(latents))
+    assert note is None and len(latents["hidden_states"]) == 2
+    np.testing.assert_allclose(outputs["pair"], torch_forward("transformer", whole, latents), rtol=0, atol=1e-6)
