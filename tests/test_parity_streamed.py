@@ -102,6 +102,26 @@ def test_corrupted_middle_block_of_t5_is_named_first(t5_four_blocks, tmp_path):
     assert "first divergence at `encoder.block.2`" in result.stdout
 
 
+
+def test_bf16_source_streamed_equals_whole(tmp_path):
+    """A bf16 source (as the real T5-XXL ships): the streamed torch blocks take the source tensors as they are and
+    cast them in torch, the whole reference reads them as fp32; the taps agree as in fp32."""
+    import torch
+
+    src = tmp_path / "src"
+    tiny_t5(seed=2).to(torch.bfloat16).save_pretrained(src)
+    out = tmp_path / "ms"
+    assert run_cli("convert", src, "-o", out, "--component", "text_encoder").exit_code == 0
+    taps = {}
+    for mode, extra in (("streamed", ()), ("whole", ("--whole",))):
+        result = run_cli("parity", src, out, "--dtype", "bf16", "--max-length", "16", "--json", *extra)
+        assert result.exit_code == 0, result.output
+        taps[mode] = json.loads(result.stdout)["components"]["text_encoder"]["taps"]
+    assert [t["tap"] for t in taps["streamed"]] == [t["tap"] for t in taps["whole"]]
+    for a, b in zip(taps["streamed"], taps["whole"]):
+        assert abs(a["rel_l2"] - b["rel_l2"]) <= 1e-7, a["tap"]
+        assert a["rel_l2"] <= 1e-5, a["tap"]
+
 PEAK = """
 import resource, subprocess, sys
 subprocess.run(sys.argv[1:], check=False, stdout=subprocess.DEVNULL)
