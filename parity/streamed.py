@@ -237,24 +237,13 @@ class BlockRunner:
         self.stages, self.config, self.ms_type, self.round_bf16, self.jit = stages, config, ms_type, round_bf16, jit
         self.key = self.cell = None
 
-    def _fresh(self, index: int):
-        """(block ``index``'s cell, parameters not allocated; its structure key)."""
+    def load(self, index: int, tensors, where: str):
+        """Block ``index``'s weights from ``tensors``, (relative name, array) pairs read lazily."""
         from mindspore.nn.utils import no_init_parameters
 
         with no_init_parameters():
             fresh = self.stages.block_cell(self.config, index, self.ms_type)
-        return fresh, (type(fresh), tuple((n, tuple(p.shape)) for n, p in fresh.parameters_and_names()))
-
-    def release_unless_next(self, index: int, count: int) -> None:
-        """After block ``index``: drop the current cell when block ``index + 1`` has another structure (T5's block 0
-        owns the position table), before the torch side loads that block beside it. Held on, T5-XXL's block 0
-        kept 0.16 GiB more than the others at the run's peak (block 1's torch load)."""
-        if self.key is not None and index + 1 < count and self._fresh(index + 1)[1] != self.key:
-            self.close()
-
-    def load(self, index: int, tensors, where: str):
-        """Block ``index``'s weights from ``tensors``, (relative name, array) pairs read lazily."""
-        fresh, key = self._fresh(index)
+        key = (type(fresh), tuple((n, tuple(p.shape)) for n, p in fresh.parameters_and_names()))
         import mindspore as ms
 
         if key == self.key:  # refilled in place: compiled graphs keep the memory set_data would replace
@@ -420,7 +409,6 @@ def run_streamed(component: str, folder: Path, source: Path, dtype: str, toleran
             local.append({"tap": name, "case": case.name, **compare(_first_array(fed), torch_out)})
             run["t_last"] = torch_out
             del fed, fed_hidden, fed_state
-            runner.release_unless_next(index, len(torch_blocks))
             release_memory()
             run["inside"] += time.time() - entered
             bar.update()

@@ -183,22 +183,3 @@ def test_blocks_give_the_same_numbers_compiled_and_eager(t5_four_blocks):
     assert [t["tap"] for t in compiled["taps"]] == [t["tap"] for t in eager["taps"]]
     for a, b in zip(compiled["taps"] + compiled["local"], eager["taps"] + eager["local"]):
         assert abs(a["rel_l2"] - b["rel_l2"]) <= 1e-9, (a["tap"], a["rel_l2"], b["rel_l2"])
-
-
-def test_block_runner_drops_a_structure_the_next_block_does_not_share():
-    """T5's block 0 (it owns the position table) is dropped before block 1 is loaded on the torch side; a cell the
-    next block shares is kept, with its compiled graphs."""
-    import mindspore as ms
-
-    from mindspore_nets.config import T5Config
-    from parity.stages import stages_of
-    from parity.streamed import BlockRunner
-
-    runner = BlockRunner(stages_of("text_encoder"), T5Config(num_layers=4, d_model=32, d_ff=64, num_heads=2, d_kv=16,
-                                                             vocab_size=64), ms.float32, False, jit=False)
-    first, other = runner._fresh(0)[1], runner._fresh(1)[1]
-    assert first != other == runner._fresh(3)[1]
-    for index, key, kept in ((0, first, False), (1, other, True), (3, other, True)):
-        runner.key, runner.cell = key, object()
-        runner.release_unless_next(index, 4)
-        assert (runner.key is not None) == kept, index
