@@ -88,8 +88,11 @@ Notes (27 Nov 2026):
   MatMul(transpose_b) linears): its MindSpore time is the plain ops' in PYNATIVE. `bench_dit_speed.py` gives the
   per-op picture: the attention core (no fused CPU kernel in MindSpore) is about half of a block's time.
 - T5-XXL peak over the stops: 4.82 GiB (whole embedding kept), 3.90, 3.86 (one compiled graph per block structure),
-  then 3.78 GiB on a loaded host after fresh block cells stopped drawing on MindSpore's pool; an in-process trace of
-  the same run read 3.40 GiB VmHWM on a quieter host. The budget is 3.39 GiB.
+  then 3.78 GiB on a loaded host after fresh block cells stopped drawing on MindSpore's pool; then 3.41 GiB (5fe4e04,
+  the torch blocks cast the bf16 source in torch) and 3.42 GiB (a192178, reverted). The budget is 3.39 GiB: 27 MB
+  over. An RSS trace around each step (research/s17/trace_parity_mem.py) shows a steady 2.30 GiB between blocks
+  (imports, glue, the MindSpore block and its compiled graph) and 3.06 GiB after each torch block load (+0.72 GiB
+  fp32 block); the last 0.36 GiB of the peak is transient and not yet located.
 """
 
 
