@@ -239,8 +239,9 @@ class MindIRExporter:
         fp32, largest = sum(sizes), max(sizes, default=0)
         # the child's forward holds one block's activations too (XL/2 at 1024^2: the lean child at 2.28 GiB of
         # weights took the export to 4.07 GiB against its 3.96 GiB rule); the streamed child runs a sample at a time
-        here = budget.rss() + budget.TORCH_BASE + self.block_activations(spec, folder, results)
-        here_streamed = budget.rss() + budget.TORCH_BASE + self.block_activations(spec, folder, results, sample=True)
+        base = budget.rss() + budget.TORCH_BASE
+        here = base + self.block_activations(spec, folder, results)
+        here_streamed = base + self.block_activations(spec, folder, results, sample=True)
         if budget.fits(here, budget.torch_source_bytes(fp32), limit):
             how, text = "source", "rebuilt from the source through the key map"
         elif budget.fits(here, budget.torch_lean_bytes(fp32, largest), limit):
