@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pixart_core import dtypes
+from pixart_core.heap import map_large_buffers
 
 from . import lean
 from .streaming import WeightReader
@@ -107,6 +108,7 @@ def pixart_forward(folder: Path, dtype: str, arrays: list[np.ndarray]) -> np.nda
 
 
 def forward(view: str, folder: Path, dtype: str, arrays: list[np.ndarray]) -> np.ndarray:
+    map_large_buffers()  # each block's weights go back to the OS when the next block loads
     if view == "text_encoder":
         return t5_forward(folder, dtype, arrays)
     if view == "transformer":

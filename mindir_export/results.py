@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pixart_core.heap import release_freed_memory
+
 if TYPE_CHECKING:  # specs imports MindSpore, which export imports only once its arguments are checked
     from .specs import Case, GraphSpec
 
@@ -100,19 +102,6 @@ def _vm_hwm(field: str = "VmHWM") -> int | None:
     except OSError:
         pass
     return None
-
-
-def release_freed_memory() -> None:
-    """Collect garbage and give freed heap pages back to the OS (glibc keeps them in its arenas otherwise, and the
-    next phase's peak would sit on top of them)."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def _vm_rss() -> int | None:

@@ -47,7 +47,9 @@ def run_reference(folder: Path, view: str, how: str, inputs: dict[str, list[np.n
 def main(folder: str, view: str, how: str, src: str, dst: str) -> int:
     from pixart_core import registry
     from pixart_core.errors import UsageError
+    from pixart_core.heap import map_large_buffers
 
+    map_large_buffers()  # the streamed reference frees a block's tensors after each block: give them back
     try:
         names = list(registry.view(view).inputs)
     except UsageError:

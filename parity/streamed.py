@@ -21,6 +21,7 @@ from tqdm import tqdm
 from mindspore_nets.metrics import compare
 from pixart_core import dtypes, registry
 from pixart_core.errors import DataError, WeightsError
+from pixart_core.heap import map_large_buffers, release_freed_memory
 from pixart_core.manifests import read_manifest
 
 from .stages import Stages, stages_of
@@ -63,19 +64,6 @@ class StageWeights:
 
     def close(self):
         self.source.close()
-
-
-def release_memory() -> None:
-    """Hand freed blocks back to the OS. Blocks' tensors are a few MiB each: glibc serves them from its heaps, whose
-    freed space it keeps, so without a trim the resident size grows by about one block per block streamed."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
 
 
 def _under(prefix: str):
@@ -277,7 +265,7 @@ class BlockRunner:
         self.key = self.cell = self.tapped = self.tapped_fn = None
         if self.jit:
             ms.ms_memory_recycle()
-        release_memory()
+        release_freed_memory()
 
     def run_tapped(self, index, state, hidden, tap_names, consume):
         """The block on ``hidden`` with every tap in ``tap_names`` (relative paths) handed to ``consume``."""
@@ -322,6 +310,7 @@ def run_streamed(component: str, folder: Path, source: Path, dtype: str, toleran
     from .taps import mindspore_taps, torch_taps
 
     started = time.time()
+    map_large_buffers()  # blocks' tensors go back to the OS when freed, not into glibc's heap
     view = registry.view(component)
     stages = stages_of(component)
     manifest = read_manifest(folder, "converted")
@@ -382,7 +371,7 @@ def run_streamed(component: str, folder: Path, source: Path, dtype: str, toleran
                     run["state"], run["chain"] = timed("mindspore", stages.embed, embed_net, case.arrays)
                 del embed_net
                 torch_release(model, embedding)  # both sides' embedding weights: not needed until the next case
-                release_memory()
+                release_freed_memory()
             t_load = time.time()
             load_torch_block(module, f"{stages.blocks}.{index}", t_weights)
             seconds["load"] += time.time() - t_load
@@ -394,7 +383,7 @@ def run_streamed(component: str, folder: Path, source: Path, dtype: str, toleran
             name = f"{stages.blocks}.{index}"
             t0 = time.time()
             module.to("meta")  # the torch block is done: one block of each side in memory at a time
-            release_memory()
+            release_freed_memory()
             tensors = ((k[len(name) + 1:], v) for k, v in m_weights.items(_under(name)))
             runner.load(index, tensors, f"{m_weights.description} ({name})")
             seconds["load"] += time.time() - t0
@@ -409,7 +398,7 @@ def run_streamed(component: str, folder: Path, source: Path, dtype: str, toleran
             local.append({"tap": name, "case": case.name, **compare(_first_array(fed), torch_out)})
             run["t_last"] = torch_out
             del fed, fed_hidden, fed_state
-            release_memory()
+            release_freed_memory()
             run["inside"] += time.time() - entered
             bar.update()
 
