@@ -11,7 +11,7 @@ from pixart_core.manifests import MANIFEST, file_problems, read_manifest
 
 from .writers import hash_weights_file
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the weights file's entry holds framing_sha256, not the whole file's sha256 (verify reads both)
 
 
 def tensor_rows(plan, digests: dict) -> list[dict]:
@@ -52,7 +52,7 @@ def component_manifest(job, plan, digests: dict, folder: Path, weights_name: str
         "weights_file": weights_name,
         "config": config,
         "files": {"config.json": file_entry(Path(folder) / "config.json"),
-                  weights_name: {"size": writer.size, "sha256": writer.file_sha256}},
+                  weights_name: {"size": writer.size, "framing_sha256": writer.framing_sha256}},
         "tensors": tensor_rows(plan, digests),
         "dropped": [{"key": k, "reason": r} for k, r in dropped],
         "notes": notes,
@@ -65,7 +65,8 @@ def write_manifest(folder: Path, manifest: dict) -> None:
 
 def verify_folder(folder) -> list[str]:
     """Problems found in one converted component folder (empty when it is intact). The weights file is read once:
-    its whole-file hash and every tensor's hash come from the same pass."""
+    every tensor's hash and the hash of the bytes outside them (or, for a manifest written before the framing hash,
+    the whole file's) come from the same pass."""
     folder = Path(folder)
     try:
         manifest = read_manifest(folder, "converted")
@@ -80,13 +81,20 @@ def verify_folder(folder) -> list[str]:
         return problems + [f"{weights}: missing"]
     if weights_name in files and weights.stat().st_size != files[weights_name]["size"]:
         problems.append(f"{weights}: {weights.stat().st_size} bytes, the manifest says {files[weights_name]['size']}")
+    recorded = files.get(weights_name, {})
+    kind = "framing_sha256" if "framing_sha256" in recorded else "sha256"
     try:
-        file_hash, _, tensors = hash_weights_file(weights)
+        file_hashes, _, tensors = hash_weights_file(weights, whole_file=kind == "sha256")
     except (OSError, ValueError, SourceError, KeyError, TypeError) as exc:  # a damaged file: report, not crash
         detail = str(exc).removeprefix(f"{weights}: ")
         return problems + [f"{weights}: unreadable ({detail})"]
-    if file_hash != manifest["files"][weights_name]["sha256"]:
-        problems.append(f"{weights}: sha256 differs from the manifest")
+    if file_hashes.get(kind) is None:
+        problems.append(f"{weights}: its layout cannot be read without torch, so the bytes outside its tensors "
+                        "were not checked")
+    elif file_hashes[kind] != recorded.get(kind):
+        what = "the bytes outside its tensors (headers, framing) differ" if kind == "framing_sha256" else \
+            "sha256 differs"
+        problems.append(f"{weights}: {what} from the manifest")
     expected = {row["name"]: row for row in manifest["tensors"]}
     seen = set()
     for name, dtype, shape, sha in tensors:

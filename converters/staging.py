@@ -2,11 +2,14 @@
 the file, with the hashing and the writing on other threads.
 
 The main thread fills a buffer (a writer's framing bytes, and each tensor's bytes from a producer that reads,
-checks and casts straight into it), then hands it on: thread F hashes whole buffers in file order (the file's
-sha256), thread W writes them (the buffers queued at that moment in one ``os.writev``), thread H hashes each
-tensor's slices (its sha256, and its CRC-32 when the format records one: a ``.pth`` zip). hashlib, zlib and
-``os.writev`` release the GIL, so they run beside the main thread on another core, and the disk is never idle while
-a hash is computed. Writes use ``O_DIRECT`` (no page-cache copy, nothing left to flush) when the file system takes it and fall back to buffered writes when it does not (tmpfs refuses it
+checks and casts straight into it), then hands it on: thread W writes them (the buffers queued at that moment in
+one ``os.writev``), thread H hashes each tensor's slices (its sha256, and its CRC-32 when the format records one: a
+``.pth`` zip). hashlib, zlib and ``os.writev`` release the GIL, so they run beside the main thread on another core,
+and the disk is never idle while a hash is computed.
+
+The file's own hash covers its framing bytes only (headers, a zip's records and directory: everything outside the
+tensors), hashed as the main thread puts them. With every tensor's sha256 it covers every byte of the file once; a
+sha256 of the whole file would hash every tensor byte a second time (a third of the conversion's CPU time for T5-XXL). Writes use ``O_DIRECT`` (no page-cache copy, nothing left to flush) when the file system takes it and fall back to buffered writes when it does not (tmpfs refuses it
 at ``open``, some file systems at the first write). A bounded pool of buffers keeps memory constant.
 """
 from __future__ import annotations
@@ -72,7 +75,7 @@ class Bytes:
 class StagedFile:
     """``put_bytes`` (framing) and ``put_tensor`` (a tensor's bytes from a producer: ``nbytes``, ``itemsize`` of
     the elements it writes, ``fill(out)`` writing the next ``out.size`` bytes, a whole number of elements), then
-    ``finish`` (every tensor's sha256) and ``close`` (size, file sha256); ``abort`` on failure."""
+    ``finish`` (every tensor's sha256) and ``close`` (size, sha256 of the framing bytes); ``abort`` on failure."""
 
     def __init__(self, path: Path, direct: bool = True, crc: bool = False):
         self.path = Path(path)
@@ -85,19 +88,17 @@ class StagedFile:
         self.crcs: dict[str, int] = {}  # with ``crc``: name -> CRC-32 of the tensor's bytes
         self._crc_ready = threading.Condition()
         self._staged = 0  # bytes in the buffers handed on
-        self._file_hash = hashlib.sha256()
+        self._framing_hash = hashlib.sha256()
         self._free: queue.SimpleQueue = queue.SimpleQueue()
         for _ in range(STAGE_BUFFERS):
             self._free.put(_Buffer(self.size))
         self._to_write: queue.SimpleQueue = queue.SimpleQueue()
-        self._to_file_hash: queue.SimpleQueue = queue.SimpleQueue()
         self._to_hash: queue.SimpleQueue = queue.SimpleQueue()
         self._done: dict[str, int] = {}  # bytes of each tensor staged so far
         self._carry: dict[str, np.ndarray] = {}  # the rest of an element split by a framing boundary
         self._current = self._take()
         self._finished = False
         self._threads = [threading.Thread(target=self._write_loop, name="stage-write", daemon=True),
-                         threading.Thread(target=self._file_hash_loop, name="stage-file-hash", daemon=True),
                          threading.Thread(target=self._hash_loop, name="stage-hash", daemon=True)]
         for thread in self._threads:
             thread.start()
@@ -106,11 +107,10 @@ class StagedFile:
 
     def _take(self) -> _Buffer:
         buf = self._free.get()
-        buf.fill, buf.refs = 0, 2  # the references of the write and the file-hash threads
+        buf.fill, buf.refs = 0, 1  # the write thread's reference (thread H adds one per tensor slice)
         return buf
 
     def _hand_over(self, buf: _Buffer) -> None:
-        self._to_file_hash.put((buf, buf.fill))
         self._to_write.put((buf, buf.fill))
 
     def tell(self) -> int:
@@ -146,6 +146,8 @@ class StagedFile:
                 self._submit()
 
     def put_bytes(self, data) -> None:
+        """Framing bytes (everything that is not a tensor's), hashed here in file order."""
+        self._framing_hash.update(data)
         self._copy(np.frombuffer(data, np.uint8))
 
     def put_tensor(self, name: str, producer, count: int | None = None) -> None:
@@ -208,12 +210,12 @@ class StagedFile:
         return self.digests
 
     def close(self) -> tuple[int, str]:
-        """(size, sha256) of the file, once every byte is written."""
+        """(size, sha256 of the framing bytes) of the file, once every byte is written."""
         self.finish()
         os.ftruncate(self.fd, self.written)  # O_DIRECT padded the last block (even when refused at that write)
         os.close(self.fd)
         self.fd = -1
-        return self.written, self._file_hash.hexdigest()
+        return self.written, self._framing_hash.hexdigest()
 
     def abort(self) -> None:
         if not self._finished:
@@ -225,7 +227,6 @@ class StagedFile:
 
     def _stop(self) -> None:
         self._to_write.put(None)
-        self._to_file_hash.put(None)
         self._to_hash.put(None)
         for thread in self._threads:
             thread.join()
@@ -265,16 +266,6 @@ class StagedFile:
                     self.error = exc
             for buf, _ in batch:
                 self._release(buf)
-
-    def _file_hash_loop(self) -> None:
-        while (item := self._to_file_hash.get()) is not None:
-            buf, n = item
-            if self.error is None:
-                try:
-                    self._file_hash.update(buf.view[:n])
-                except BaseException as exc:
-                    self.error = exc
-            self._release(buf)
 
     def _write_all(self, views: list[memoryview]) -> None:
         while views:

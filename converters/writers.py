@@ -39,8 +39,9 @@ class _Writer:
     """Writes a file front to back once, as the plan orders it: a subclass's ``_write`` emits a tensor's framing
     (``_emit``) and its bytes (``_emit_tensor``) into a ``staging.StagedFile``, whose threads hash and write them.
     ``write`` takes an array or a producer of the tensor's bytes (the engine's byte-range stream); ``digests``
-    gives every tensor's sha256 once all are written, and ``size`` / ``file_sha256`` describe the whole file after
-    ``close`` (hashed while writing, so the manifest needs no second read of a multi-GB file)."""
+    gives every tensor's sha256 once all are written, and ``size`` / ``framing_sha256`` (the sha256 of every byte
+    outside the tensors, in file order) describe the file after ``close``: hashed while writing, so the manifest
+    needs no second read of a multi-GB file, and together with the tensors' hashes they cover each byte once."""
 
     stages = True  # the engine may hand producers to ``write`` and collects the hashes from ``digests``
     crc = False  # the format records each tensor's CRC-32 (thread H computes it beside the sha256)
@@ -51,7 +52,7 @@ class _Writer:
         self._next = 0
         self._completed = False
         self.size = 0
-        self.file_sha256 = ""
+        self.framing_sha256 = ""
         self._file = StagedFile(self.path, crc=self.crc)
 
     def _emit(self, data) -> None:
@@ -77,7 +78,7 @@ class _Writer:
 
     def close(self) -> None:
         self._complete()
-        self.size, self.file_sha256 = self._file.close()
+        self.size, self.framing_sha256 = self._file.close()
 
     def _complete(self) -> None:
         if self._next != len(self.entries):
@@ -189,9 +190,10 @@ def writer_for(path: Path):
     return WRITERS[suffix.lstrip(".")]
 
 
-def hash_weights_file(path: Path) -> tuple[str, int, list[tuple[str, str, tuple[int, ...], str]]]:
-    """One sequential read of a weights file we wrote: (sha256 of the file, its size, and (name, dtype, shape,
-    sha256 of the tensor's bytes) for every tensor). Raises ValueError for a damaged file."""
+def hash_weights_file(path: Path, whole_file: bool = False):
+    """One sequential read of a weights file we wrote: ({"framing_sha256"} and, with ``whole_file``, {"sha256"} of
+    the whole file, as manifests before the framing hash recorded it), its size, and (name, dtype, shape, sha256 of
+    the tensor's bytes) for every tensor. Raises ValueError for a damaged file."""
     from .readback import hash_weights
 
-    return hash_weights(Path(path))
+    return hash_weights(Path(path), whole_file)

@@ -83,6 +83,36 @@ def data_offset(tmp_path, dtype: str, policy: str) -> int:
     return start + header["b.w"]["data_offsets"][0]
 
 
+def tensor_ranges(header: dict, start: int) -> list[tuple[int, int]]:
+    """A safetensors file's tensor byte ranges, from its header."""
+    return [(start + e["data_offsets"][0], start + e["data_offsets"][1]) for k, e in header.items()
+            if k != "__metadata__"]
+
+
+def record_range(data: bytes, info: zipfile.ZipInfo) -> tuple[int, int]:
+    """The byte range of a stored zip record's data (after its local header's name and extra field)."""
+    at = info.header_offset
+    begin = at + 30 + int.from_bytes(data[at + 26:at + 28], "little") + int.from_bytes(data[at + 28:at + 30], "little")
+    return begin, begin + info.file_size
+
+
+def framing_sha256(data: bytes, ranges) -> str:
+    """The sha256 of every byte of ``data`` outside ``ranges`` (the tensors), in file order."""
+    digest, pos = hashlib.sha256(), 0
+    for begin, end in sorted(ranges):
+        digest.update(data[pos:begin])
+        pos = end
+    digest.update(data[pos:])
+    return digest.hexdigest()
+
+
+def header_letter(data: bytes) -> int:
+    """The offset of a letter in a safetensors header's ``producer`` metadata: flipping its case keeps the JSON
+    valid."""
+    at = data.index(b'"producer":"') + len(b'"producer":"')
+    return next(i for i in range(at, at + 64) if chr(data[i]).isalpha())
+
+
 def positions(first: int, item: int, n: int) -> dict[str, int]:
     """Indices of the elements of ``b.w`` at the places that matter in the output file."""
     boundary = (first // BUFFER + 2) * BUFFER  # a staging-buffer boundary inside the tensor
@@ -122,6 +152,24 @@ def test_bad_value_caught_everywhere_in_the_buffers(tmp_path, dtype, kind):
         assert "a.pad" not in message
 
 
+def test_verify_reads_a_manifest_with_the_whole_file_hash(tmp_path, pixart_diffusers_dir):
+    """Manifests written before the framing hash (format 1) record the whole file's sha256: verify still checks it."""
+    out = tmp_path / "ms"
+    assert run_cli("convert", pixart_diffusers_dir, "-o", out).exit_code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    weights = out / manifest["weights_file"]
+    original = weights.read_bytes()
+    manifest["format_version"] = 1
+    manifest["files"][weights.name] = {"size": len(original), "sha256": hashlib.sha256(original).hexdigest()}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert run_cli("verify", out).exit_code == 0
+    changed = bytearray(original)
+    changed[header_letter(original)] ^= 0x20
+    weights.write_bytes(bytes(changed))
+    result = run_cli("verify", out)
+    assert result.exit_code == 1 and "sha256 differs from the manifest" in result.stdout, result.output
+
+
 @pytest.mark.parametrize("dtype,policy", [("float32", "keep"), ("float32", "fp16"), ("float32", "bf16"),
                                           ("bfloat16", "fp16"), ("bfloat16", "keep"), ("float16", "fp32")])
 def test_clean_stream_bytes_and_hashes(tmp_path, dtype, policy):
@@ -137,9 +185,10 @@ def test_clean_stream_bytes_and_hashes(tmp_path, dtype, policy):
         begin, end = header[t.name]["data_offsets"]
         assert data[start + begin:start + end] == expected, t.name
         assert digests[t.name] == hashlib.sha256(expected).hexdigest()
-    assert (writer.size, writer.file_sha256) == (len(data), hashlib.sha256(data).hexdigest())
-    assert hash_weights_file(out) == (writer.file_sha256, writer.size,
+    assert (writer.size, writer.framing_sha256) == (len(data), framing_sha256(data, tensor_ranges(header, start)))
+    assert hash_weights_file(out) == ({"framing_sha256": writer.framing_sha256}, writer.size,
                                       [(t.name, t.dtype, t.shape, digests[t.name]) for t in plan.targets])
+    assert hash_weights_file(out, whole_file=True)[0]["sha256"] == hashlib.sha256(data).hexdigest()
 
 
 def test_axis0_split_streams_as_byte_ranges(tmp_path):
@@ -176,7 +225,16 @@ def test_flipped_byte_caught_by_hashes_and_verify(tmp_path, pixart_diffusers_dir
                     and start + e["data_offsets"][0] <= offset < start + e["data_offsets"][1])
         result = run_cli("verify", out)
         assert result.exit_code == 1, (offset, result.output)
-        assert f"tensor {name} differs from the manifest" in result.stdout and "sha256 differs" in result.stdout
+        assert f"tensor {name} differs from the manifest" in result.stdout
+        assert "outside its tensors" not in result.stdout  # the header was not touched
+    # a byte outside every tensor that leaves a valid header: a letter of the producer's name in its metadata
+    changed = bytearray(original)
+    changed[header_letter(original)] ^= 0x20
+    weights.write_bytes(bytes(changed))
+    result = run_cli("verify", out)
+    assert result.exit_code == 1, result.output
+    assert "bytes outside its tensors (headers, framing) differ from the manifest" in result.stdout
+    assert "differs from the manifest" not in result.stdout  # no tensor row: every tensor's bytes are intact
     weights.write_bytes(original)
     assert run_cli("verify", out).exit_code == 0
     # a flipped source byte: the source's sha256 in the manifest and that tensor's hash both change
@@ -344,7 +402,7 @@ def test_o_direct_refusal_falls_back(tmp_path, monkeypatch, refuse):
     if refuse == "write":
         assert refused  # O_DIRECT was taken at open and refused at the first write
     assert (tmp_path / "buffered.safetensors").read_bytes() == (tmp_path / "direct.safetensors").read_bytes()
-    assert digests2 == digests and writer.file_sha256 == clean.file_sha256
+    assert digests2 == digests and writer.framing_sha256 == clean.framing_sha256
 
 
 # --- formats and imports ----------------------------------------------------------------------------------------
@@ -379,6 +437,16 @@ def test_ckpt_writer_elements_split_by_chunks(tmp_path, monkeypatch):
     source = CkptSource(tmp_path / "x.ckpt")
     for k, v in arrays.items():
         assert np.array_equal(source.read(k), v) and digests[k] == hashlib.sha256(v.tobytes()).hexdigest()
+    # the framing: every frame rebuilt from its content length (a frame ends where its content starts)
+    data, frames, offset = (tmp_path / "x.ckpt").read_bytes(), [], 0
+    for k, v in arrays.items():
+        for start in range(0, v.nbytes, 1001):
+            frame = ckpt_frame(k, v.dtype.name, v.shape, min(1001, v.nbytes - start))
+            assert data[offset:offset + len(frame)] == frame
+            frames.append(frame)
+            offset += len(frame) + min(1001, v.nbytes - start)
+    assert offset == len(data) and w.framing_sha256 == hashlib.sha256(b"".join(frames)).hexdigest()
+    assert hash_weights_file(tmp_path / "x.ckpt")[0] == {"framing_sha256": w.framing_sha256}
 
 
 @pytest.mark.parametrize("zip64", [False, True])
@@ -401,14 +469,17 @@ def test_pth_writer_staged_across_buffers(tmp_path, monkeypatch, zip64):
     digests = w.digests()
     w.close()
     data = (tmp_path / "x.pth").read_bytes()
-    assert (w.size, w.file_sha256) == (len(data), hashlib.sha256(data).hexdigest())
     with zipfile.ZipFile(tmp_path / "x.pth") as z:
         assert z.testzip() is None
+        records = [record_range(data, i) for i in z.infolist() if i.filename.startswith("archive/data/")]
+    assert (w.size, w.framing_sha256) == (len(data), framing_sha256(data, records))
+    with zipfile.ZipFile(tmp_path / "x.pth") as z:
         assert max(i.file_size for i in z.infolist()) > 5000 and max(i.header_offset for i in z.infolist()) > 5000
     loaded = torch.load(tmp_path / "x.pth", weights_only=True)["state_dict"]
     for k, v in arrays.items():
         assert loaded[k].numpy().tobytes() == v.tobytes() and digests[k] == hashlib.sha256(v.tobytes()).hexdigest()
-    assert [r[3] for r in hash_weights_file(tmp_path / "x.pth")[2]] == [digests[k] for k in arrays]
+    hashes, _, rows = hash_weights_file(tmp_path / "x.pth")
+    assert [r[3] for r in rows] == [digests[k] for k in arrays] and hashes["framing_sha256"] == w.framing_sha256
 
 
 def test_bit_pattern_checks_exhaustive():
