@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Where does a conversion's time and memory go? Runs ``converters.convert.convert`` in this process with its
 phases wrapped (nothing in the converter changes): wall time per phase of the main thread (exclusive of the
-phases nested in it), CPU time per thread (the main thread reads, checks and casts; ``stage-file-hash`` hashes the
-file, ``stage-write`` writes it; ``stage-hash`` hashes each tensor; ``source-hash`` hashes the source files), and the RSS,
+phases nested in it), CPU time per thread (the main thread reads, checks and casts, and hashes the
+framing bytes; ``stage-write`` writes the file; ``stage-hash`` hashes each tensor; ``source-hash`` hashes the source files), and the RSS,
 sampled every ``--interval`` seconds, at each phase's maximum.
 
     python benchmarks/trace_convert_memory.py SRC OUT [--interval 0.02] [--json trace.json] [convert options]
@@ -119,7 +119,6 @@ PHASES = [  # (module, owner attribute or None, function, phase)
     ("pixart_core.outputs", None, "fsync_tree", "fsync (every file and folder)"),
 ]
 THREADS = [("converters.staging", "StagedFile", "_write_loop", "stage-write: os.writev"),
-           ("converters.staging", "StagedFile", "_file_hash_loop", "stage-file-hash: the output file's sha256"),
            ("converters.staging", "StagedFile", "_hash_loop", "stage-hash: per-tensor sha256"),
            ("converters.staging", "FileHasher", "_run", "source-hash: source files' sha256")]
 
