@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """SDXL VAE decoder (full-size config, diffusers' random init, seed 0): forward time and drift of our MindSpore
-decoder against torch, in one process, with the plain ops and with ``layers.fast_kernels`` (im2col + matmul
-convolutions, two-level group-norm sums), in PYNATIVE mode and compiled (ms.jit).
+decoder against torch (whose fp32 and float64 decodes run first, in a child process), with the plain ops and with
+``layers.fast_kernels`` (im2col + matmul convolutions, two-level group-norm sums), in PYNATIVE mode and compiled
+(ms.jit).
 
     python benchmarks/bench_vae_speed.py [--latent 16,32] [--modes plain:pynative,fast:pynative,fast:jit]
     python benchmarks/bench_vae_speed.py --latent 128 --modes fast:pynative   # the 1024x1024 decode
@@ -37,10 +38,42 @@ SDXL = dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_nu
             scaling_factor=0.13025)
 
 
-def bench(latent: int, modes: list[str]) -> dict:
-    import mindspore as ms
+def reference(latent: int, path: str) -> None:
+    """Child process: the torch decoder's weights, its fp32 and float64 decodes of the latent and the fp32 time,
+    into ``path`` (npz). Run apart so that neither torch decode is resident while MindSpore decodes (at 1024^2 the
+    three together were killed past 13 GiB)."""
     import torch
     from diffusers import AutoencoderKL as TorchVAE
+
+    torch.manual_seed(0)
+    tvae = TorchVAE(**SDXL).eval()
+    z = latent_input(latent)
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        ref32 = tvae.decode(torch.from_numpy(z)).sample.numpy()
+        seconds = time.perf_counter() - t0
+        ref64 = tvae.double().decode(torch.from_numpy(z).double()).sample.numpy()
+    state = {f"state/{k}": v.float().numpy() for k, v in tvae.state_dict().items()}
+    np.savez(path, ref32=ref32, ref64=ref64, torch_s=seconds, config=json.dumps(dict(tvae.config)), **state)
+
+
+def latent_input(latent: int) -> np.ndarray:
+    return np.random.default_rng(3).standard_normal((1, 4, latent, latent)).astype(np.float32)
+
+
+def torch_references(latent: int) -> dict:
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="pixart-ms-vae-") as tmp:
+        path = f"{tmp}/ref.npz"
+        subprocess.run([sys.executable, __file__, "--reference", str(latent), path], check=True)
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+
+
+def bench(latent: int, modes: list[str]) -> dict:
+    import mindspore as ms
 
     from mindspore_nets.config import VAEConfig
     from mindspore_nets.layers import fast_kernels, query_blocks
@@ -49,21 +82,17 @@ def bench(latent: int, modes: list[str]) -> dict:
     from mindspore_nets.vae import AutoencoderKL
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
-    torch.manual_seed(0)
-    tvae = TorchVAE(**SDXL).eval()
-    state = {k: v.numpy() for k, v in tvae.state_dict().items()}
-    z = np.random.default_rng(3).standard_normal((1, 4, latent, latent)).astype(np.float32)
-    with torch.no_grad():
-        t0 = time.perf_counter()
-        ref32 = tvae.decode(torch.from_numpy(z)).sample.numpy()
-        torch_s = [time.perf_counter() - t0]
-        ref64 = tvae.double().decode(torch.from_numpy(z).double()).sample.numpy()
-        tvae.float()
+    refs = torch_references(latent)
+    ref32, ref64, torch_s = refs["ref32"], refs["ref64"], [float(refs["torch_s"])]
+    state = {k[len("state/"):]: v for k, v in refs.items() if k.startswith("state/")}
+    config = json.loads(str(refs["config"]))
+    del refs
+    z = latent_input(latent)
     out = {"latent": latent, "pixels": latent * 8, "torch_fp32_vs_fp64": rel_l2(ref32, ref64), "runs": {}}
     for mode in modes:
         kernels, execution = mode.split(":")
         with fast_kernels(kernels == "fast"):
-            net = AutoencoderKL(VAEConfig.from_dict(dict(tvae.config)))
+            net = AutoencoderKL(VAEConfig.from_dict(config))
         load_into(net, state)
         net.set_train(False)
         cell = net.decoder_cell()
@@ -76,10 +105,6 @@ def bench(latent: int, modes: list[str]) -> dict:
         t0 = time.perf_counter()
         y = fn(ms.Tensor(z)).asnumpy()
         first = time.perf_counter() - t0
-        with torch.no_grad():  # torch timed between the MindSpore runs: both see the same machine load
-            t0 = time.perf_counter()
-            tvae.decode(torch.from_numpy(z))
-            torch_s.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         fn(ms.Tensor(z)).asnumpy()
         second = time.perf_counter() - t0
@@ -98,7 +123,7 @@ def render(results: dict) -> str:
     m = results["machine"]
     lines = [SECTION, "",
              f"Machine: {machine_summary(m)}; {results['date']}; shared with other "
-             "jobs (ratios are same-process, torch timed between the MindSpore runs).", "",
+             "jobs (torch decodes in a child process just before the MindSpore runs).", "",
              "Full-size SDXL VAE decoder, diffusers' random init (seed 0), one latent. `plain`: the ops exported "
              "graphs use (ops.Conv2D, mean-based GroupNorm); `fast`: built under `layers.fast_kernels()`. Drift "
              "against a float64 torch decode of the same weights.", "",
@@ -119,7 +144,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--latent", default="16,32")
     parser.add_argument("--modes", default="plain:pynative,fast:pynative,fast:jit")
+    parser.add_argument("--reference", nargs=2, metavar=("LATENT", "NPZ"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.reference:
+        return reference(int(args.reference[0]), args.reference[1])
     runs = [bench(int(n), args.modes.split(",")) for n in args.latent.split(",")]
     # rows of other latent sizes from earlier runs are kept (the 1024^2 decode alone takes minutes)
     earlier = json.loads(RESULTS.read_text())["latents"] if RESULTS.is_file() else []
