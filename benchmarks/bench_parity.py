@@ -89,10 +89,12 @@ Notes (27 Nov 2026):
   per-op picture: the attention core (no fused CPU kernel in MindSpore) is about half of a block's time.
 - T5-XXL peak over the stops: 4.82 GiB (whole embedding kept), 3.90, 3.86 (one compiled graph per block structure),
   then 3.78 GiB on a loaded host after fresh block cells stopped drawing on MindSpore's pool; then 3.41 GiB (5fe4e04,
-  the torch blocks cast the bf16 source in torch) and 3.42 GiB (a192178, reverted). The budget is 3.39 GiB: 27 MB
-  over. An RSS trace around each step (research/s17/trace_parity_mem.py) shows a steady 2.30 GiB between blocks
-  (imports, glue, the MindSpore block and its compiled graph) and 3.06 GiB after each torch block load (+0.72 GiB
-  fp32 block); the last 0.36 GiB of the peak is transient and not yet located.
+  the torch blocks cast the bf16 source in torch) and 3.42 GiB (a192178, reverted), 27 MB over the 3.39 GiB budget.
+  Then **3.28 GiB** at b7ca858 (the table's row; loaded host, 469 s): the one change on the parity path since is
+  glibc's mmap threshold pinned at 1 MiB for streamed runs (`pixart_core/heap.py`), so that freed block tensors go
+  back to the OS instead of into glibc's heap (on the streamed torch reference of the XL/2 it took the peak from 2.04
+  to 1.13 GiB). An RSS trace around each step (research/s17/trace_parity_mem.py) had shown a steady 2.30 GiB between
+  blocks and 3.06 GiB after each torch block load (+0.72 GiB fp32 block), the rest transient.
 """
 
 
