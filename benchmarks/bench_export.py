@@ -130,15 +130,16 @@ Measured beside the table (same host, 27 Nov 2026, branch issue8):
   tokens: rel_l2 7.1e-4), eager MindSpore block by block 789 s, stored weights vs MindSpore's cast of the source
   171 s, 2-block proxy GraphCell 34 s (vs eager 0.0). The first attempt, with the whole eager network in PYNATIVE
   fp16, was killed at 22.5 GiB: MindSpore's CPU fp16 path keeps about an fp32 copy of the weights.
-- XL/2 1024x1024 fp16 (1.14 GiB; rule 2.48 GiB), at 5e6a0ef, 27 Nov 2026: 2.64 GiB (2.32x the weights), 0.16 GiB
-  over the rule. The block-by-block eager run and the streamed torch child now take the CFG pair a sample at a time
-  (one XL/2 block at 1024^2 in PYNATIVE: MindSpore's CPU pool kept 1.95 GiB over the start for the pair, 0.80 GiB
-  for one sample; research/s18/block_mem.py; outputs bitwise equal). Phases: trace + write 11 s at 0.99 GiB; torch
-  reference streamed in its child 184 s, now available (eager vs torch 2.8e-3, fp16 tolerance 5e-3); eager block
-  by block 1167 s at 2.27 GiB (was 2.83); proxy reload + run 2 s at 2.36 GiB (was 2.91). The tree peak, 2.64 GiB,
-  is in the torch phase: parent 0.60 GiB + the streamed fp32 torch child about 2 GiB, which is more than one block
-  (85 MB) and one sample's activations should need (not yet traced; a torch-side attention slice is the next thing
-  to try). Before: 2.91 GiB at 01c4f00 (eager 2.83, no torch reference).
+- XL/2 1024x1024 fp16 (1.14 GiB; rule 2.48 GiB), at 06e89f8, 27 Nov 2026: **2.28 GiB** (2.0x the weights), within the
+  rule. Phases (per-phase VmHWM of the export process; the tree adds the torch child while it runs): trace + write
+  14 s at 0.99 GiB; torch reference streamed in its child 181 s (eager vs torch 2.8e-3, fp16 tolerance 5e-3);
+  eager block by block 1209 s at 2.27 GiB; proxy reload + run 2 s at 2.28 GiB. What changed: the streamed fp32
+  torch child grew by about 30 MiB a block into glibc's heap (1.1 -> 1.9 GiB over 28 blocks, research/s19/
+  trace_torch_child.py); streaming runs now pin glibc's mmap threshold at 1 MiB (pixart_core/heap.py), and the
+  child's peak for a CFG pair is 1.13 GiB. Before: 2.64 GiB at 5e6a0ef (the torch phase: parent 0.60 + child
+  ~2 GiB), 2.91 GiB at 01c4f00. The eager and the torch child take the CFG pair a sample at a time (one XL/2 block
+  at 1024^2 in PYNATIVE: MindSpore's CPU pool kept 1.95 GiB over the start for the pair, 0.80 GiB for one sample;
+  research/s18/block_mem.py; outputs bitwise equal).
 - XL/2 1024x1024 fp32 (2.28 GiB; rule 3.96 GiB), main at eb94364, 27 Nov 2026: trace + write 14 s at 1.20 GiB
   (below the weights: nothing materialised), torch reference streamed block by block in its child 203 s (the
   whole-process tree, child included, stays under 2.8 GiB), eager MindSpore block by block with 256-row attention
