@@ -82,6 +82,13 @@ def graph_run_bytes(view: str, config: dict, inputs, weights: int, largest_param
                + activation_bytes(view, config, inputs))
 
 
+def eager_bytes(view: str, config: dict, inputs, weights: int, dtype: str) -> int:
+    """Estimated peak of the whole eager network in PYNATIVE mode at ``inputs``' shape: MindSpore's CPU memory pool
+    keeps every page a forward touched, so its activations count as in GRAPH mode. For the views without a
+    block-by-block runner (the VAE: at 1024^2 its feature maps are several GiB; torch's decode there passed 4.6 GiB)."""
+    return int(EAGER_EXTRA.get(dtype, 1.2) * weights) + activation_bytes(view, config, inputs)
+
+
 def torch_source_bytes(fp32_weights: int) -> int:
     """``converters.references.load_reference``: source tensors, the mapped state and the model (3 copies)."""
     return 3 * fp32_weights

@@ -209,11 +209,13 @@ class MindIRExporter:
         cases = graph.validation_cases("proxy", spec.vae_scale) if graph.latent_hw or graph.gears else full_cases[:1]
         case = cases[0]
         small = budget.graph_run_bytes(spec.name, spec.config, case.inputs, weights, largest, spec.out_dtype)
-        if not budget.fits(here, small, limit) or (case.runs_artifact and not graph.gears):
-            layers = min(PROXY_LAYERS, spec.config.get("num_layers", PROXY_LAYERS))
+        deep = "num_layers" in spec.config  # a depth proxy needs blocks to cut (the VAE keeps its small latent)
+        if deep and (not budget.fits(here, small, limit) or (case.runs_artifact and not graph.gears)):
+            layers = min(PROXY_LAYERS, spec.config["num_layers"])
             case = Case(f"proxy: first {layers} blocks" + ("" if case.runs_artifact else f", {case.label[6:]}"),
                         case.inputs, case.outputs, False, num_layers=layers)
         result.runs = [CaseRun(case, sample_inputs(case.inputs, spec.config))]
+        self.plan_golden(spec, opts, result, weights, here, limit)
         if not case.runs_artifact:
             where = target.parent / f".proxy-{graph.stem}"  # removed once it has run
             shutil.rmtree(where, ignore_errors=True)
@@ -225,6 +227,22 @@ class MindIRExporter:
             result.proxies[0] = where
             result.memory["proxy_weights_bytes"] = streaming.stored_bytes(proxy)
             progress(f"{spec.name}/{graph.stem}: proxy written ({case.label})")
+
+    @staticmethod
+    def plan_golden(spec, opts, result: GraphResult, weights: int, here: int, limit: int) -> None:
+        """A proxy-validated graph whose eager network has no block-by-block runner (the VAE) keeps its real-shape
+        golden pair only when that eager run fits the budget; otherwise neither it nor the real-shape torch run is
+        computed, and the manifest says why (``golden_skipped``)."""
+        if opts.validation == "full" or blockwise.supported(spec.name):
+            return
+        need = budget.eager_bytes(spec.name, spec.config, result.golden.case.inputs, weights, spec.out_dtype)
+        if budget.fits(here, need, limit):
+            return
+        result.golden = None
+        result.details["golden_skipped"] = (f"the eager network at the real shape needs about {budget.gib(need)} > "
+                                            f"the budget {budget.gib(limit)} (--validation full computes and stores "
+                                            "the pair where memory allows)")
+        progress(f"{spec.name}/{result.stem}: no golden pair ({result.details['golden_skipped']})")
 
     # -- phase 2
     def torch_phase(self, spec, folder: Path, results: list[GraphResult], limit: int) -> str | None:
@@ -285,7 +303,7 @@ class MindIRExporter:
             self.eager_blockwise(spec, folder, target, results, need, limit)
         else:
             self.eager_whole(spec, folder, target, results)
-        for result in results:
+        for result in [r for r in results if r.golden is not None]:
             out = result.graph.concrete_outputs(result.graph.gears[0] if result.graph.gears else None)[0]
             golden.save(target / f"{result.stem}{golden.SUFFIX}", result.golden.case.inputs, result.golden.arrays,
                         result.golden.pynative)
@@ -326,9 +344,10 @@ class MindIRExporter:
             for result in results:
                 watch = Stopwatch()
                 with dynamic_position_embedding(net, bool(result.graph.gears)):
-                    with execution_mode(graph=False):
-                        result.golden.pynative = run_cell(cell, result.golden.arrays)
-                    result.details["eager_forward_seconds"] = watch.seconds()
+                    if result.golden is not None:
+                        with execution_mode(graph=False):
+                            result.golden.pynative = run_cell(cell, result.golden.arrays)
+                        result.details["eager_forward_seconds"] = watch.seconds()
                     for run in result.runs:
                         if run.case.num_layers is None:
                             with reference_mode(spec.dtype):
@@ -407,7 +426,7 @@ class MindIRExporter:
                     result.problem(problem, run.case)
                 progress(f"{spec.name}/{result.stem}: reload and run {seconds:.1f} s ({run.case.label})")
             result.validate_seconds = watch.seconds()
-            if result.golden.torch is not None:
+            if result.golden is not None and result.golden.torch is not None:
                 result.details["golden"]["eager_vs_torch"] = validate.against(
                     result.golden.pynative, result.golden.torch, validate.TOLERANCES[tolerance_dtype or spec.dtype])
             progress(f"{spec.name}/{result.stem}: validate {result.mode} ({result.why})")

@@ -49,7 +49,7 @@ def validate_export(export_dir, backend: str = "auto", budget_bytes: int | None 
     graphs = list(graphs_of(manifest))
     if not graphs:
         raise SourceError(f"{export_dir}: the export has no MindIR graphs")
-    if not any(g.get("golden") for _, _, g in graphs):
+    if not any(g.get("golden") or g.get("golden_skipped") for _, _, g in graphs):
         raise SourceError(f"{export_dir}: no golden pairs (exported before pixart-ms stored them); re-export")
     try:
         backend = resolve_backend(backend)
@@ -77,7 +77,8 @@ def check_graph(export_dir: Path, manifest: dict, component: str, entry: dict, g
     name = f"{component}/{graph['stem']}"
     spec = graph.get("golden")
     if not spec:
-        return GraphCheck(name, "skipped", "no golden pair", {})
+        why = graph.get("golden_skipped")
+        return GraphCheck(name, "skipped", f"no golden pair: {why}" if why else "no golden pair", {})
     files = [*graph.get("files", [graph["file"]]), spec["file"]]
     problems = file_problems(export_dir, manifest.get("files", {}),
                              [f for f in files if f in manifest.get("files", {})])

@@ -213,6 +213,33 @@ def test_blockwise_eager_when_the_network_does_not_fit(tiny_pipeline, tmp_path, 
     assert result.exit_code == 0 and "1 graph(s) matched" in result.stdout
 
 
+def test_vae_golden_pair_skipped_when_its_eager_run_does_not_fit(tiny_pipeline, tmp_path, monkeypatch):
+    """The VAE has no block-by-block runner: when its eager decode at the real shape exceeds the budget, neither it
+    nor torch's real-shape decode runs (at 1024^2 torch's alone passed 4.6 GiB); the proxy is still validated,
+    the manifest says why the pair is missing, and ``validate`` names the graph as skipped, with that reason."""
+    import mindir_export.budget as budget
+
+    _, converted, _ = tiny_pipeline
+    seen = []
+    eager_bytes = budget.eager_bytes
+    monkeypatch.setattr(budget, "eager_bytes", lambda *args: seen.append(args[2][0].shape) or eager_bytes(*args))
+    monkeypatch.setattr(budget, "SMALL", 0)
+    out = tmp_path / "vae"
+    manifest = export_pipeline(converted, out, log=lambda line: None, components=["vae_decoder"], budget_bytes=1,
+                               buckets="1.0")
+    (graph,) = manifest["components"]["vae_decoder"]["graphs"]
+    assert seen == [tuple(graph["inputs"][0]["shape"])]  # estimated at the real shape
+    assert graph["validation_mode"] == "proxy" and graph["golden"] is None
+    assert graph["golden_skipped"].startswith("the eager network at the real shape needs about")
+    assert "eager_forward_seconds" not in graph and not list(out.rglob("*golden*"))
+    (check,) = graph["validation"]
+    assert check["vs_eager"]["ok"] and check["vs_torch"].startswith("unavailable"), check  # a 1-byte budget
+    result = run(validate_command, out, "--backend", "mindspore")
+    assert result.exit_code == 0, result.output
+    assert "skipped vae_decoder/vae_decoder_1.0: no golden pair: the eager network at the real shape" in result.stdout
+    assert "0 graph(s) matched their golden outputs; skipped: vae_decoder/vae_decoder_1.0" in result.stdout
+
+
 def test_streamed_torch_reference_equals_whole(tiny_pipeline):
     """The torch reference with only the running block's weights resident gives the whole model's numbers."""
     torch = pytest.importorskip("torch")
