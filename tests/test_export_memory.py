@@ -109,3 +109,18 @@ def test_eager_estimate_counts_one_block_of_activations(tmp_path):
     here, lean_need = int(0.62 * 2**30) + budget.TORCH_BASE, budget.torch_lean_bytes(weights, 2**25)
     assert budget.fits(here, lean_need, budget.budget(weights))
     assert not budget.fits(here + activations, lean_need, budget.budget(weights))
+
+
+def test_budget_is_capped_by_the_host(monkeypatch):
+    """The rule (1.3 x weights + 1 GiB) past 60% of physical RAM would let the export plan a whole fp32 T5-XXL
+    (17.7 GiB) in one process on a 24 GiB host: the budget stops at that share, below it the rule stands."""
+    import parity.memory
+
+    from mindir_export import budget
+
+    monkeypatch.setattr(parity.memory, "physical_ram", lambda: 24 * 2**30)
+    t5_fp32 = int(17.74 * 2**30)
+    assert budget.budget(t5_fp32) == int(0.6 * 24 * 2**30) < 1.3 * t5_fp32 + 2**30
+    assert not budget.fits(int(0.6 * 2**30) + budget.TORCH_BASE, budget.torch_lean_bytes(t5_fp32, 2**28),
+                           budget.budget(t5_fp32))
+    assert budget.budget(2 * 2**30) == int(1.3 * 2 * 2**30 + 2**30)
