@@ -240,6 +240,25 @@ def test_vae_golden_pair_skipped_when_its_eager_run_does_not_fit(tiny_pipeline, 
     assert "0 graph(s) matched their golden outputs; skipped: vae_decoder/vae_decoder_1.0" in result.stdout
 
 
+def test_vae_fp16_check_on_proxy_inputs_when_the_real_shape_does_not_fit(tiny_pipeline, tmp_path, monkeypatch):
+    """The VAE goes fp16 only after its fp16 eager decode is finite; where that decode at the real shape exceeds the
+    budget, the proxy inputs are checked and the manifest's note says so (with ``--validation full``, the real
+    shape whatever it costs)."""
+    import mindir_export.budget as budget
+
+    _, converted, _ = tiny_pipeline
+    monkeypatch.setattr(budget, "SMALL", 0)
+    monkeypatch.setattr(budget, "budget", lambda weights: 1)
+    notes = {}
+    for validation in ("auto", "full"):
+        manifest = export_pipeline(converted, tmp_path / validation, log=lambda line: None,
+                                   components=["vae_decoder"], dtype="fp16", validation=validation)
+        assert manifest["components"]["vae_decoder"]["dtype"] == "fp16"
+        (notes[validation],) = [n for n in manifest["notes"] if n.startswith("vae_decoder: fp16 NaN check passed")]
+    assert "checked on smaller inputs: vae_decoder_1.0 (" in notes["auto"] and "> the budget" in notes["auto"]
+    assert notes["full"].endswith("(finite in fp16 on the real-shape inputs)")
+
+
 def test_streamed_torch_reference_equals_whole(tiny_pipeline):
     """The torch reference with only the running block's weights resident gives the whole model's numbers."""
     torch = pytest.importorskip("torch")
