@@ -4,12 +4,13 @@
 - the PixArt-Sigma XL/2 transformer at the 1024x1024 bucket (latent 128x128, B = 2, L = 300), fp32 and fp16;
 - the full-size T5-v1.1-XXL encoder (synthetic: real names and shapes, bf16 shards) in fp16 and fp32 (2 x 300
   tokens);
-- the SDXL VAE decoder and encoder at 1024x1024 (a full-size diffusers ``AutoencoderKL`` with its default init);
+- the SDXL VAE decoder and encoder at 1024x1024 (a full-size diffusers ``AutoencoderKL`` with its default init),
+  fp32 and fp16;
 
 each in a fresh process, with the validation mode each graph got and the time of one eager MindSpore forward at
 the same shape, measured in the same run (the manifest's ``eager_forward_seconds``), beside it.
 
-    python benchmarks/bench_export.py [--workdir DIR] [--cases t5xxl_fp16,t5xxl_fp32,xl2_fp32,xl2_fp16,vae] [--keep]
+    python benchmarks/bench_export.py [--workdir DIR] [--cases t5xxl_fp16,t5xxl_fp32,xl2_fp32,xl2_fp16,vae,vae_fp16] [--keep]
     python benchmarks/bench_export.py --report-only
 
 Sources (reused when present): the XL/2 ``.pth`` and T5-XXL shards that ``bench_convert.py`` builds under
@@ -48,6 +49,7 @@ CASES = {  # name -> (converted folder name, source, export options)
     "xl2_fp16": ("xl2_f32", SRC / "pixart" / "PixArt-Sigma-XL-2-1024-MS.pth", ["--components", "transformer",
                                                                                "--dtype", "fp16"]),
     "vae": ("vae_f32", None, ["--components", "vae"]),
+    "vae_fp16": ("vae_f32", None, ["--components", "vae", "--dtype", "fp16"]),
 }
 
 
