@@ -254,8 +254,8 @@ class MindIRExporter:
             return
         result.golden = None
         result.details["golden_skipped"] = (f"the eager network at the real shape needs about {budget.gib(need)} > "
-                                            f"the budget {budget.gib(limit)} (--validation full computes and stores "
-                                            "the pair where memory allows)")
+                                            f"the budget {budget.gib(limit)} (--validation full runs it anyway and "
+                                            "stores the pair, on a host with that memory)")
         progress(f"{spec.name}/{result.stem}: no golden pair ({result.details['golden_skipped']})")
 
     # -- phase 2
