@@ -284,7 +284,8 @@ class MindIRExporter:
             how, text = "streamed", ("the torch class holding the converted weights, each block's only while it "
                                      "runs, one sample at a time (the whole fp32 model does not fit the budget)")
         else:
-            note = f"the fp32 torch reference needs about {budget.gib(fp32)} > the budget {budget.gib(limit)}"
+            note = (f"the fp32 torch reference needs about {budget.gib(fp32)} on top of {budget.gib(here)} resident "
+                    f"> the budget {budget.gib(limit)}")
             progress(f"{spec.name}: torch reference unavailable ({note})")
             return note
         runs = {f"{i}-{j}": run for i, result in enumerate(results) for j, run in enumerate(all_runs(result))
