@@ -84,9 +84,11 @@ def run_case(name: str, work: Path) -> dict:
 NOTES = """
 Notes (27 Nov 2026):
 
-- The XL/2 1024x1024 row was measured at fe69796, before the DiT's fast kernels (fused LayerNorm, sigmoid-form GELU,
-  MatMul(transpose_b) linears): its MindSpore time is the plain ops' in PYNATIVE. `bench_dit_speed.py` gives the
-  per-op picture: the attention core (no fused CPU kernel in MindSpore) is about half of a block's time.
+- The XL/2 1024x1024 row was measured at 9633c35 (fast kernels: fused LayerNorm, sigmoid-form GELU,
+  MatMul(transpose_b) linears; attention's probs @ v through BatchMatMul) on a host running two other heavy jobs:
+  MindSpore/torch 2.15 (was 2.77 at fe69796 with the plain ops), peak 2.74 GiB (was 3.39: glibc's mmap threshold
+  pinned for streamed runs). `bench_dit_speed.py` gives the per-op picture: the attention core (no fused CPU kernel
+  in MindSpore; its BatchMatMul for q @ k^T alone takes about torch's whole fused SDPA) is about half of a block.
 - T5-XXL peak over the stops: 4.82 GiB (whole embedding kept), 3.90, 3.86 (one compiled graph per block structure),
   then 3.78 GiB on a loaded host after fresh block cells stopped drawing on MindSpore's pool; then 3.41 GiB (5fe4e04,
   the torch blocks cast the bf16 source in torch) and 3.42 GiB (a192178, reverted), 27 MB over the 3.39 GiB budget.
