@@ -108,7 +108,9 @@ def fp16_finite(component: str, folder: Path, spec, mode: str = "auto") -> tuple
                 case = graph.validation_cases("proxy", spec.vae_scale)[0]
                 smaller.append(f"{graph.stem} ({case.label}: the real shape needs about {budget.gib(need)} > the "
                                f"budget {budget.gib(limit)})")
+            watch = Stopwatch()
             out = run_cell(cell, sample_inputs(case.inputs, spec.config))
+            progress(f"{component}/{graph.stem}: fp16 NaN check {watch.seconds():.1f} s ({case.label})")
             bad = int((~np.isfinite(out.astype(np.float64))).sum())
             if bad:
                 return False, f"{graph.stem} ({case.label}): {bad} non-finite values in fp16"
