@@ -208,3 +208,23 @@ def test_validation_miss_fails_export(tiny_pipeline, tmp_path, monkeypatch):
     out = tmp_path / "strict"
     result = export(converted / "transformer", "-o", out, *FAST)
     assert_clean_failure(result, out, "validation failed", "GraphCell vs eager", code=1)
+
+
+def test_vae_proxy_latent_is_smaller(tiny_pipeline):
+    """The VAE's proxy is an 8x8 latent (MindSpore's CPU Conv2D and GRAPH-mode memory at 16x16 made the 1024^2
+    export's proxy take 375 s and 3.1 GiB), the transformer's 16x16; both at the same 1024^2 bucket."""
+    from mindir_export.specs import build_component
+
+    _, converted, _ = tiny_pipeline
+    labels = {}
+    for name in ("vae_decoder", "vae_encoder", "transformer"):
+        config = json.loads((converted / ("transformer" if name == "transformer" else "vae") / "config.json")
+                            .read_text())
+        spec = build_component(name, config, "fp32", 1, 16, {"1.0": (1024, 1024)}, 8, False)
+        (graph,) = spec.graphs
+        (case,) = graph.validation_cases("proxy", 8)
+        labels[name] = case.label
+        if name == "vae_decoder":
+            assert case.inputs[0].shape[-2:] == (8, 8)
+    assert labels["vae_decoder"] == labels["vae_encoder"] == "proxy 8x8 latent (same Cell exported at that size)"
+    assert labels["transformer"] == "proxy 16x16 latent (same Cell exported at that size)"
