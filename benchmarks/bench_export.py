@@ -139,13 +139,19 @@ Measured beside the table (same host, 27 Nov 2026, branch issue8):
   rel L2 1.30e-6), stored weights vs MindSpore's cast of the source 86 s, 2-block proxy GraphCell 19 s at 4.24 GiB
   (vs eager 0.0). Before the 60% cap the export planned the whole 17.7 GiB fp32 torch model in its child (the rule
   allowed it) and the benchmark's 8 GiB watchdog killed it.
-- VAE at 1024x1024, fp32 (decoder 189 MiB, encoder 131 MiB; rule 1.24 GiB), at 116b5fb, 27 Nov 2026: **3.13 GiB,
-  over the rule**, 1463 s. Neither graph has a golden pair: the eager decode at the real shape is estimated at
-  18.7 GiB (`golden_skipped`). The 16x16-latent proxies: decoder eager 654 s (MindSpore's CPU Conv2D, plain ops as
-  exported) at 1.59 GiB, proxy GraphCell 375 s at **3.11 GiB** (the phase peak: GRAPH mode at 128x128 pixels), vs
-  torch 3.46e-6; encoder eager 207 s, GraphCell 190 s at 2.22 GiB, torch reference unavailable (the decoder's phases
-  left 1.2 GiB in MindSpore's pool, so its 0.31 GiB did not fit the 1.41 GiB budget). The summary of this run
-  crashed on the missing golden pair (fixed); its row was rebuilt from the logs, the peak is memwatch's tree peak.
+- VAE at 1024x1024, fp32 (decoder 189 MiB, encoder 131 MiB; rule 1.24 GiB), at 6aacd8b, 27 Nov 2026: **1.73 GiB,
+  over the rule by 0.49 GiB**, 243 s. Neither graph has a golden pair: the eager decode at the real shape is
+  estimated at 18.7 GiB (`golden_skipped`). 8x8-latent proxies: decoder torch reference 9 s (child), eager 96 s
+  (MindSpore's CPU Conv2D: plain ops as exported) at 1.30 GiB, proxy GraphCell 67 s at 1.38 GiB, vs torch 3.50e-6;
+  encoder eager 30 s at 1.24 GiB, GraphCell 15 s, vs torch 3.46e-6. The tree peak adds the encoder's torch child
+  (about 0.65 GiB) to the 1.08 GiB the decoder's phases left in MindSpore's pool. Before (116b5fb, 16x16-latent
+  proxies): 3.13 GiB, 1463 s; decoder eager 654 s, GraphCell 375 s at 3.11 GiB; that run's summary crashed on the
+  missing golden pair (fixed).
+- VAE at 1024x1024, fp16 (decoder 94 MiB; rule 1.12 GiB), at 6aacd8b, 27 Nov 2026: **1.83 GiB, over the rule**,
+  194 s. The fp16 NaN check ran on the 8x8-latent proxies (55 s and 25 s; the real-shape fp16 decode is estimated at
+  18.8 GiB), which left about 1 GiB in MindSpore's pool, so neither torch reference fit the 1.20 GiB budget; proxy
+  eager 35 s, GraphCell 35 s (vs eager 0.0); the export process's per-phase VmHWM reads 1.87 and 1.79 GiB there,
+  a little above the sampled and `time -v` peak of the table.
 - XL/2 1024x1024 fp16 (1.14 GiB; rule 2.48 GiB), at 06e89f8, 27 Nov 2026: **2.28 GiB** (2.0x the weights), within the
   rule. Phases (per-phase VmHWM of the export process; the tree adds the torch child while it runs): trace + write
   14 s at 0.99 GiB; torch reference streamed in its child 181 s (eager vs torch 2.8e-3, fp16 tolerance 5e-3);
