@@ -61,10 +61,15 @@ def activation_bytes(view: str, config: dict, shapes: dict, query_rows) -> int:
     if stages is not None:
         cls = registry.component(registry.view(view).component).config_type()
         return stages.activation_bytes(cls.from_dict(config), shapes, query_rows)
-    # VAE: a few full-resolution feature maps at the widest level
+    # VAE, both sides in this process: full-resolution feature maps at the widest level. Measured on the SDXL decoder
+    # at 1024^2: our PYNATIVE decode about 8.5 GiB over the imports (MindSpore's pool keeps every touched page), torch's
+    # over 4 GiB, plus the taps; 12 bytes per pixel and channel let parity start there and get killed at 14 GiB.
     first = next(iter(shapes.values()))
     pixels = first[-1] * first[-2] * 64 if view == "vae_decoder" else first[-1] * first[-2]
-    return 12 * pixels * max(config.get("block_out_channels", [128]))
+    return VAE_BYTES_PER_PIXEL_CHANNEL * pixels * max(config.get("block_out_channels", [128]))
+
+
+VAE_BYTES_PER_PIXEL_CHANNEL = 28  # MindSpore ~16, torch ~8, taps ~4 (see activation_bytes)
 
 
 def estimate(view: str, folder, shapes: dict, whole: bool, query_rows, cases: int = 1) -> dict:
