@@ -99,6 +99,13 @@ def estimate(view: str, folder, shapes: dict, whole: bool, query_rows, cases: in
 def check_budget(estimates: list[dict], budget: int) -> None:
     worst = max(estimates, key=lambda e: e["bytes"], default=None)
     if worst is not None and worst["bytes"] > budget:
-        hint = "" if worst["mode"] == "streamed" else " (drop --whole: streamed parity holds one block at a time)"
+        from .stages import stages_of
+
+        if worst["mode"] == "streamed":
+            hint = ""
+        elif stages_of(worst["view"]) is None:  # the VAE: always compared whole
+            hint = " (the VAE is compared whole: smaller --height/--width fit)"
+        else:
+            hint = " (drop --whole: streamed parity holds one block at a time)"
         raise UsageError(f"{worst['view']}: {worst['mode']} parity needs about {worst['bytes'] / GIB:.1f} GiB, over "
                          f"--max-memory {budget / GIB:.1f} GiB{hint}")

@@ -159,11 +159,13 @@ def test_streamed_peak_memory_does_not_grow_with_depth(tmp_path):
     (("--max-memory", "-3G"), "expected a size"),
     (("--max-memory", "1M"), "over --max-memory"),
     (("--whole", "--max-memory", "1G"), "drop --whole"),
+    (("--component", "vae_decoder", "--max-memory", "1M"), "the VAE is compared whole: smaller --height/--width fit"),
 ])
 def test_bad_memory_options_exit_2_before_loading(args, phrase, tiny_pipeline, tmp_path):
     src, out, _ = tiny_pipeline
     report_dir = tmp_path / "report"
-    result = run_cli("parity", src, out, "--component", "text_encoder", "--report", report_dir, *args)
+    component = [] if "--component" in args else ["--component", "text_encoder"]
+    result = run_cli("parity", src, out, *component, "--report", report_dir, *args)
     assert_clean_failure(result, report_dir, phrase)
 
 
