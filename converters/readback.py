@@ -85,8 +85,8 @@ def hash_sequential(path: Path, tensors, direct: bool = True, whole_file: bool =
             file_hash.update(buf.view[:n])
             pool.put(buf)
 
-    thread = threading.Thread(target=hash_file, name="verify-file-hash", daemon=True)
-    if whole_file:
+    thread = threading.Thread(target=hash_file, name="verify-file-hash", daemon=True) if whole_file else None
+    if thread is not None:
         thread.start()
     fd, direct = _open(path, direct and block % staging.ALIGN == 0)
     size, pos, k = os.fstat(fd).st_size, 0, 0
@@ -120,13 +120,13 @@ def hash_sequential(path: Path, tensors, direct: bool = True, whole_file: bool =
             if (k == len(pieces) or pieces[k][0] >= end) and covered < end:  # framing to the end of the block
                 framing.update(buf.view[covered - pos:n])
                 covered = end
-            if whole_file:
+            if thread is not None:
                 hashing.put((buf, n))
             else:
                 pool.put(buf)
             pos = end
     finally:
-        if whole_file:
+        if thread is not None:
             hashing.put(None)
             thread.join()
         os.close(fd)

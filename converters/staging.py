@@ -9,8 +9,12 @@ and the disk is never idle while a hash is computed.
 
 The file's own hash covers its framing bytes only (headers, a zip's records and directory: everything outside the
 tensors), hashed as the main thread puts them. With every tensor's sha256 it covers every byte of the file once; a
-sha256 of the whole file would hash every tensor byte a second time (a third of the conversion's CPU time for T5-XXL). Writes use ``O_DIRECT`` (no page-cache copy, nothing left to flush) when the file system takes it and fall back to buffered writes when it does not (tmpfs refuses it
-at ``open``, some file systems at the first write). A bounded pool of buffers keeps memory constant.
+sha256 of the whole file would hash every tensor byte a second time (a third of the conversion's CPU time for
+T5-XXL).
+
+Writes use ``O_DIRECT`` (no page-cache copy, nothing left to flush) when the file system takes it and fall back to
+buffered writes when it does not (tmpfs refuses it at ``open``, some file systems at the first write). A bounded
+pool of buffers keeps memory constant.
 """
 from __future__ import annotations
 
