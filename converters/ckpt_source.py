@@ -21,11 +21,11 @@ from pathlib import Path
 
 from pixart_core import dtypes
 from pixart_core.errors import SourceError
+from pixart_core.protowire import LEN, VARINT, Malformed as _Malformed, WireReader as _Reader
 
 from .sources import ByteRangeSource, TensorInfo
 
-# wire types and field numbers of the messages above
-VARINT, I64, LEN, I32 = 0, 1, 2, 5
+# field numbers of the messages above
 CHECKPOINT_VALUE = 1
 VALUE_TAG, VALUE_TENSOR, VALUE_MAPTENSOR = 1, 2, 3
 TENSOR_DIMS, TENSOR_TYPE, TENSOR_CONTENT = 1, 2, 3
@@ -34,64 +34,11 @@ CRC_TRAILER_SIZE = len(CRC_TRAILER) + 10
 MAX_STRING = 1 << 16  # a tag or a type name longer than this is not a checkpoint
 
 
-class _Malformed(ValueError):
-    pass
-
-
-class _Reader:
-    """Sequential reads of a file region with varint decoding; every read is checked against the region."""
-
-    def __init__(self, f, pos: int, end: int):
-        self.f, self.pos, self.end = f, pos, end
-        f.seek(pos)
-
-    def bytes(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > self.end:
-            raise _Malformed(f"a field runs past its message at byte {self.pos}")
-        data = self.f.read(n)
-        if len(data) != n:
-            raise _Malformed(f"truncated at byte {self.pos}")
-        self.pos += n
-        return data
-
-    def skip(self, n: int) -> None:
-        if n < 0 or self.pos + n > self.end:
-            raise _Malformed(f"a field runs past its message at byte {self.pos}")
-        self.pos += n
-        self.f.seek(self.pos)
-
-    def varint(self) -> int:
-        shift, value = 0, 0
-        while True:
-            byte = self.bytes(1)[0]
-            value |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                return value
-            shift += 7
-            if shift > 63:
-                raise _Malformed(f"varint too long at byte {self.pos}")
-
-    def key(self) -> tuple[int, int]:
-        key = self.varint()
-        return key >> 3, key & 7
-
-    def skip_field(self, wire: int) -> None:
-        if wire == VARINT:
-            self.varint()
-        elif wire == I64:
-            self.skip(8)
-        elif wire == I32:
-            self.skip(4)
-        elif wire == LEN:
-            self.skip(self.varint())
-        else:
-            raise _Malformed(f"unsupported wire type {wire} at byte {self.pos}")
-
-    def string(self) -> str:
-        n = self.varint()
-        if n > MAX_STRING:
-            raise _Malformed(f"a {n}-byte name at byte {self.pos}")
-        return self.bytes(n).decode("utf-8")
+def _string(r: _Reader) -> str:
+    n = r.varint()
+    if n > MAX_STRING:
+        raise _Malformed(f"a {n}-byte name at byte {r.pos}")
+    return r.bytes(n).decode("utf-8")
 
 
 def _parse_tensor(r: _Reader) -> tuple[list[int], str | None, tuple[int, int] | None]:
@@ -109,7 +56,7 @@ def _parse_tensor(r: _Reader) -> tuple[list[int], str | None, tuple[int, int] | 
             if r.pos != stop:
                 raise _Malformed(f"packed dims overrun at byte {r.pos}")
         elif field == TENSOR_TYPE and wire == LEN:
-            code = r.string()
+            code = _string(r)
         elif field == TENSOR_CONTENT and wire == LEN:
             if content is not None:
                 raise _Malformed("tensor_content given twice in one value")
@@ -130,7 +77,7 @@ def _parse_value(f, start: int, end: int):
     while r.pos < r.end:
         field, wire = r.key()
         if field == VALUE_TAG and wire == LEN:
-            tag = r.string()
+            tag = _string(r)
         elif field == VALUE_TENSOR and wire == LEN:
             n = r.varint()
             sub = _Reader(f, r.pos, r.pos + n)

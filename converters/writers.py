@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pixart_core import dtypes
+from pixart_core.protowire import varint as _varint
 
 from .sources import PRODUCER
 from .staging import Bytes, StagedFile
@@ -112,15 +113,6 @@ class SafetensorsWriter(_Writer):
 
     def _write(self, name, dtype, shape, data):
         self._emit_tensor(name, data)
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, n = n & 0x7F, n >> 7
-        out.append(low | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def ckpt_frame(name: str, dtype: str, shape, length: int) -> bytes:

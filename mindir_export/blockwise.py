@@ -21,7 +21,7 @@ from pixart_core import dtypes
 from pixart_core.heap import map_large_buffers
 
 from . import lean
-from .streaming import WeightReader
+from .streaming import WeightReader, parameter_name
 
 RUNNERS = {"text_encoder", "transformer"}  # views with a block-by-block runner
 
@@ -120,30 +120,28 @@ def stored_weight_problems(path: Path, folder: Path, view: str, names: dict[str,
     """(parameters checked, problems): each stored parameter against MindSpore's cast of the source tensor."""
     import mindspore as ms
 
-    from .reload import read_proto
-    from .streaming import parameter_name
+    from .reload import scan_graph
 
     path = Path(path)
-    model = read_proto(path)
+    model, table = scan_graph(path)
+    declared = {parameter_name(p): dtypes.from_mindir(p.data_type) for p in model.graph.parameter}
+    del model
     reader = WeightReader(lean.weights_file(view, folder))
-    problems = []
+    problems, handles = [], {}
     try:
-        with open(path.parent / model.graph.parameter[0].external_data.location, "rb") if model.graph.parameter \
-                and model.graph.parameter[0].external_data.location else open(path, "rb") as handle:
-            for proto in model.graph.parameter:
-                name = parameter_name(proto)
-                source = reader.source.read(names.get(name, name))
-                if source.dtype.name == "bfloat16":  # through its exact fp32 value (MindSpore takes no ml_dtypes)
-                    source = source.astype(np.float32)
-                want = ms.Tensor(source).astype(dtypes.ms_dtype(dtypes.from_mindir(proto.data_type))).asnumpy()
-                if proto.external_data.location:
-                    handle.seek(proto.external_data.offset)
-                    stored = handle.read(proto.external_data.length)
-                else:
-                    stored = proto.raw_data
-                if stored != want.tobytes():
-                    problems.append(f"{path.name}: {name} differs from the source's weights cast by MindSpore")
-                del source, want, stored
+        for name, stored in table.items():
+            source = reader.source.read(names.get(name, name))
+            if source.dtype.name == "bfloat16":  # through its exact fp32 value (MindSpore takes no ml_dtypes)
+                source = source.astype(np.float32)
+            want = ms.Tensor(source).astype(dtypes.ms_dtype(declared[name])).asnumpy()
+            if stored.where not in handles:
+                handles[stored.where] = open(stored.where, "rb")
+            handles[stored.where].seek(stored.offset)
+            if handles[stored.where].read(stored.length) != want.tobytes():
+                problems.append(f"{path.name}: {name} differs from the source's weights cast by MindSpore")
+            del source, want
     finally:
         reader.close()
-    return len(model.graph.parameter), problems
+        for handle in handles.values():
+            handle.close()
+    return len(table), problems

@@ -104,35 +104,28 @@ def check_output(graph_out: np.ndarray, expected: TensorSpec, eager: np.ndarray,
 def weight_problems(path: Path, cell) -> tuple[int, list[str]]:
     """(parameters checked, problems): every parameter stored in the MindIR (inline, or in ``_variables/`` for a
     split graph) must be a parameter of ``cell`` with byte-identical values. Stored bytes are read and compared a
-    chunk at a time (the check runs beside the eager network at real scale)."""
-    from mindspore.train.mind_ir_pb2 import ModelProto
+    chunk at a time, where the graph stores them (the check runs beside the eager network at real scale)."""
+    from .reload import scan_graph
 
     path = Path(path)
-    model = ModelProto()
-    model.ParseFromString(path.read_bytes())
+    _, table = scan_graph(path)
     params = cell.parameters_dict()  # keyed by Parameter.name, as mindspore.export stores them
     problems, handles = [], {}
     try:
-        for proto in model.graph.parameter:
-            name = proto.name.rsplit(":", 1)[-1]
+        for name, stored in table.items():
             if name not in params:
                 problems.append(f"{path.name}: stores {name}, which the network does not have")
                 continue
             values = np.ascontiguousarray(params[name].asnumpy()).reshape(-1).view(np.uint8)
-            if proto.HasField("external_data") and proto.external_data.location:
-                where = path.parent / proto.external_data.location
-                if where not in handles:
-                    handles[where] = open(where, "rb")
-                same = _same_bytes(handles[where], proto.external_data.offset, proto.external_data.length, values)
-            else:
-                same = proto.raw_data == values.tobytes()
-            if not same:
+            if stored.where not in handles:
+                handles[stored.where] = open(stored.where, "rb")
+            if not _same_bytes(handles[stored.where], stored.offset, stored.length, values):
                 problems.append(f"{path.name}: {name} differs from the network's weights")
             del values
     finally:
         for handle in handles.values():
             handle.close()
-    return len(model.graph.parameter), problems
+    return len(table), problems
 
 
 def _same_bytes(handle, offset: int, length: int, values: np.ndarray, chunk: int = 64 * 2**20) -> bool:

@@ -26,6 +26,22 @@ def run(command, *args):
     return CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
 
 
+def test_mindir_field_numbers():
+    """scan_graph walks mind_ir.proto by field number: they must be MindSpore's."""
+    from mindspore.train.mind_ir_pb2 import GraphProto, ModelProto, TensorProto
+
+    assert ModelProto.DESCRIPTOR.fields_by_name["graph"].number == reload.MODEL_GRAPH
+    assert GraphProto.DESCRIPTOR.fields_by_name["parameter"].number == reload.GRAPH_PARAMETER
+    assert TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number == reload.TENSOR_RAW_DATA
+
+
+def test_scan_graph_refuses_other_bytes(tmp_path):
+    bad = tmp_path / "x.mindir"
+    bad.write_bytes(b"\x3a\xff\xff\xff\x7f garbage")
+    with pytest.raises(ValueError, match="not a MindIR graph"):
+        reload.scan_graph(bad)
+
+
 @pytest.mark.parametrize("dtype,threshold", [("fp32", None), ("fp16", 1000)])
 def test_stream_writer_equals_mindspore_export(tiny_pipeline, tmp_path, dtype, threshold):
     """The graph traced without weights and written from the converted file: the same parameter table and, split,
@@ -65,6 +81,19 @@ def test_stream_writer_equals_mindspore_export(tiny_pipeline, tmp_path, dtype, t
     table = lambda m: [(streaming.parameter_name(p), list(p.dims), p.data_type, p.external_data.offset,  # noqa: E731
                         p.external_data.length, p.raw_data) for p in m.graph.parameter]
     assert sorted(table(old_model)) == sorted(table(new_model))
+    # read field by field: the same message without raw_data, and where each parameter's bytes are
+    scanned, stored = reload.scan_graph(old_file)
+    for p in old_model.graph.parameter:
+        where = stored[streaming.parameter_name(p)]
+        if written.split:
+            assert (where.where.name, where.offset, where.length) == ("data_0", p.external_data.offset,
+                                                                      p.external_data.length)
+        else:
+            with open(where.where, "rb") as f:
+                f.seek(where.offset)
+                assert where.where == old_file and f.read(where.length) == p.raw_data and p.raw_data
+        p.ClearField("raw_data")
+    assert scanned == old_model and len(stored) == len(old_model.graph.parameter)
     if written.split:
         assert (new / "te_variables" / "data_0").read_bytes() == (old / "te_variables" / "data_0").read_bytes()
         wo = [p for p in new_model.graph.parameter if p.name.endswith("DenseReluDense.wo.weight")]
