@@ -13,13 +13,12 @@ import dataclasses
 from pathlib import Path
 
 from pixart_core import dtypes, registry
+from pixart_core.manifests import find_weights
 
 from .streaming import WeightReader
 
 
 def weights_file(view: str, folder: Path) -> Path:
-    from mindspore_nets.loading import find_weights
-
     return find_weights(Path(folder), registry.component(registry.view(view).component).weights_stem)
 
 
@@ -51,16 +50,16 @@ def parameter_names(net) -> dict[str, str]:
 
 
 def load_network(view: str, folder: Path, dtype: str, num_layers: int | None = None):
-    """(network, its view Cell) with the parameters the view's Cell uses read from the converted weights file one
-    at a time; the rest stay declared only (the VAE decoder's Cell uses 189 of the network's 320 MiB)."""
+    """(network, its view Cell) with the parameters the view uses read from the converted weights file one at a
+    time; the rest stay declared only (the VAE decoder uses 189 of the network's 320 MiB)."""
     import mindspore as ms
 
     net, cell = skeleton(view, folder, dtype, num_layers)
-    used = {id(param) for param in cell.get_parameters()}
+    uses = registry.view(view).uses
     reader = WeightReader(weights_file(view, folder))
     try:
         for name, param in net.parameters_and_names():
-            if id(param) not in used:
+            if not uses(name):
                 continue
             param.set_data(ms.from_numpy(reader.read(name, dtypes.name_of_ms(param.dtype))))  # no copy
     finally:
@@ -69,8 +68,8 @@ def load_network(view: str, folder: Path, dtype: str, num_layers: int | None = N
 
 
 def torch_reference(view: str, folder: Path):
-    """The fp32 torch reference class holding the converted weights, assigned one tensor at a time over its
-    random initialisation (peak: the fp32 weights plus the largest tensor)."""
+    """The fp32 torch reference class holding the converted weights the view uses, assigned one tensor at a time
+    over its uninitialised (meta) parameters (peak: those fp32 weights plus the largest tensor)."""
     import torch
 
     from converters.detect import read_json
@@ -81,7 +80,7 @@ def torch_reference(view: str, folder: Path):
     if model is None:  # buffers computed at construction that the entry cannot recompute: build it for real
         model = entry.torch_model(config)
     model = model.float().eval()
-    expected = set(model.state_dict())
+    expected = {name for name in model.state_dict() if registry.view(view).uses(name)}
     reader = WeightReader(weights_file(view, folder))
     try:
         loaded = set()

@@ -267,16 +267,16 @@ class MindIRExporter:
         from .torch_worker import run_reference
 
         reader = streaming.WeightReader(lean.weights_file(spec.name, folder))
-        reader_sizes = {name: 4 * dtypes.numel(info.shape) for name, info in reader.source.infos.items()}
-        sizes = list(reader_sizes.values())
+        every = {name: 4 * dtypes.numel(info.shape) for name, info in reader.source.infos.items()}
         reader.close()
-        fp32, largest = sum(sizes), max(sizes, default=0)
+        reader_sizes = {name: size for name, size in every.items() if registry.view(spec.name).uses(name)}
+        fp32, largest = sum(reader_sizes.values()), max(reader_sizes.values(), default=0)
         # the child's forward holds one block's activations too (XL/2 at 1024^2: the lean child at 2.28 GiB of
         # weights took the export to 4.07 GiB against its 3.96 GiB rule); the streamed child runs a sample at a time
         base = budget.rss() + budget.TORCH_BASE
         here = base + self.block_activations(spec, folder, results)
         here_streamed = base + self.block_activations(spec, folder, results, sample=True)
-        if budget.fits(here, budget.torch_source_bytes(fp32), limit):
+        if budget.fits(here, budget.torch_source_bytes(sum(every.values())), limit):  # rebuilds the whole source
             how, text = "source", "rebuilt from the source through the key map"
         elif budget.fits(here, budget.torch_lean_bytes(fp32, largest), limit):
             how, text = "lean", ("the torch class holding the converted weights (the source-rebuilt reference does "

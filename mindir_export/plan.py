@@ -191,15 +191,14 @@ def planned_export_bytes(found: dict[str, Path], specs: list[ComponentSpec], out
 
 def component_weight_bytes(folder: Path, view: str, dtype: str) -> int:
     """The weight bytes a graph of ``view`` stores in ``dtype`` (the registry's keep_fp32 tensors in fp32), from the
-    converted folder's manifest; the VAE's encoder and decoder are each counted with the whole VAE (an upper
-    bound)."""
+    converted folder's manifest, counting the parameters the view uses (the VAE's decoder or encoder half)."""
     import re
 
     keep = [re.compile(re.escape(n).replace(re.escape("{n}"), r"\d+") + "$")
             for n in registry.component(registry.view(view).component).keep_fp32]
     total = 0
     for row in read_manifest(folder, "converted")["tensors"]:
-        if row.get("extra"):
+        if row.get("extra") or not registry.view(view).uses(row["name"]):
             continue
         size = 4 if any(p.match(row["name"]) for p in keep) else dtypes.get(dtypes.canonical(dtype)).itemsize
         total += dtypes.numel(row["shape"]) * size

@@ -80,8 +80,9 @@ class GraphSpec:
 
 PROXY_LATENT = 16  # latent side of proxy validation (a multiple of every patch size in use)
 # the VAE's: MindSpore's CPU Conv2D (kept in exported graphs for Ascend) takes about 100x torch's time, and its GRAPH
-# mode added 2.2 GiB for the SDXL decoder at a 16x16 latent (1024^2 export: 375 s, 3.11 GiB phase peak)
-VAE_PROXY_LATENT = 8
+# mode holds the intermediates: running the SDXL decoder's proxy graph added 2.2 GiB at a 16x16 latent, 0.55 GiB
+# (32 s) at 8x8, 0.15 GiB (8 s) at 4x4 (research/s20/reload_probe.py); 4x4 still runs every op (32^2 pixels)
+VAE_PROXY_LATENT = 4
 
 
 @dataclass

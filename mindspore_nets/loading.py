@@ -14,26 +14,16 @@ from mindspore.nn.utils import no_init_parameters
 
 from pixart_core import registry
 from pixart_core.errors import WeightsError
+from pixart_core.manifests import find_weights
 from pixart_core.naming import fold
 
 from .layers import to_ms_dtype
-
-WEIGHT_SUFFIXES = (".safetensors", ".ckpt")
-
 
 def parameter_table(cls, config) -> dict[str, tuple[tuple[int, ...], ms.Type]]:
     """Name -> (shape, dtype) of every parameter of ``cls(config)``, built without allocating the weights."""
     with no_init_parameters():
         net = cls(config)
     return {name: (tuple(p.shape), p.dtype) for name, p in net.parameters_and_names()}
-
-
-def find_weights(folder: Path, stem: str) -> Path:
-    found = [folder / f"{stem}{suffix}" for suffix in WEIGHT_SUFFIXES if (folder / f"{stem}{suffix}").is_file()]
-    if len(found) != 1:
-        what = "no" if not found else "more than one"
-        raise WeightsError(f"{folder}: {what} weights file named {stem}.safetensors or {stem}.ckpt")
-    return found[0]
 
 
 def read_weights(path: Path) -> dict[str, ms.Parameter]:

@@ -7,9 +7,10 @@ import hashlib
 import json
 from pathlib import Path
 
-from .errors import SourceError
+from .errors import SourceError, WeightsError
 
 MANIFEST = "manifest.json"
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt")  # a converted folder's weights file
 EXPORT_KIND = "pixart-mindspore MindIR export"
 # keys a manifest of each kind must have; anything else is a foreign manifest.json
 REQUIRED = {"converted": ("format_version", "component", "layout", "weights_file", "files", "tensors", "config"),
@@ -93,3 +94,13 @@ def stored_dtype(manifest: dict) -> str:
         if not row.get("extra") and row["dtype"] in DTYPES and DTYPES[row["dtype"]].is_float:
             counts[row["dtype"]] = counts.get(row["dtype"], 0) + 1
     return short(max(counts, key=counts.get)) if counts else "fp32"
+
+
+def find_weights(folder: Path, stem: str) -> Path:
+    """A converted folder's one weights file, ``<stem>.safetensors`` or ``<stem>.ckpt`` (importing neither MindSpore
+    nor torch: the torch reference's child process reads it too)."""
+    found = [folder / f"{stem}{suffix}" for suffix in WEIGHT_SUFFIXES if (folder / f"{stem}{suffix}").is_file()]
+    if len(found) != 1:
+        what = "no" if not found else "more than one"
+        raise WeightsError(f"{folder}: {what} weights file named {stem}.safetensors or {stem}.ckpt")
+    return found[0]

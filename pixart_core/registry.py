@@ -89,6 +89,11 @@ class View:
     # the model for one graph with dynamic h, w and returns torch.export's ``dynamic_shapes`` (None: per size only)
     torch_forward: Callable | None = None
     torch_dynamic_hw: Callable | None = None
+    # name prefixes of the component parameters the view uses (empty: all); the others are never loaded for it
+    parameters: tuple[str, ...] = ()
+
+    def uses(self, name: str) -> bool:
+        return not self.parameters or name.startswith(self.parameters)
 
 
 @dataclass(frozen=True)

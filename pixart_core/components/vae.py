@@ -145,9 +145,11 @@ COMPONENT = register(
     View("vae_decoder", "vae", ("latent",), "sample", decoder_interface, decoder_cell, decode_torch,
          taps=("post_quant_conv", "decoder.conv_in", "decoder.mid_block", "decoder.up_blocks.{n}",
                "decoder.conv_out"),
-         spatial=True, fp16_needs_check=True, torch_forward=decode_forward),
+         spatial=True, fp16_needs_check=True, torch_forward=decode_forward,
+         parameters=("post_quant_conv.", "decoder.")),
     View("vae_encoder", "vae", ("image",), "moments", encoder_interface, encoder_cell, encode_torch,
          taps=("encoder.conv_in", "encoder.down_blocks.{n}", "encoder.mid_block", "encoder.conv_out",
                "quant_conv"),
-         spatial=True, fp16_needs_check=True, torch_forward=encode_forward),
+         spatial=True, fp16_needs_check=True, torch_forward=encode_forward,
+         parameters=("encoder.", "quant_conv.")),
 )
