@@ -211,10 +211,12 @@ def test_validation_miss_fails_export(tiny_pipeline, tmp_path, monkeypatch):
 
 
 def test_vae_proxy_latent_is_smaller(tiny_pipeline):
-    """The VAE's proxy is an 8x8 latent (MindSpore's CPU Conv2D and GRAPH-mode memory at 16x16 made the 1024^2
-    export's proxy take 375 s and 3.1 GiB), the transformer's 16x16; both at the same 1024^2 bucket."""
-    from mindir_export.specs import build_component
+    """The VAE's proxy latent is smaller than the transformer's 16x16 (MindSpore's CPU Conv2D and GRAPH-mode memory
+    at 16x16 made the 1024^2 export's proxy take 375 s and 3.1 GiB); both at the same 1024^2 bucket."""
+    from mindir_export.specs import PROXY_LATENT, VAE_PROXY_LATENT, build_component
 
+    assert VAE_PROXY_LATENT < PROXY_LATENT
+    side = VAE_PROXY_LATENT
     _, converted, _ = tiny_pipeline
     labels = {}
     for name in ("vae_decoder", "vae_encoder", "transformer"):
@@ -225,6 +227,6 @@ def test_vae_proxy_latent_is_smaller(tiny_pipeline):
         (case,) = graph.validation_cases("proxy", 8)
         labels[name] = case.label
         if name == "vae_decoder":
-            assert case.inputs[0].shape[-2:] == (8, 8)
-    assert labels["vae_decoder"] == labels["vae_encoder"] == "proxy 8x8 latent (same Cell exported at that size)"
+            assert case.inputs[0].shape[-2:] == (side, side)
+    assert labels["vae_decoder"] == labels["vae_encoder"] == f"proxy {side}x{side} latent (same Cell exported at that size)"
     assert labels["transformer"] == "proxy 16x16 latent (same Cell exported at that size)"
