@@ -53,7 +53,7 @@ def _precision_modes(values: tuple[str, ...]) -> dict:
               help="auto: run each graph at its exported shapes where that fits the memory budget (1.3 x the "
               "largest graph's weights + 1 GiB), else through a proxy. full: always at the exported shapes. proxy: "
               "check the graph's interface and stored weights byte for byte, and run the same Cell exported at a "
-              "16x16 latent (VAE: 8x8) and/or cut to its first blocks. Every graph ships a golden pair at its real shape "
+              "16x16 latent (VAE: 4x4) and/or cut to its first blocks. Every graph ships a golden pair at its real shape "
               "(`pixart-ms validate`), except a VAE graph whose eager decode there exceeds the budget (auto).")
 @click.option("--split-threshold", type=int, default=None, hidden=True,
               help="Bytes above which MindSpore splits weights out (testing; MindSpore's is 1 GiB).")

@@ -7,7 +7,7 @@ Phases (``results``), each timed with its own peak RSS in the manifest and one p
    and its variables are written tensor by tensor from the converted weights file. The graph's declared inputs and
    parameter dtypes are checked against the spec and the registry's keep_fp32. Each graph's validation is
    planned: ``full`` (the artifact reloaded and run at its real shapes) when the estimate of that run fits the
-   memory budget (``budget``), else ``proxy``: the same Cell written at a 16x16 latent (VAE 8x8) and/or cut to its first
+   memory budget (``budget``), else ``proxy``: the same Cell written at a 16x16 latent (VAE 4x4) and/or cut to its first
    ``PROXY_LAYERS`` blocks, run at the cost it fits in. ``--validation full|proxy`` forces either.
 2. **torch reference** (fp32): from the source through the key map when three fp32 copies fit the budget, else
    the torch class holding the converted weights assigned one tensor at a time, else skipped (said in the
@@ -88,7 +88,7 @@ def fp16_finite(component: str, folder: Path, spec, mode: str = "auto") -> tuple
     """Run the fp16 eager network on every graph's real-shape inputs: the VAE is exported in fp16 only if all of
     its outputs are finite. Where that eager run exceeds the component's budget (the VAE at 1024^2: GiBs of feature
     maps, and MindSpore's CPU Conv2D at about 100x torch's time) and ``mode`` is not ``full``, the graph's proxy
-    inputs (an 8x8 latent) are checked instead, and the reason says so."""
+    inputs (a 4x4 latent) are checked instead, and the reason says so."""
     import numpy as np
 
     from mindspore_nets.layers import query_blocks
