@@ -124,3 +124,49 @@ def test_budget_is_capped_by_the_host(monkeypatch):
     assert not budget.fits(int(0.6 * 2**30) + budget.TORCH_BASE, budget.torch_lean_bytes(t5_fp32, 2**28),
                            budget.budget(t5_fp32))
     assert budget.budget(2 * 2**30) == int(1.3 * 2 * 2**30 + 2**30)
+
+
+def test_vae_views_load_their_own_half(tiny_pipeline):
+    """The decoder's eager network and torch reference hold the decoder's weights only (the VAE's Cell wraps the
+    whole AutoencoderKL); the decoder run equals the fully loaded network's, and the budget counts that half."""
+    import numpy as np
+
+    from mindir_export import lean
+    from mindir_export.plan import component_weight_bytes
+    from mindspore_nets.loading import load_network, run_cell
+    from pixart_core import registry
+    from pixart_core.manifests import read_manifest
+
+    _, converted, _ = tiny_pipeline
+    folder = converted / "vae"
+    net, cell = lean.load_network("vae_decoder", folder, "fp32")
+    halves = {"decoder": [], "encoder": []}
+    for name, param in net.parameters_and_names():
+        half = "encoder" if name.startswith(("encoder.", "quant_conv.")) else "decoder"
+        halves[half].append(param.has_init)
+    assert halves["encoder"] and all(halves["encoder"])  # declared, never loaded
+    assert halves["decoder"] and not any(halves["decoder"])
+    latent = np.random.default_rng(0).standard_normal((1, 4, 4, 4)).astype(np.float32)
+    whole = run_cell(registry.view("vae_decoder").cell(load_network("vae_decoder", folder, "fp32")), [latent])
+    assert np.array_equal(run_cell(cell, [latent]), whole)
+    rows = read_manifest(folder, "converted")["tensors"]
+    decoder_bytes = sum(4 * int(np.prod(r["shape"])) for r in rows
+                        if r["name"].startswith(("decoder.", "post_quant_conv.")) and not r.get("extra"))
+    assert component_weight_bytes(folder, "vae_decoder", "fp32") == decoder_bytes
+    total = sum(4 * int(np.prod(r["shape"])) for r in rows if not r.get("extra"))
+    assert component_weight_bytes(folder, "vae_encoder", "fp32") == total - decoder_bytes
+
+
+def test_torch_reference_child_imports_no_mindspore(tiny_pipeline):
+    """The torch reference child builds the VAE decoder's reference without importing MindSpore (it kept 0.3 GiB
+    more beside the export process), holding the decoder's tensors only."""
+    _, converted, _ = tiny_pipeline
+    code = ("import sys; from pathlib import Path; from mindir_export.lean import torch_reference; "
+            "from converters.references import torch_forward; import mindir_export.torch_worker; "
+            f"m = torch_reference('vae_decoder', Path({str(converted / 'vae')!r})); "
+            "meta = sorted({n.split('.')[0] for n, p in m.named_parameters() if p.is_meta}); "
+            "real = sorted({n.split('.')[0] for n, p in m.named_parameters() if not p.is_meta}); "
+            "print('mindspore' in sys.modules, meta, real)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[-2] == "False ['encoder', 'quant_conv'] ['decoder', 'post_quant_conv']"
