@@ -133,8 +133,15 @@ NOTES = """
   float64 decode puts our error at 3.41e-6 and torch fp32's own at 1.45e-6. Whole process tree 9.04 GiB (torch's
   fp32 decode in its child, then ours). torch's float64 decode at this size passed 14 GiB and was not run. The
   plain ops of the exported graphs (MindSpore's CPU Conv2D) took 62 s compiled and 101 s in PYNATIVE at 64^2 on a
-  loaded host (torch 0.7 s): about 90-150x torch, so an exported VAE graph is checked on this CPU only at its
-  16x16-latent proxy.
+  loaded host (torch 0.7 s): about 90-150x torch, so an exported VAE graph is checked on this CPU only at a
+  small-latent proxy (4x4 since d4bc25a).
+- Which op drifts (`python benchmarks/vae_op_drift.py`, 64^2, 27 Nov 2026; benchmarks/results/vae_op_drift.md):
+  the 3x3 convolutions. Injected alone into an otherwise float64 decode they give 6.79e-6 (plain) and 3.34e-6
+  (fast) against torch fp32's 1.48e-6: about 93% / 83% of the extra error variance. One at a time they drift
+  4.9x (plain, growing with Cin x 9: 1.0x at Cin 4, 4.9x at 512) and 2.3x (fast: the im2col MatMul) torch's own;
+  MindSpore's CPU MatMul alone is 5.5e-7 against torch's 2.6e-7 for K = 1152..4608. SiLU (ops.silu 4x torch's
+  local error) adds about 0.9e-6 in quadrature; GroupNorm statistics (1.1-1.3x), the mid-block attention (1.2x),
+  the 1x1 convs and the nearest upsample (bit-exact) do not matter.
 """
 
 
