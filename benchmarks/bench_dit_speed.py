@@ -170,9 +170,10 @@ def forward_runs(layers: int, rows: int) -> dict:
     return out
 
 
-GEMM_NOTE = ("MindSpore's CPU MatMul itself, not its threading, sets the linears' ratio: on the feed-forward's "
-             "product (8192 x 1152 @ 1152 x 4608, 27 Nov 2026, quiet host) ops.MatMul took 0.81-0.86 s and torch "
-             "0.50-0.51 s, both using both cores (CPU time / wall 1.99 and 1.96).")
+GEMM_NOTE = ("MindSpore's CPU MatMul runs at torch's speed when PYNATIVE launches synchronously: on the feed-forward's"
+             ' product (8192 x 1152 @ 1152 x 4608, 27 Nov 2026, quiet host) ops.MatMul took 0.49-0.51 s synchronous, '
+             '0.77-0.84 s with the default asynchronous pipeline (its queue threads spin on the 2 cores), torch '
+             '0.51-0.57 s. Parity, export and these benchmarks launch synchronously (`layers.synchronous_launch`).')
 
 
 def render(results: dict) -> str:
@@ -205,7 +206,10 @@ def main() -> None:
     args = parser.parse_args()
     import mindspore as ms
 
+    from mindspore_nets.layers import synchronous_launch
+
     ms.set_context(mode=ms.PYNATIVE_MODE)
+    synchronous_launch()  # as parity and export run PYNATIVE
     results = {"date": time.strftime("%Y-%m-%d"), "machine": machine(REPO, False),
                "forward": forward_runs(args.layers, args.rows), "ops": op_table(args.rows)}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -79,12 +79,13 @@ def bench(latent: int, modes: list[str], fp64: bool = True) -> dict:
     import mindspore as ms
 
     from mindspore_nets.config import VAEConfig
-    from mindspore_nets.layers import fast_kernels, query_blocks
+    from mindspore_nets.layers import fast_kernels, query_blocks, synchronous_launch
     from parity.harness import QUERY_ROWS
     from mindspore_nets.loading import load_into
     from mindspore_nets.vae import AutoencoderKL
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
+    synchronous_launch()  # as parity and export run PYNATIVE
     refs = torch_references(latent, fp64)
     ref32, ref64, torch_s = refs["ref32"], refs["ref64"], [float(refs["torch_s"])]
     state = {k[len("state/"):]: v for k, v in refs.items() if k.startswith("state/")}

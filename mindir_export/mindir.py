@@ -47,6 +47,10 @@ def execution_mode(graph: bool):
 
     previous = ms.get_context("mode")
     ms.set_context(mode=ms.GRAPH_MODE if graph else ms.PYNATIVE_MODE)
+    if not graph:
+        from mindspore_nets.layers import synchronous_launch
+
+        synchronous_launch()  # the asynchronous PYNATIVE pipeline spins on this CPU's cores
     try:
         yield
     finally:

@@ -214,6 +214,15 @@ def fast_kernels_on() -> bool:
     return _FAST_KERNELS
 
 
+def synchronous_launch() -> None:
+    """Launch PYNATIVE ops synchronously, for the rest of the process (``mindspore.runtime.launch_blocking``; it
+    cannot be undone). On this 2-core CPU the asynchronous pipeline's queue threads spin beside the kernels and take
+    their cores: the DiT's feed-forward MatMul (8192 x 1152 @ 1152 x 4608) ran 0.77-0.84 s asynchronous and 0.49-0.51 s
+    synchronous (torch 0.51-0.57 s); the SDXL VAE decode at 256^2 15 s and 9.3-9.8 s (torch 3.7 s). The outputs are the
+    same kernels' (research/s20/vae_op_time.md)."""
+    ms.runtime.launch_blocking()
+
+
 def conv_unfold(x, weight, bias, stride: int, pad: tuple, band_bytes: int = CONV_BAND_BYTES):
     """NCHW convolution (groups 1) as ``W (Cout, Cin*k*k) @ im2col(x)``, over bands of output rows so that one
     column buffer stays under ``band_bytes``. The matmul accumulates each output in one dot product (blocked), the

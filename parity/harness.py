@@ -139,7 +139,7 @@ def run_parity(src, out, components=None, dtype: str = "fp32", tolerance: float 
     GELU), as close to float64 as the plain ones and several times faster (benchmarks/bench_vae_speed.py)."""
     import contextlib
 
-    from mindspore_nets.layers import fast_kernels, query_blocks
+    from mindspore_nets.layers import fast_kernels, query_blocks, synchronous_launch
 
     from .cases import build_cases
     from .stages import stages_of
@@ -151,6 +151,7 @@ def run_parity(src, out, components=None, dtype: str = "fp32", tolerance: float 
     from mindspore_nets.loading import load_network
 
     ms.set_context(mode=ms.PYNATIVE_MODE)  # hooks see every cell call only in PYNATIVE mode
+    synchronous_launch()
     found = components_of(out, components)
     if tolerance is None:
         chosen, notes = tolerance_dtypes(found, dtype)
