@@ -84,11 +84,12 @@ def run_case(name: str, work: Path) -> dict:
 NOTES = """
 Notes (27 Nov 2026):
 
-- The XL/2 1024x1024 row was measured at 9633c35 (fast kernels: fused LayerNorm, sigmoid-form GELU,
-  MatMul(transpose_b) linears; attention's probs @ v through BatchMatMul) on a host running two other heavy jobs:
-  MindSpore/torch 2.15 (was 2.77 at fe69796 with the plain ops), peak 2.74 GiB (was 3.39: glibc's mmap threshold
-  pinned for streamed runs). `bench_dit_speed.py` gives the per-op picture: the attention core (no fused CPU kernel
-  in MindSpore; its BatchMatMul for q @ k^T alone takes about torch's whole fused SDPA) is about half of a block.
+- The XL/2 1024x1024 row was measured at 46fba85 on a quiet host: PYNATIVE ops launch synchronously
+  (`layers.synchronous_launch`; MindSpore's asynchronous pipeline kept its queue threads spinning on the 2 cores):
+  MindSpore/torch **1.57**, 547 s wall (at 9633c35, asynchronous, on a host running two other heavy jobs: 2.15 and
+  1868 s; 2.77 at fe69796 with the plain ops), peak 2.75 GiB. `bench_dit_speed.py` gives the per-op picture: the
+  linears now run at 0.9-1.1x torch, the self-attention core (no fused CPU kernel in MindSpore) at 1.5x; per block
+  MindSpore takes 5.9 s against torch's 3.8 s, of which the timed ops account for 3.5 s against 3.1 s.
 - T5-XXL peak over the stops: 4.82 GiB (whole embedding kept), 3.90, 3.86 (one compiled graph per block structure),
   then 3.78 GiB on a loaded host after fresh block cells stopped drawing on MindSpore's pool; then 3.41 GiB (5fe4e04,
   the torch blocks cast the bf16 source in torch) and 3.42 GiB (a192178, reverted), 27 MB over the 3.39 GiB budget.
