@@ -121,6 +121,7 @@ def stored_weight_problems(path: Path, folder: Path, view: str, names: dict[str,
     import mindspore as ms
 
     from .reload import scan_graph
+    from .validate import same_bytes
 
     path = Path(path)
     model, table = scan_graph(path)
@@ -136,8 +137,7 @@ def stored_weight_problems(path: Path, folder: Path, view: str, names: dict[str,
             want = ms.Tensor(source).astype(dtypes.ms_dtype(declared[name])).asnumpy()
             if stored.where not in handles:
                 handles[stored.where] = open(stored.where, "rb")
-            handles[stored.where].seek(stored.offset)
-            if handles[stored.where].read(stored.length) != want.tobytes():
+            if not same_bytes(handles[stored.where], stored.offset, stored.length, want.reshape(-1).view(np.uint8)):
                 problems.append(f"{path.name}: {name} differs from the source's weights cast by MindSpore")
             del source, want
     finally:

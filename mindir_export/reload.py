@@ -2,7 +2,8 @@
 
 ``mindspore.load`` of a split graph reads every ``data_N`` file whole and then copies each parameter out of it:
 weights + file bytes (twice the weights; T5-XXL fp16 was killed at 19 GiB); an inline graph costs the file's bytes,
-the parsed message and the GraphCell's copy (the SDXL VAE decoder's proxy check peaked 0.8 GiB over its 189 MiB).
+the parsed message and the GraphCell's copy (the SDXL VAE decoder's eager phase, whose stored-weights check read it
+that way, peaked at 1.30 GiB; 0.96 GiB read field by field).
 Here it loads a *stand-in*: the same graph proto (read field by field, ``scan_graph``, an inline graph's
 ``raw_data`` left on disk) with every parameter's ``external_data`` pointed at one sparse zero region as large as
 the largest parameter; each ``GraphCell`` parameter is then ``set_data`` from the artifact's own bytes, one at a

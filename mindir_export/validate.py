@@ -119,7 +119,7 @@ def weight_problems(path: Path, cell) -> tuple[int, list[str]]:
             values = np.ascontiguousarray(params[name].asnumpy()).reshape(-1).view(np.uint8)
             if stored.where not in handles:
                 handles[stored.where] = open(stored.where, "rb")
-            if not _same_bytes(handles[stored.where], stored.offset, stored.length, values):
+            if not same_bytes(handles[stored.where], stored.offset, stored.length, values):
                 problems.append(f"{path.name}: {name} differs from the network's weights")
             del values
     finally:
@@ -128,7 +128,7 @@ def weight_problems(path: Path, cell) -> tuple[int, list[str]]:
     return len(table), problems
 
 
-def _same_bytes(handle, offset: int, length: int, values: np.ndarray, chunk: int = 64 * 2**20) -> bool:
+def same_bytes(handle, offset: int, length: int, values: np.ndarray, chunk: int = 64 * 2**20) -> bool:
     if length != values.nbytes:
         return False
     handle.seek(offset)

@@ -240,6 +240,24 @@ def test_blockwise_eager_when_the_network_does_not_fit(tiny_pipeline, tmp_path, 
     assert graph["validation"][0]["vs_eager"]["ok"] and "unavailable" in graph["validation"][0]["vs_torch"]
     result = run(validate_command, out, "--backend", "mindspore", "--budget-gib", "8")
     assert result.exit_code == 0 and "1 graph(s) matched" in result.stdout
+    # one changed byte inside an inline graph's raw_data (found by scan_graph) is caught by both weight checks
+    from mindir_export.validate import weight_problems
+
+    path = out / graph["file"]
+    assert not graph["split"]
+    _, table = reload.scan_graph(path)
+    name, stored = max(table.items(), key=lambda item: item[1].length)
+    raw = bytearray(path.read_bytes())
+    raw[stored.offset + stored.length // 2] ^= 0xFF
+    path.chmod(0o600)
+    path.write_bytes(bytes(raw))
+    names = lean.parameter_names(lean.skeleton("text_encoder", folder, "fp32")[0])
+    count, problems = blockwise.stored_weight_problems(path, folder, "text_encoder", names)
+    assert count == len(table) and problems == [f"{path.name}: {name} differs from the source's weights cast by "
+                                                "MindSpore"]
+    count, problems = weight_problems(path, registry.view("text_encoder").cell(load_network("text_encoder", folder,
+                                                                                          "fp32")))
+    assert problems == [f"{path.name}: {name} differs from the network's weights"]
 
 
 def test_vae_golden_pair_skipped_when_its_eager_run_does_not_fit(tiny_pipeline, tmp_path, monkeypatch):
