@@ -139,19 +139,26 @@ Measured beside the table (same host, 27 Nov 2026, branch issue8):
   rel L2 1.30e-6), stored weights vs MindSpore's cast of the source 86 s, 2-block proxy GraphCell 19 s at 4.24 GiB
   (vs eager 0.0). Before the 60% cap the export planned the whole 17.7 GiB fp32 torch model in its child (the rule
   allowed it) and the benchmark's 8 GiB watchdog killed it.
-- VAE at 1024x1024, fp32 (decoder 189 MiB, encoder 131 MiB; rule 1.24 GiB), at 6aacd8b, 27 Nov 2026: **1.73 GiB,
-  over the rule by 0.49 GiB**, 243 s. Neither graph has a golden pair: the eager decode at the real shape is
-  estimated at 18.7 GiB (`golden_skipped`). 8x8-latent proxies: decoder torch reference 9 s (child), eager 96 s
-  (MindSpore's CPU Conv2D: plain ops as exported) at 1.30 GiB, proxy GraphCell 67 s at 1.38 GiB, vs torch 3.50e-6;
-  encoder eager 30 s at 1.24 GiB, GraphCell 15 s, vs torch 3.46e-6. The tree peak adds the encoder's torch child
-  (about 0.65 GiB) to the 1.08 GiB the decoder's phases left in MindSpore's pool. Before (116b5fb, 16x16-latent
-  proxies): 3.13 GiB, 1463 s; decoder eager 654 s, GraphCell 375 s at 3.11 GiB; that run's summary crashed on the
-  missing golden pair (fixed).
-- VAE at 1024x1024, fp16 (decoder 94 MiB; rule 1.12 GiB), at 6aacd8b, 27 Nov 2026: **1.83 GiB, over the rule**,
-  194 s. The fp16 NaN check ran on the 8x8-latent proxies (55 s and 25 s; the real-shape fp16 decode is estimated at
-  18.8 GiB), which left about 1 GiB in MindSpore's pool, so neither torch reference fit the 1.20 GiB budget; proxy
-  eager 35 s, GraphCell 35 s (vs eager 0.0); the export process's per-phase VmHWM reads 1.87 and 1.79 GiB there,
-  a little above the sampled and `time -v` peak of the table.
+- VAE at 1024x1024, fp32 (decoder 189 MiB, encoder 131 MiB; rule 1.24 GiB), at d4bc25a, 27 Nov 2026: **1.15 GiB,
+  within the rule**, 81 s (sampled tree 1.16 GiB). Neither graph has a golden pair: the eager decode at the real
+  shape is estimated at 18.7 GiB (`golden_skipped`). 4x4-latent proxies vs eager 0.0 and vs torch 4.0e-6 (decoder)
+  and 3.0e-6 (encoder). Phases (VmHWM of the export process): decoder trace + write 0.90 GiB, eager 24 s at 0.75,
+  reload + run 16 s at 0.88; encoder at most 0.93; the tree peak is the encoder's torch child (about 0.55 GiB)
+  beside the export's 0.59 GiB. What changed since 1.73 GiB (6aacd8b):
+  - the eager network, the budget and the torch reference count and load only the view's half of the VAE
+    (`View.parameters`; the decoder's Cell holds the whole `AutoencoderKL`, so 320 MiB were loaded for 189);
+  - the torch child no longer imports MindSpore (its weights-file lookup did): the VAE child 1.07 -> 0.75 GiB;
+  - the stored-weights check and the reload read an inline graph field by field (`reload.scan_graph`) instead of
+    holding the file's bytes and a parsed copy (decoder eager phase 1.30 -> 0.96 GiB at 8x8);
+  - proxies at a 4x4 latent: MindSpore's GRAPH run of the decoder's proxy added 0.55 GiB (32 s) at 8x8, 0.15 GiB
+    (8 s) at 4x4, 0.05 GiB at 2x2 (research/s20/reload_probe.py).
+- VAE at 1024x1024, fp16 (decoder 94 MiB; rule 1.12 GiB), at d4bc25a, 27 Nov 2026: **1.25 GiB, over the rule by
+  0.13 GiB** (was 1.83), 69 s. The fp16 NaN check ran on the 4x4-latent proxies. The fp16 eager reference runs the
+  Cell compiled in GRAPH mode (MindSpore's CPU fp16 kernels round differently in PYNATIVE); that run of the fp16
+  decoder at a 4x4 latent takes +0.46 GiB and keeps 0.39 GiB in MindSpore's pool after the network is freed
+  (PYNATIVE: +0.07, nothing kept; `memory_optimize_level` O0 and O1 alike; research/s20/fp16_probe.py). Phases:
+  decoder eager 1.08 GiB (0.58 -> 0.87 GiB resident after it), reload + run 1.12 GiB, encoder up to 1.10 GiB; the
+  encoder's torch reference did not fit the budget beside that pool.
 - XL/2 1024x1024 fp16 (1.14 GiB; rule 2.48 GiB), at 06e89f8, 27 Nov 2026: **2.28 GiB** (2.0x the weights), within the
   rule. Phases (per-phase VmHWM of the export process; the tree adds the torch child while it runs): trace + write
   14 s at 0.99 GiB; torch reference streamed in its child 181 s (eager vs torch 2.8e-3, fp16 tolerance 5e-3);
@@ -162,6 +169,10 @@ Measured beside the table (same host, 27 Nov 2026, branch issue8):
   ~2 GiB), 2.91 GiB at 01c4f00. The eager and the torch child take the CFG pair a sample at a time (one XL/2 block
   at 1024^2 in PYNATIVE: MindSpore's CPU pool kept 1.95 GiB over the start for the pair, 0.80 GiB for one sample;
   research/s18/block_mem.py; outputs bitwise equal).
+- XL/2 1024x1024 fp32 (2.28 GiB; rule 3.96 GiB), at 1feac4d, 27 Nov 2026 (CI running beside it): **2.18 GiB**, 566 s:
+  trace + write 16 s at 1.19 GiB, torch reference streamed in its child 192 s, eager block by block 351 s at 1.95 GiB
+  (PYNATIVE launched synchronously; eager vs torch 9.26e-7), proxy reload + run 2 s at 2.18 GiB (vs eager 3.0e-7).
+  The torch child no longer imports MindSpore; the table's row. Before:
 - XL/2 1024x1024 fp32 (2.28 GiB; rule 3.96 GiB), main at eb94364, 27 Nov 2026: trace + write 14 s at 1.20 GiB
   (below the weights: nothing materialised), torch reference streamed block by block in its child 203 s (the
   whole-process tree, child included, stays under 2.8 GiB), eager MindSpore block by block with 256-row attention
