@@ -75,14 +75,25 @@ def torch_references(latent: int, fp64: bool) -> dict:
             return {k: data[k] for k in data.files}
 
 
+def ms_vae(config: dict, state: dict, fast: bool):
+    """Our MindSpore VAE holding ``state`` (diffusers' names), built with the plain or the fast CPU kernels."""
+    from mindspore_nets.config import VAEConfig
+    from mindspore_nets.layers import fast_kernels
+    from mindspore_nets.loading import load_into
+    from mindspore_nets.vae import AutoencoderKL
+
+    with fast_kernels(fast):
+        net = AutoencoderKL(VAEConfig.from_dict(config))
+    load_into(net, state)
+    net.set_train(False)
+    return net
+
+
 def bench(latent: int, modes: list[str], fp64: bool = True) -> dict:
     import mindspore as ms
 
-    from mindspore_nets.config import VAEConfig
-    from mindspore_nets.layers import fast_kernels, query_blocks, synchronous_launch
+    from mindspore_nets.layers import query_blocks, synchronous_launch
     from parity.harness import QUERY_ROWS
-    from mindspore_nets.loading import load_into
-    from mindspore_nets.vae import AutoencoderKL
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
     synchronous_launch()  # as parity and export run PYNATIVE
@@ -98,11 +109,7 @@ def bench(latent: int, modes: list[str], fp64: bool = True) -> dict:
     out = {"latent": latent, "pixels": latent * 8, "torch_fp32_vs_fp64": vs64(ref32), "runs": {}}
     for mode in modes:
         kernels, execution = mode.split(":")
-        with fast_kernels(kernels == "fast"):
-            net = AutoencoderKL(VAEConfig.from_dict(config))
-        load_into(net, state)
-        net.set_train(False)
-        cell = net.decoder_cell()
+        cell = ms_vae(config, state, kernels == "fast").decoder_cell()
         jitted = ms.jit(cell.construct) if execution == "jit" else cell
 
         def fn(x, run=jitted):  # the mid-block attention in query slices, as parity runs it (16384 tokens at 1024^2)
@@ -120,7 +127,7 @@ def bench(latent: int, modes: list[str], fp64: bool = True) -> dict:
         out["runs"][mode] = {"first_s": first, "second_s": second, "vs_torch_fp32": rel_l2(y, ref32),
                              "vs_fp64": vs64(y)}
         print(latent, mode, out["runs"][mode], flush=True)
-        del fn, jitted, cell, net
+        del fn, jitted, cell
         gc.collect()
     out["torch_s"] = min(torch_s)
     for run in out["runs"].values():

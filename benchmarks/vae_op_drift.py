@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench_vae_speed import SDXL, latent_input  # noqa: E402  (the benchmark's config and latent)
+from bench_vae_speed import SDXL, latent_input, ms_vae  # noqa: E402  (the benchmark's config, latent, network)
 from mindspore_nets.metrics import rel_l2  # noqa: E402
 
 OUT_MD = REPO / "benchmarks" / "results" / "vae_op_drift.md"
@@ -121,24 +121,14 @@ log("torch fp32 e2e", e2e)
 import mindspore as ms  # noqa: E402
 from mindspore import ops  # noqa: E402
 
-from mindspore_nets.config import VAEConfig  # noqa: E402
-from mindspore_nets.layers import fast_kernels, query_blocks  # noqa: E402
-from mindspore_nets.loading import load_into  # noqa: E402
-from mindspore_nets.vae import AutoencoderKL, upsample_nearest2x  # noqa: E402
+from mindspore_nets.layers import query_blocks  # noqa: E402
+from mindspore_nets.vae import upsample_nearest2x  # noqa: E402
 from parity.harness import QUERY_ROWS  # noqa: E402
 
 ms.set_context(mode=ms.PYNATIVE_MODE)
 
 
-def build(fast: bool):  # as bench_vae_speed.bench does
-    with fast_kernels(fast):
-        net = AutoencoderKL(VAEConfig.from_dict(config))
-    load_into(net, state)
-    net.set_train(False)
-    return net
-
-
-nets = {"plain": build(False), "fast": build(True)}
+nets = {"plain": ms_vae(config, state, False), "fast": ms_vae(config, state, True)}
 cells = {k: dict(net.cells_and_names()) for k, net in nets.items()}
 t32_mods = dict(t32.named_modules())
 t64_mods = dict(t64.named_modules())

@@ -192,10 +192,9 @@ def planned_export_bytes(found: dict[str, Path], specs: list[ComponentSpec], out
 def component_weight_bytes(folder: Path, view: str, dtype: str) -> int:
     """The weight bytes a graph of ``view`` stores in ``dtype`` (the registry's keep_fp32 tensors in fp32), from the
     converted folder's manifest, counting the parameters the view uses (the VAE's decoder or encoder half)."""
-    import re
+    from .streaming import keep_fp32_patterns
 
-    keep = [re.compile(re.escape(n).replace(re.escape("{n}"), r"\d+") + "$")
-            for n in registry.component(registry.view(view).component).keep_fp32]
+    keep = keep_fp32_patterns(view)
     total = 0
     for row in read_manifest(folder, "converted")["tensors"]:
         if row.get("extra") or not registry.view(view).uses(row["name"]):
