@@ -133,6 +133,9 @@ Measured beside the table (same host, 27 Nov 2026, branch issue8):
   tokens: rel_l2 7.1e-4), eager MindSpore block by block 789 s, stored weights vs MindSpore's cast of the source
   171 s, 2-block proxy GraphCell 34 s (vs eager 0.0). The first attempt, with the whole eager network in PYNATIVE
   fp16, was killed at 22.5 GiB: MindSpore's CPU fp16 path keeps about an fp32 copy of the weights.
+- T5-XXL fp32 re-run at 239acdc, 27 Nov 2026 (CI running beside it): **4.23 GiB**, 439 s: trace + write 68 s at
+  0.93 GiB, torch child 116 s, eager block by block 210 s at 3.62 GiB (eager vs torch 1.30e-6), 2-block proxy
+  GraphCell 10 s at 4.23 GiB (vs eager 0.0); the table's row. Before:
 - T5-XXL fp32 (17.74 GiB written; rule 24.06 GiB, planned within 14.12 GiB = 60% of this host's RAM), at 116b5fb,
   27 Nov 2026: **4.24 GiB** (0.24x the weights), 565 s: trace + write 60 s at 0.93 GiB (17.74 GiB split), torch
   reference streamed in its child 113 s, eager block by block 208 s at 3.64 GiB (eager vs torch at 2 x 300 tokens:
