@@ -63,6 +63,7 @@ class Linear(nn.Cell):
         return y.reshape(shape[:-1] + (y.shape[-1],))
 
 
+_MATMUL = ops.MatMul()
 _MATMUL_NT = ops.MatMul(transpose_b=True)
 
 
@@ -131,7 +132,9 @@ _QUERY_BLOCK: int | None = None
 
 @contextlib.contextmanager
 def query_blocks(rows: int | None):
-    """Within the block, ``attention`` computes at most ``rows`` query rows at a time (None: all at once)."""
+    """Within the block, ``attention`` computes its scores in query slices no larger than ``rows`` rows of a square
+    attention over the same queries: ``rows`` query rows at a time against as many keys as queries, more rows when
+    the keys are fewer (a cross-attention to 300 caption tokens), never more scores (None: all at once)."""
     global _QUERY_BLOCK
     before, _QUERY_BLOCK = _QUERY_BLOCK, rows
     try:
@@ -147,11 +150,16 @@ def attention(q, k, v, bias=None, scale: float = 1.0):
     fp32 mask broadcastable to (B, heads, N, M): 0 keeps a key, a large negative number removes it. Each query row
     is independent, so slicing the rows (``query_blocks``) gives the same numbers with a smaller peak.
     """
-    rows = q.shape[-2]
-    if _QUERY_BLOCK is not None and rows > _QUERY_BLOCK:
+    rows, keys = q.shape[-2], k.shape[-2]
+    block = None if _QUERY_BLOCK is None else max(_QUERY_BLOCK, _QUERY_BLOCK * rows // max(keys, 1))
+    if block is not None and rows > block:
+        # heads split by reshape + swapaxes are strided views in PYNATIVE mode, and every slice's matmul would copy
+        # the whole k and v again: one copy up front (the XL/2's self-attention at 1024^2, 256-row slices: 1.9 s
+        # against 3.6 s a block, bitwise equal; research/s21/attn_view.py)
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         parts = []
-        for start in range(0, rows, _QUERY_BLOCK):
-            stop = min(start + _QUERY_BLOCK, rows)
+        for start in range(0, rows, block):
+            stop = min(start + block, rows)
             part_bias = bias
             if bias is not None and bias.shape[-2] == rows:
                 part_bias = bias[..., start:stop, :]
@@ -226,26 +234,37 @@ def synchronous_launch() -> None:
 def conv_unfold(x, weight, bias, stride: int, pad: tuple, band_bytes: int = CONV_BAND_BYTES):
     """NCHW convolution (groups 1) as ``W (Cout, Cin*k*k) @ im2col(x)``, over bands of output rows so that one
     column buffer stays under ``band_bytes``. The matmul accumulates each output in one dot product (blocked), the
-    same sums torch's CPU convolution makes."""
+    same sums torch's CPU convolution makes.
+
+    A band unfolds its own input rows plus the halo the kernel reaches, with ``ops.unfold``'s padding, and drops
+    the output rows that padding invented at a band's inner edges: no padded copy of the whole input (the SDXL
+    decoder's largest convolution, 128 x 1024^2: 4.97 s against 7.31 s with a separate ``ops.pad``, outputs
+    bitwise equal; research/s21/conv_band.py)."""
     b, cin, h, w = x.shape
     cout, _, k, _ = weight.shape
     top, bottom, left, right = pad
-    ho = (h + top + bottom - k) // stride + 1
-    wo = (w + left + right - k) // stride + 1
+    if top != bottom or left != right or top % stride:  # unfold pads symmetrically; bands start on a stride
+        x = ops.pad(x, (left, right, top, bottom))
+        h, w, top, left = h + top + bottom, w + left + right, 0, 0
+    ho = (h + 2 * top - k) // stride + 1
+    wo = (w + 2 * left - k) // stride + 1
     wmat = weight.reshape(cout, cin * k * k)
-    if k == 1 and stride == 1 and pad == (0, 0, 0, 0):
+    if k == 1 and stride == 1 and top == left == 0:
         y = ops.matmul(wmat, x.reshape(b, cin, h * w))
-    elif 4 * cin * k * k * ho * wo * b <= band_bytes and top == bottom and left == right:
-        y = ops.matmul(wmat, ops.unfold(x, k, padding=(top, left), stride=stride))
     else:
-        if top or bottom or left or right:
-            x = ops.pad(x, (left, right, top, bottom))
         rows = max(1, min(ho, band_bytes // (4 * cin * k * k * wo * b)))
         outs = []
         for r0 in range(0, ho, rows):
             r1 = min(ho, r0 + rows)
-            xb = x if (r0 == 0 and r1 == ho) else x[:, :, r0 * stride:(r1 - 1) * stride + k, :]
-            outs.append(ops.matmul(wmat, ops.unfold(xb, k, stride=stride)))
+            lo, hi = max(0, r0 * stride - top), min(h, (r1 - 1) * stride - top + k)
+            cols = ops.unfold(x if (lo, hi) == (0, h) else x[:, :, lo:hi, :], k, padding=(top, left), stride=stride)
+            # a batch of one is a plain 2-D product (MindSpore's batched matmul is slower on this CPU)
+            band = _MATMUL(wmat, cols.reshape(cin * k * k, -1)) if b == 1 else ops.matmul(wmat, cols)
+            band = band.reshape(b, cout, -1, wo)
+            first = (r0 * stride - lo) // stride  # rows made from padding above an inner band's first input row
+            if first or band.shape[2] != r1 - r0:
+                band = band[:, :, first:first + r1 - r0]
+            outs.append(band)
         y = outs[0] if len(outs) == 1 else ops.concat(outs, axis=2)
     y = y.reshape(b, cout, ho, wo)
     if bias is not None:

@@ -44,12 +44,23 @@ def test_unfold_convolution_matches_torch(k, stride, padding):
     assert rel_l2(plain(ms.Tensor(x)).asnumpy(), ref) < 1e-6
 
 
-def test_unfold_convolution_in_bands_equals_one_band():
-    x = ms.Tensor(RNG.standard_normal((1, 4, 17, 9)).astype(np.float32))
-    w = ms.Tensor(RNG.standard_normal((6, 4, 3, 3)).astype(np.float32))
-    whole = conv_unfold(x, w, None, 1, (1, 1, 1, 1)).asnumpy()
-    banded = conv_unfold(x, w, None, 1, (1, 1, 1, 1), band_bytes=4 * 4 * 9 * 9 * 3).asnumpy()  # 3 rows a band
+@pytest.mark.parametrize("batch, k, stride, pad", [(1, 3, 1, 1), (2, 3, 1, 1), (1, 5, 1, 2), (1, 4, 2, 2),
+                                                    (1, 3, 2, 1)])
+@pytest.mark.parametrize("rows", [1, 2, 3, 7])
+def test_unfold_convolution_in_bands_equals_one_band(batch, k, stride, pad, rows):
+    """Each band unfolds its rows plus the kernel's halo and drops the rows padding made at inner edges."""
+    x = RNG.standard_normal((batch, 4, 17, 9)).astype(np.float32)
+    w = RNG.standard_normal((6, 4, k, k)).astype(np.float32)
+    pads = (pad,) * 4
+    whole = conv_unfold(ms.Tensor(x), ms.Tensor(w), None, stride, pads).asnumpy()
+    wo = (9 + 2 * pad - k) // stride + 1
+    banded = conv_unfold(ms.Tensor(x), ms.Tensor(w), None, stride, pads,
+                         band_bytes=4 * batch * 4 * k * k * wo * rows).asnumpy()
     np.testing.assert_array_equal(whole, banded)
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x).double(), torch.from_numpy(w).double(), stride=stride,
+                                     padding=pad).numpy()
+    assert whole.shape == ref.shape
+    assert rel_l2(whole, ref) < 1e-6
 
 
 @pytest.mark.parametrize("shape", [(2, 64, 9, 7), (1, 64, 96, 96)])  # H*W up to 4096 in one level, and above

@@ -28,3 +28,30 @@ def test_query_blocks_match_one_shot(bias_kind, rows):
     assert layers._QUERY_BLOCK is None  # restored on exit
     assert sliced.shape == whole.shape
     assert _rel(sliced, whole) < 1e-6
+
+
+@pytest.mark.parametrize("keys, slice_rows", [(64, 8), (16, 32), (200, 8)])
+def test_slices_hold_no_more_scores_than_square_slices(monkeypatch, keys, slice_rows):
+    """8-row slices of 64 queries: 8 x 64 scores at most per slice, so 16 keys allow 32 rows at a time."""
+    rng = np.random.default_rng(1)
+    q = ms.Tensor(rng.standard_normal((1, 2, 64, 4)).astype(np.float32))
+    k, v = (ms.Tensor(rng.standard_normal((1, 2, keys, 4)).astype(np.float32)) for _ in range(2))
+    seen, inner = [], layers._attention_rows
+    monkeypatch.setattr(layers, "_attention_rows", lambda q, *a: seen.append(q.shape[-2]) or inner(q, *a))
+    whole = layers.attention(q, k, v, None, 0.5).asnumpy()
+    seen.clear()
+    with layers.query_blocks(8):
+        sliced = layers.attention(q, k, v, None, 0.5).asnumpy()
+    assert seen == [slice_rows] * (64 // slice_rows)
+    assert _rel(sliced, whole) < 1e-6
+
+
+def test_head_views_are_sliced_like_contiguous_heads():
+    """Heads split by reshape + swapaxes (strided views in PYNATIVE) give the same numbers, sliced or not."""
+    rng = np.random.default_rng(2)
+    q, k, v = (ms.Tensor(rng.standard_normal((2, 40, 3 * 8)).astype(np.float32)) for _ in range(3))
+    heads = [t.reshape(2, 40, 3, 8).swapaxes(1, 2) for t in (q, k, v)]
+    copies = [ms.Tensor(t.asnumpy()) for t in heads]
+    with layers.query_blocks(16):
+        sliced = layers.attention(*heads, None, 0.35).asnumpy()
+    np.testing.assert_array_equal(sliced, layers.attention(*copies, None, 0.35).asnumpy())
