@@ -173,7 +173,10 @@ def forward_runs(layers: int, rows: int) -> dict:
 GEMM_NOTE = ("MindSpore's CPU MatMul runs at torch's speed when PYNATIVE launches synchronously: on the feed-forward's"
              ' product (8192 x 1152 @ 1152 x 4608, 27 Nov 2026, quiet host) ops.MatMul took 0.49-0.51 s synchronous, '
              '0.77-0.84 s with the default asynchronous pipeline (its queue threads spin on the 2 cores), torch '
-             '0.51-0.57 s. Parity, export and these benchmarks launch synchronously (`layers.synchronous_launch`).')
+             '0.51-0.57 s. Parity, export and these benchmarks launch synchronously (`layers.synchronous_launch`). '
+             'The op table times attention on contiguous heads; in a block the heads are strided views of the '
+             'projections, and each query slice copied k and v again until attention made one copy up front '
+             '(c965143, 28 Nov 2026): the fast one-block forward went from 1.99x to 1.49x torch.')
 
 
 def render(results: dict) -> str:

@@ -82,9 +82,14 @@ def run_case(name: str, work: Path) -> dict:
 
 
 NOTES = """
-Notes (27 Nov 2026):
+Notes (28 Nov 2026):
 
-- The XL/2 1024x1024 row was measured at 46fba85 on a quiet host: PYNATIVE ops launch synchronously
+- The XL/2 1024x1024 row was measured at c965143 on a quiet host: MindSpore/torch **1.34** (152 / 113 s), 568 s wall,
+  peak 3.19 GiB. Attention copies strided head views once before its query slices (each slice's matmul had copied
+  the whole k and v again: 3.6 -> 1.9 s of self-attention a block, bitwise equal), and a cross-attention to 300
+  caption tokens takes as many query rows at a time as hold the score bytes of a square slice (no slicing at 512
+  rows: the peak's +0.44 GiB against the row below, within the 3.85 GiB budget).
+- Before that (27 Nov, 46fba85, quiet host): PYNATIVE ops launch synchronously
   (`layers.synchronous_launch`; MindSpore's asynchronous pipeline kept its queue threads spinning on the 2 cores):
   MindSpore/torch **1.57**, 547 s wall (at 9633c35, asynchronous, on a host running two other heavy jobs: 2.15 and
   1868 s; 2.77 at fe69796 with the plain ops), peak 2.75 GiB. `bench_dit_speed.py` gives the per-op picture: the

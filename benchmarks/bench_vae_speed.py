@@ -136,11 +136,14 @@ def bench(latent: int, modes: list[str], fp64: bool = True) -> dict:
 
 
 NOTES = """
-- 1024x1024 (latent 128), 27 Nov 2026, at 46fba85 on a quiet host, `--latent 128 --modes fast:pynative --no-fp64`:
-  one MindSpore decode 192 s against torch's 126 s (**1.52x**; PYNATIVE ops launch synchronously,
-  `layers.synchronous_launch`; at 3238c6a, asynchronous, 503 s against 148 s, 3.4x; the 64^2 and 512^2 rows are
-  from before the change), rel L2 3.68e-6 against torch fp32, the same as at 512^2, where the
-  float64 decode puts our error at 3.41e-6 and torch fp32's own at 1.45e-6. Whole process tree 10.1 GiB (torch's
+- 1024x1024 (latent 128), 28 Nov 2026, at c965143 on a quiet host, `--latent 128 --modes fast:pynative --no-fp64`:
+  one MindSpore decode 167 s against torch's 126 s (**1.32x**). The im2col convolution's bands unfold their own
+  rows plus the kernel's halo instead of padding the whole input first (the largest conv, 128 x 1024^2: 7.3 -> 5.0
+  s, bitwise equal), and the mid-block attention copies its strided head views once before slicing. At 46fba85:
+  192 s against 126 s (1.52x), PYNATIVE ops launching synchronously (`layers.synchronous_launch`); at 3238c6a,
+  asynchronous, 503 s against 148 s, 3.4x. The 64^2 and 512^2 rows are from before both changes. Rel L2 3.68e-6
+  against torch fp32 (unchanged), the same as at 512^2, where the float64 decode puts our error at 3.41e-6 and
+  torch fp32's own at 1.45e-6. Whole process tree 9.12 GiB (was 10.1; torch's
   fp32 decode in its child, then ours). torch's float64 decode at this size passed 14 GiB and was not run. The
   plain ops of the exported graphs (MindSpore's CPU Conv2D) took 62 s compiled and 101 s in PYNATIVE at 64^2 on a
   loaded host (torch 0.7 s): about 90-150x torch, so an exported VAE graph is checked on this CPU only at a
