@@ -141,9 +141,9 @@ def export_pipeline(out_dir, export_dir, log=print, **options) -> dict:
         spec = build_component(name, configs[name], dtype, opts.batch, opts.max_length, buckets, vae_scale,
                                opts.gears and name == "transformer", precision_mode=opts.precision_modes.get(name))
         if registry.view(name).fp16_needs_check and dtype == "fp16":
-            from .mindir import fp16_finite
+            from .fp16_worker import fp16_finite_in_child
 
-            ok, why = fp16_finite(name, found[name], spec, opts.validation)
+            ok, why = fp16_finite_in_child(name, found[name], spec, opts.validation)
             if not ok:
                 notes.append(f"{name}: fp16 refused ({why}); exported in fp32")
                 log(f"{name}: fp16 produced NaN/Inf ({why}); exporting in fp32")

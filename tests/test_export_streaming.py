@@ -292,10 +292,13 @@ def test_vae_fp16_check_on_proxy_inputs_when_the_real_shape_does_not_fit(tiny_pi
     budget, the proxy inputs are checked and the manifest's note says so (with ``--validation full``, the real
     shape whatever it costs)."""
     import mindir_export.budget as budget
+    import mindir_export.fp16_worker as fp16_worker
+    from mindir_export.mindir import fp16_finite
 
     _, converted, _ = tiny_pipeline
     monkeypatch.setattr(budget, "SMALL", 0)
     monkeypatch.setattr(budget, "budget", lambda weights: 1)
+    monkeypatch.setattr(fp16_worker, "fp16_finite_in_child", fp16_finite)  # in this process, where the budget is 1
     notes = {}
     for validation in ("auto", "full"):
         manifest = export_pipeline(converted, tmp_path / validation, log=lambda line: None,
@@ -304,6 +307,27 @@ def test_vae_fp16_check_on_proxy_inputs_when_the_real_shape_does_not_fit(tiny_pi
         (notes[validation],) = [n for n in manifest["notes"] if n.startswith("vae_decoder: fp16 NaN check passed")]
     assert "checked on smaller inputs: vae_decoder_1.0 (" in notes["auto"] and "> the budget" in notes["auto"]
     assert notes["full"].endswith("(finite in fp16 on the real-shape inputs)")
+
+
+def test_vae_fp16_check_runs_in_a_child_process(tiny_pipeline, tmp_path, monkeypatch):
+    """The check's fp16 decode runs in a child process (MindSpore's pool would keep its pages in the export's), and
+    gives the export the verdict the same check gives in this process."""
+    import mindir_export.fp16_worker as fp16_worker
+    import mindir_export.mindir as mindir
+
+    _, converted, _ = tiny_pipeline
+    here = mindir.fp16_finite
+
+    def notes(name):
+        manifest = export_pipeline(converted, tmp_path / name, log=lambda line: None, components=["vae_decoder"],
+                                   dtype="fp16")
+        return [n for n in manifest["notes"] if n.startswith("vae_decoder: fp16 NaN check")]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mindir, "fp16_finite", lambda *a, **k: pytest.fail("checked in the export process"))
+        in_child = notes("child")
+    monkeypatch.setattr(fp16_worker, "fp16_finite_in_child", here)
+    assert in_child == notes("here") and in_child[0].startswith("vae_decoder: fp16 NaN check passed (finite")
 
 
 def test_streamed_torch_reference_equals_whole(tiny_pipeline):
