@@ -155,13 +155,15 @@ Measured beside the table (same host, 27 Nov 2026, branch issue8):
     holding the file's bytes and a parsed copy (decoder eager phase 1.30 -> 0.96 GiB at 8x8);
   - proxies at a 4x4 latent: MindSpore's GRAPH run of the decoder's proxy added 0.55 GiB (32 s) at 8x8, 0.15 GiB
     (8 s) at 4x4, 0.05 GiB at 2x2 (research/s20/reload_probe.py).
-- VAE at 1024x1024, fp16 (decoder 94 MiB; rule 1.12 GiB), at d4bc25a, 27 Nov 2026: **1.25 GiB, over the rule by
-  0.13 GiB** (was 1.83), 69 s. The fp16 NaN check ran on the 4x4-latent proxies. The fp16 eager reference runs the
-  Cell compiled in GRAPH mode (MindSpore's CPU fp16 kernels round differently in PYNATIVE); that run of the fp16
-  decoder at a 4x4 latent takes +0.46 GiB and keeps 0.39 GiB in MindSpore's pool after the network is freed
-  (PYNATIVE: +0.07, nothing kept; `memory_optimize_level` O0 and O1 alike; research/s20/fp16_probe.py). Phases:
-  decoder eager 1.08 GiB (0.58 -> 0.87 GiB resident after it), reload + run 1.12 GiB, encoder up to 1.10 GiB; the
-  encoder's torch reference did not fit the budget beside that pool.
+- VAE at 1024x1024, fp16 (decoder 94 MiB; rule 1.12 GiB), at 0b4a9fe, 28 Nov 2026: **1.10 GiB, within the rule**
+  (was 1.25 at d4bc25a, 1.83 before), 72 s. The fp16 NaN check, which decodes the whole fp16 network before
+  anything is exported, now runs in a child process (`mindir_export/fp16_worker.py`): in the export process
+  MindSpore's pool had kept what that decode touched, and the decoder's torch child then ran beside a 0.62 GiB
+  parent (tree 1.25 GiB). Now the parent holds 0.48 GiB when the torch child runs. Phases (export process): decoder
+  trace + write 0.72 GiB, eager 1.01 GiB (the fp16 reference compiled in GRAPH mode keeps about 0.33 GiB in the pool
+  after it; MindSpore's CPU fp16 kernels round differently in PYNATIVE, research/s20/fp16_probe.py), reload + run
+  1.04 GiB; encoder up to 1.04 GiB. The encoder's fp32 torch reference still does not fit the budget beside that
+  pool (0.13 GiB on top of 1.07 GiB), so the encoder's fp16 graph is compared with the eager network only.
 - XL/2 1024x1024 fp16 (1.14 GiB; rule 2.48 GiB), at 06e89f8, 27 Nov 2026: **2.28 GiB** (2.0x the weights), within the
   rule. Phases (per-phase VmHWM of the export process; the tree adds the torch child while it runs): trace + write
   14 s at 0.99 GiB; torch reference streamed in its child 181 s (eager vs torch 2.8e-3, fp16 tolerance 5e-3);
