@@ -21,7 +21,11 @@ SUFFIX = ".golden.npz"
 OUTPUT = "output"
 
 
-def tolerance(dtype: str) -> float:
+def tolerance(dtype: str, fast: bool = False) -> float:
+    """``fast``: the pair came from the fast CPU kernels (im2col convolutions), not the graph's own ops: the fp32
+    parity tolerance (the SDXL decoder at 1024^2 is 3.7e-6 from torch fp32 with them)."""
+    if fast:
+        return TOLERANCES["fp32"]
     return EAGER_TOLERANCE if dtype == "fp32" else TOLERANCES["fp16"]
 
 
@@ -39,6 +43,6 @@ def load(path: Path, input_names: list[str]) -> tuple[list[np.ndarray], np.ndarr
         return [data[name] for name in input_names], data[OUTPUT]
 
 
-def entry(component: str, stem: str, specs, output_spec, reference: str, dtype: str) -> dict:
+def entry(component: str, stem: str, specs, output_spec, reference: str, dtype: str, fast: bool = False) -> dict:
     return {"file": f"{component}/{stem}{SUFFIX}", "inputs": [s.to_dict() for s in specs],
-            "output": output_spec.to_dict(), "reference": reference, "tolerance": tolerance(dtype)}
+            "output": output_spec.to_dict(), "reference": reference, "tolerance": tolerance(dtype, fast)}

@@ -251,15 +251,27 @@ class MindIRExporter:
     @staticmethod
     def plan_golden(spec, opts, result: GraphResult, weights: int, here: int, limit: int) -> None:
         """A proxy-validated graph whose eager network has no block-by-block runner (the VAE) keeps its real-shape
-        golden pair only when that eager run fits the budget; otherwise neither it nor the real-shape torch run is
-        computed, and the manifest says why (``golden_skipped``)."""
+        golden pair only when that eager run fits the budget: with the plain ops the graph has, or else (fp32) with
+        the fast CPU kernels (``golden_kernels``: the same function within the fp32 tolerance, im2col convolutions
+        at a fraction of the memory and time); otherwise neither it nor the real-shape torch run is computed, and the
+        manifest says why (``golden_skipped``)."""
         if opts.validation == "full" or blockwise.supported(spec.name):
             return
-        need = budget.eager_bytes(spec.name, spec.config, result.golden.case.inputs, weights, spec.out_dtype)
+        inputs = result.golden.case.inputs
+        need = budget.eager_bytes(spec.name, spec.config, inputs, weights, spec.out_dtype)
         if budget.fits(here, need, limit):
             return
+        fast = budget.fast_eager_bytes(spec.name, spec.config, inputs, weights) if spec.dtype == "fp32" else None
+        if fast is not None and budget.fits(here, fast, limit):
+            result.details["golden_kernels"] = (f"fast CPU kernels: the plain ops' eager run needs about "
+                                                f"{budget.gib(need)} > the budget {budget.gib(limit)}, these about "
+                                                f"{budget.gib(fast)}")
+            progress(f"{spec.name}/{result.stem}: golden pair with the fast CPU kernels (about {budget.gib(fast)})")
+            return
         result.golden = None
-        result.details["golden_skipped"] = (f"the eager network at the real shape needs about {budget.gib(need)} > "
+        how = "" if fast is None else " with the fast CPU kernels"
+        result.details["golden_skipped"] = (f"the eager network at the real shape needs about "
+                                            f"{budget.gib(need if fast is None else fast)}{how} > "
                                             f"the budget {budget.gib(limit)} (--validation full runs it anyway and "
                                             "stores the pair, on a host with that memory)")
         progress(f"{spec.name}/{result.stem}: no golden pair ({result.details['golden_skipped']})")
@@ -331,8 +343,10 @@ class MindIRExporter:
             result.files.append(target / f"{result.stem}{golden.SUFFIX}")
             result.details["golden"] = golden.entry(spec.name, result.stem, result.golden.case.inputs, out,
                                                     f"eager MindSpore network, PYNATIVE, {spec.dtype}"
-                                                    + (", block by block" if result.details.get("eager") else ""),
-                                                    spec.dtype)
+                                                    + (", block by block" if result.details.get("eager") else "")
+                                                    + (", fast CPU kernels (layers.fast_kernels)"
+                                                       if "golden_kernels" in result.details else ""),
+                                                    spec.dtype, "golden_kernels" in result.details)
         for result in results:
             for run in result.runs:
                 if run.case.num_layers is not None:  # the depth proxy's own network
@@ -360,12 +374,15 @@ class MindIRExporter:
     def eager_whole(self, spec, folder: Path, target: Path, results: list[GraphResult]) -> None:
         from . import validate
 
+        fast = [r for r in results if r.golden is not None and "golden_kernels" in r.details]
+        if fast:
+            self.fast_goldens(spec, folder, fast)
         net, cell = lean.load_network(spec.name, folder, spec.dtype)
         with query_blocks(QUERY_ROWS):
             for result in results:
                 watch = Stopwatch()
                 with dynamic_position_embedding(net, bool(result.graph.gears)):
-                    if result.golden is not None:
+                    if result.golden is not None and result not in fast:
                         with execution_mode(graph=False):
                             result.golden.pynative = run_cell(cell, result.golden.arrays)
                         result.details["eager_forward_seconds"] = watch.seconds()
@@ -379,6 +396,24 @@ class MindIRExporter:
                     result.problem(problem)
                 result.weights = {"stored": count, "identical_to_network": not problems}
                 progress(f"{spec.name}/{result.stem}: eager MindSpore {watch.seconds():.1f} s")
+        del cell, net
+        gc.collect()
+
+    @staticmethod
+    def fast_goldens(spec, folder: Path, results: list[GraphResult]) -> None:
+        """Golden outputs from the eager network built with the fast CPU kernels (loaded, run and freed before the
+        plain network is built: one copy of the weights at a time)."""
+        from mindspore_nets.layers import fast_kernels
+
+        with fast_kernels():
+            net, cell = lean.load_network(spec.name, folder, spec.dtype)
+        with query_blocks(QUERY_ROWS), execution_mode(graph=False):
+            for result in results:
+                watch = Stopwatch()
+                result.golden.pynative = run_cell(cell, result.golden.arrays)
+                result.details["eager_forward_seconds"] = watch.seconds()
+                progress(f"{spec.name}/{result.stem}: golden pair, eager MindSpore with the fast CPU kernels "
+                         f"{watch.seconds():.1f} s")
         del cell, net
         gc.collect()
 

@@ -287,6 +287,42 @@ def test_vae_golden_pair_skipped_when_its_eager_run_does_not_fit(tiny_pipeline, 
     assert "0 graph(s) matched their golden outputs; skipped: vae_decoder/vae_decoder_1.0" in result.stdout
 
 
+def test_vae_golden_pair_from_fast_kernels_when_only_they_fit(tiny_pipeline, tmp_path, monkeypatch):
+    """When the plain ops' eager decode at the real shape exceeds the budget but the fast CPU kernels' fits (the
+    SDXL decoder at 1024^2: 18.7 against about 8.6 GiB), the golden pair comes from the fast-kernel network, held to
+    the fp32 parity tolerance, and the shipped graph matches it at the real shape."""
+    import mindir_export.budget as budget
+    from mindir_export import golden
+    from mindspore_nets.layers import fast_kernels
+    from mindspore_nets.metrics import TOLERANCES, rel_l2
+
+    _, converted, _ = tiny_pipeline
+    monkeypatch.setattr(budget, "SMALL", 0)
+    monkeypatch.setattr(budget, "eager_bytes", lambda *args: 2**50)  # the plain ops never fit
+    monkeypatch.setattr(budget, "graph_run_bytes", lambda *args: 2**50)  # the graph is validated through its proxy
+    out = tmp_path / "vae"
+    manifest = export_pipeline(converted, out, log=lambda line: None, components=["vae_decoder"],
+                               budget_bytes=2**40, buckets="1.0")
+    (graph,) = manifest["components"]["vae_decoder"]["graphs"]
+    assert graph["validation_mode"] == "proxy" and graph["golden_kernels"].startswith("fast CPU kernels")
+    pair = graph["golden"]
+    assert pair["reference"].endswith("fast CPU kernels (layers.fast_kernels)")
+    assert pair["tolerance"] == TOLERANCES["fp32"] and pair["eager_vs_torch"]["ok"]
+    arrays, output = golden.load(out / pair["file"], [t["name"] for t in pair["inputs"]])
+    assert arrays[0].shape == tuple(graph["inputs"][0]["shape"])  # the real shape
+    net, cell = lean.load_network("vae_decoder", converted / "vae", "fp32")
+    with execution_mode(graph=False):
+        plain = run_cell(cell, arrays)
+        with fast_kernels():
+            fast = lean.load_network("vae_decoder", converted / "vae", "fp32")[1]
+        np.testing.assert_array_equal(run_cell(fast, arrays), output)
+    assert 0 < rel_l2(output, plain) < TOLERANCES["fp32"]
+    monkeypatch.undo()  # where the graph fits (here, tiny): validate runs it at the real shape against the pair
+    result = run(validate_command, out, "--backend", "mindspore")
+    assert result.exit_code == 0, result.output
+    assert "1 graph(s) matched their golden outputs" in result.stdout
+
+
 def test_vae_fp16_check_on_proxy_inputs_when_the_real_shape_does_not_fit(tiny_pipeline, tmp_path, monkeypatch):
     """The VAE goes fp16 only after its fp16 eager decode is finite; where that decode at the real shape exceeds the
     budget, the proxy inputs are checked and the manifest's note says so (with ``--validation full``, the real
