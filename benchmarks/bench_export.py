@@ -157,7 +157,7 @@ Measured beside the table (same host, 27 Nov 2026, branch issue8):
     (8 s) at 4x4, 0.05 GiB at 2x2 (research/s20/reload_probe.py).
 - VAE at 1024x1024, fp16 (decoder 94 MiB; rule 1.12 GiB), at 0b4a9fe, 28 Nov 2026: **1.10 GiB, within the rule**
   (was 1.25 at d4bc25a, 1.83 before), 72 s. The fp16 NaN check, which decodes the whole fp16 network before
-  anything is exported, now runs in a child process (`mindir_export/fp16_worker.py`): in the export process
+  anything is exported, now runs in a child process (`mindir_export/eager_worker.py`): in the export process
   MindSpore's pool had kept what that decode touched, and the decoder's torch child then ran beside a 0.62 GiB
   parent (tree 1.25 GiB). Now the parent holds 0.48 GiB when the torch child runs. Phases (export process): decoder
   trace + write 0.72 GiB, eager 1.01 GiB (the fp16 reference compiled in GRAPH mode keeps about 0.33 GiB in the pool

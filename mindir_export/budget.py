@@ -98,18 +98,20 @@ def eager_bytes(view: str, config: dict, inputs, weights: int, dtype: str) -> in
 # the SDXL decoder at 1024^2 took MindSpore's pool to 8.61 GiB from 0.58 GiB with the weights (0.39 GiB imports;
 # research/s21/vae_stage_mem.py), 16.1 bytes per pixel x 512 channels; the widest up block keeps it there
 FAST_VAE_BYTES_PER_PIXEL_CHANNEL = 17
+MINDSPORE_BASE = int(0.4 * GIB)  # a child process's interpreter and MindSpore (``eager_worker``; 0.39 GiB measured)
 
 
 def fast_eager_bytes(view: str, config: dict, inputs, weights: int) -> int | None:
     """Estimated peak of the fp32 VAE's eager network built with the fast CPU kernels at ``inputs``' shape (im2col
-    convolutions in bands: a fraction of the plain ops' feature maps, and minutes instead of hours at 1024^2); None
-    for the other views."""
+    convolutions in bands: a fraction of the plain ops' feature maps, and minutes instead of hours at 1024^2), run
+    in a child process of its own; None for the other views."""
     if view not in ("vae_decoder", "vae_encoder"):
         return None
     channels = config.get("block_out_channels", (128, 256, 512, 512))
     shape = inputs[0].shape
     pixels = shape[0] * shape[2] * shape[3] * ((2 ** (len(channels) - 1)) ** 2 if view == "vae_decoder" else 1)
-    return int(EAGER_EXTRA["float32"] * weights) + FAST_VAE_BYTES_PER_PIXEL_CHANNEL * pixels * max(channels)
+    return MINDSPORE_BASE + int(EAGER_EXTRA["float32"] * weights) + FAST_VAE_BYTES_PER_PIXEL_CHANNEL * pixels * max(
+        channels)
 
 
 def torch_source_bytes(fp32_weights: int) -> int:

@@ -141,7 +141,7 @@ def export_pipeline(out_dir, export_dir, log=print, **options) -> dict:
         spec = build_component(name, configs[name], dtype, opts.batch, opts.max_length, buckets, vae_scale,
                                opts.gears and name == "transformer", precision_mode=opts.precision_modes.get(name))
         if registry.view(name).fp16_needs_check and dtype == "fp16":
-            from .fp16_worker import fp16_finite_in_child
+            from .eager_worker import fp16_finite_in_child
 
             ok, why = fp16_finite_in_child(name, found[name], spec, opts.validation)
             if not ok:

@@ -123,6 +123,23 @@ def fp16_finite(component: str, folder: Path, spec, mode: str = "auto") -> tuple
     return True, "finite in fp16 on the real-shape inputs"
 
 
+def fast_golden_outputs(component: str, folder: Path, dtype: str, inputs: list[list], stems: list[str]) -> list:
+    """[(output, seconds)] of the eager network built with the fast CPU kernels (``layers.fast_kernels``: im2col
+    convolutions), PYNATIVE, attention in query blocks, for each input set."""
+    from mindspore_nets.layers import fast_kernels
+
+    with fast_kernels():
+        net, cell = lean.load_network(component, folder, dtype)
+    outputs = []
+    with query_blocks(QUERY_ROWS), execution_mode(graph=False):
+        for arrays, stem in zip(inputs, stems):
+            watch = Stopwatch()
+            outputs.append((run_cell(cell, arrays), watch.seconds()))
+            progress(f"{component}/{stem}: golden pair, eager MindSpore with the fast CPU kernels "
+                     f"{watch.seconds():.1f} s (in a child process)")
+    return outputs
+
+
 def all_runs(result: GraphResult) -> list[CaseRun]:
     """The validation runs and, when it is not one of them, the golden run."""
     runs = list(result.runs)
@@ -401,21 +418,15 @@ class MindIRExporter:
 
     @staticmethod
     def fast_goldens(spec, folder: Path, results: list[GraphResult]) -> None:
-        """Golden outputs from the eager network built with the fast CPU kernels (loaded, run and freed before the
-        plain network is built: one copy of the weights at a time)."""
-        from mindspore_nets.layers import fast_kernels
+        """Golden outputs from the eager network built with the fast CPU kernels, in a child process
+        (``eager_worker``: MindSpore's pool would keep the decode's GiBs here), before the plain network is built."""
+        from .eager_worker import in_child
 
-        with fast_kernels():
-            net, cell = lean.load_network(spec.name, folder, spec.dtype)
-        with query_blocks(QUERY_ROWS), execution_mode(graph=False):
-            for result in results:
-                watch = Stopwatch()
-                result.golden.pynative = run_cell(cell, result.golden.arrays)
-                result.details["eager_forward_seconds"] = watch.seconds()
-                progress(f"{spec.name}/{result.stem}: golden pair, eager MindSpore with the fast CPU kernels "
-                         f"{watch.seconds():.1f} s")
-        del cell, net
-        gc.collect()
+        outputs = in_child("fast_golden", spec.name, folder, spec.dtype, [r.golden.arrays for r in results],
+                           [r.stem for r in results])
+        for result, (output, seconds) in zip(results, outputs):
+            result.golden.pynative = output
+            result.details["eager_forward_seconds"] = seconds
 
     def eager_blockwise(self, spec, folder: Path, target: Path, results: list[GraphResult], need: int,
                         limit: int) -> None:

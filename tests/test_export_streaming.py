@@ -290,8 +290,10 @@ def test_vae_golden_pair_skipped_when_its_eager_run_does_not_fit(tiny_pipeline, 
 def test_vae_golden_pair_from_fast_kernels_when_only_they_fit(tiny_pipeline, tmp_path, monkeypatch):
     """When the plain ops' eager decode at the real shape exceeds the budget but the fast CPU kernels' fits (the
     SDXL decoder at 1024^2: 18.7 against about 8.6 GiB), the golden pair comes from the fast-kernel network, held to
-    the fp32 parity tolerance, and the shipped graph matches it at the real shape."""
+    the fp32 parity tolerance, and the shipped graph matches it at the real shape. The decode runs in a child process
+    (MindSpore's pool would keep its pages in the export's)."""
     import mindir_export.budget as budget
+    import mindir_export.mindir as mindir
     from mindir_export import golden
     from mindspore_nets.layers import fast_kernels
     from mindspore_nets.metrics import TOLERANCES, rel_l2
@@ -300,6 +302,7 @@ def test_vae_golden_pair_from_fast_kernels_when_only_they_fit(tiny_pipeline, tmp
     monkeypatch.setattr(budget, "SMALL", 0)
     monkeypatch.setattr(budget, "eager_bytes", lambda *args: 2**50)  # the plain ops never fit
     monkeypatch.setattr(budget, "graph_run_bytes", lambda *args: 2**50)  # the graph is validated through its proxy
+    monkeypatch.setattr(mindir, "fast_golden_outputs", lambda *a: pytest.fail("decoded in the export process"))
     out = tmp_path / "vae"
     manifest = export_pipeline(converted, out, log=lambda line: None, components=["vae_decoder"],
                                budget_bytes=2**40, buckets="1.0")
@@ -328,13 +331,13 @@ def test_vae_fp16_check_on_proxy_inputs_when_the_real_shape_does_not_fit(tiny_pi
     budget, the proxy inputs are checked and the manifest's note says so (with ``--validation full``, the real
     shape whatever it costs)."""
     import mindir_export.budget as budget
-    import mindir_export.fp16_worker as fp16_worker
+    import mindir_export.eager_worker as eager_worker
     from mindir_export.mindir import fp16_finite
 
     _, converted, _ = tiny_pipeline
     monkeypatch.setattr(budget, "SMALL", 0)
     monkeypatch.setattr(budget, "budget", lambda weights: 1)
-    monkeypatch.setattr(fp16_worker, "fp16_finite_in_child", fp16_finite)  # in this process, where the budget is 1
+    monkeypatch.setattr(eager_worker, "fp16_finite_in_child", fp16_finite)  # in this process, where the budget is 1
     notes = {}
     for validation in ("auto", "full"):
         manifest = export_pipeline(converted, tmp_path / validation, log=lambda line: None,
@@ -348,7 +351,7 @@ def test_vae_fp16_check_on_proxy_inputs_when_the_real_shape_does_not_fit(tiny_pi
 def test_vae_fp16_check_runs_in_a_child_process(tiny_pipeline, tmp_path, monkeypatch):
     """The check's fp16 decode runs in a child process (MindSpore's pool would keep its pages in the export's), and
     gives the export the verdict the same check gives in this process."""
-    import mindir_export.fp16_worker as fp16_worker
+    import mindir_export.eager_worker as eager_worker
     import mindir_export.mindir as mindir
 
     _, converted, _ = tiny_pipeline
@@ -362,7 +365,7 @@ def test_vae_fp16_check_runs_in_a_child_process(tiny_pipeline, tmp_path, monkeyp
     with monkeypatch.context() as patch:
         patch.setattr(mindir, "fp16_finite", lambda *a, **k: pytest.fail("checked in the export process"))
         in_child = notes("child")
-    monkeypatch.setattr(fp16_worker, "fp16_finite_in_child", here)
+    monkeypatch.setattr(eager_worker, "fp16_finite_in_child", here)
     assert in_child == notes("here") and in_child[0].startswith("vae_decoder: fp16 NaN check passed (finite")
 
 
