@@ -95,9 +95,10 @@ def eager_bytes(view: str, config: dict, inputs, weights: int, dtype: str) -> in
 
 
 # our fast-kernel VAE decode in PYNATIVE (``layers.fast_kernels``), bytes per pixel and channel of its widest level:
-# the SDXL decoder at 1024^2 took MindSpore's pool to 8.61 GiB from 0.58 GiB with the weights (0.39 GiB imports;
-# research/s21/vae_stage_mem.py), 16.1 bytes per pixel x 512 channels; the widest up block keeps it there
-FAST_VAE_BYTES_PER_PIXEL_CHANNEL = 17
+# the SDXL decoder at 1024^2 took MindSpore's pool to 6.62 GiB from 0.58 GiB with the weights (0.39 GiB imports;
+# research/s21/vae_stage_mem.py), 12.1 bytes per pixel x 512 channels (8.61 GiB before the convolution's bias
+# went on each band); the up blocks at 1024^2 keep it there
+FAST_VAE_BYTES_PER_PIXEL_CHANNEL = 13
 MINDSPORE_BASE = int(0.4 * GIB)  # a child process's interpreter and MindSpore (``eager_worker``; 0.39 GiB measured)
 
 

@@ -250,26 +250,30 @@ def conv_unfold(x, weight, bias, stride: int, pad: tuple, band_bytes: int = CONV
     wo = (w + 2 * left - k) // stride + 1
     wmat = weight.reshape(cout, cin * k * k)
     if k == 1 and stride == 1 and top == left == 0:
-        y = ops.matmul(wmat, x.reshape(b, cin, h * w))
-    else:
-        rows = max(1, min(ho, band_bytes // (4 * cin * k * k * wo * b)))
-        outs = []
-        for r0 in range(0, ho, rows):
-            r1 = min(ho, r0 + rows)
-            lo, hi = max(0, r0 * stride - top), min(h, (r1 - 1) * stride - top + k)
-            cols = ops.unfold(x if (lo, hi) == (0, h) else x[:, :, lo:hi, :], k, padding=(top, left), stride=stride)
-            # a batch of one is a plain 2-D product (MindSpore's batched matmul is slower on this CPU)
-            band = _MATMUL(wmat, cols.reshape(cin * k * k, -1)) if b == 1 else ops.matmul(wmat, cols)
-            band = band.reshape(b, cout, -1, wo)
-            first = (r0 * stride - lo) // stride  # rows made from padding above an inner band's first input row
-            if first or band.shape[2] != r1 - r0:
-                band = band[:, :, first:first + r1 - r0]
-            outs.append(band)
-        y = outs[0] if len(outs) == 1 else ops.concat(outs, axis=2)
-    y = y.reshape(b, cout, ho, wo)
-    if bias is not None:
-        y = ops.bias_add(y, bias)
-    return y
+        y = ops.matmul(wmat, x.reshape(b, cin, h * w)).reshape(b, cout, ho, wo)
+        return y if bias is None else ops.bias_add(y, bias)
+    # the bias goes on each band, and nothing but the bands outlives a band's step: at 1024^2 one 256-channel output
+    # is 1 GiB, and MindSpore's pool keeps whatever a convolution held at once (the SDXL decode at 1024^2 peaked at
+    # 8.61 GiB with the bias added to the concatenated output; research/s21/vae_stage_mem.py)
+    rows = max(1, min(ho, band_bytes // (4 * cin * k * k * wo * b)))
+    outs = [_conv_band(x, wmat, bias, stride, top, left, k, wo, r0, min(ho, r0 + rows)) for r0 in range(0, ho, rows)]
+    return outs[0] if len(outs) == 1 else ops.concat(outs, axis=2)
+
+
+def _conv_band(x, wmat, bias, stride: int, top: int, left: int, k: int, wo: int, r0: int, r1: int):
+    """Output rows [r0, r1) of ``conv_unfold``: its own input rows plus the kernel's halo unfolded (a function of its
+    own, so that the column buffer is freed on return: GRAPH mode cannot compile ``del``)."""
+    b, cin, h, _ = x.shape
+    cout = wmat.shape[0]
+    lo, hi = max(0, r0 * stride - top), min(h, (r1 - 1) * stride - top + k)
+    cols = ops.unfold(x if (lo, hi) == (0, h) else x[:, :, lo:hi, :], k, padding=(top, left), stride=stride)
+    # a batch of one is a plain 2-D product (MindSpore's batched matmul is slower on this CPU)
+    band = _MATMUL(wmat, cols.reshape(cin * k * k, -1)) if b == 1 else ops.matmul(wmat, cols)
+    band = band.reshape(b, cout, -1, wo)
+    first = (r0 * stride - lo) // stride  # rows made from padding above an inner band's first input row
+    if first or band.shape[2] != r1 - r0:
+        band = band[:, :, first:first + r1 - r0]
+    return band if bias is None else ops.bias_add(band, bias)
 
 
 class Conv2d(nn.Cell):
