@@ -164,6 +164,14 @@ Measured beside the table (same host, 27 Nov 2026, branch issue8):
   after it; MindSpore's CPU fp16 kernels round differently in PYNATIVE, research/s20/fp16_probe.py), reload + run
   1.04 GiB; encoder up to 1.04 GiB. The encoder's fp32 torch reference still does not fit the budget beside that
   pool (0.13 GiB on top of 1.07 GiB), so the encoder's fp16 graph is compared with the eager network only.
+- VAE golden pairs at 1024x1024 (fp32), at 6634e18, 28 Nov 2026, with the budget a whole-pipeline export has here
+  (14.12 GiB, 60% of RAM, set by the T5-XXL; research/s21/vae_fast_golden.py calls `export_pipeline` with it):
+  neither pair fits with the plain ops (18.7 GiB estimated), both do with the fast CPU kernels, computed in a child
+  process (`eager_worker`): decoder 159 s, encoder 77 s; eager vs torch fp32 2.13e-6 and 2.21e-6 (fp32 tolerance
+  1e-5). 485 s wall, process tree 9.12 GiB (the decoder's child), the export process itself at most 1.02 GiB.
+  Decoding in the export process instead (e09f185) left 8.6 GiB in MindSpore's pool, and the encoder's pair then
+  did not fit. Exported alone, the VAE's rule is 1.24 GiB and one 1024x1024 feature map of the decoder is 1 GiB:
+  no pair there, and the manifest says why.
 - XL/2 1024x1024 fp16 (1.14 GiB; rule 2.48 GiB), at 06e89f8, 27 Nov 2026: **2.28 GiB** (2.0x the weights), within the
   rule. Phases (per-phase VmHWM of the export process; the tree adds the torch child while it runs): trace + write
   14 s at 0.99 GiB; torch reference streamed in its child 181 s (eager vs torch 2.8e-3, fp16 tolerance 5e-3);
