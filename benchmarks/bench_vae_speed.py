@@ -136,14 +136,16 @@ def bench(latent: int, modes: list[str], fp64: bool = True) -> dict:
 
 
 NOTES = """
-- 1024x1024 (latent 128), 28 Nov 2026, at c965143 on a quiet host, `--latent 128 --modes fast:pynative --no-fp64`:
-  one MindSpore decode 167 s against torch's 126 s (**1.32x**). The im2col convolution's bands unfold their own
-  rows plus the kernel's halo instead of padding the whole input first (the largest conv, 128 x 1024^2: 7.3 -> 5.0
-  s, bitwise equal), and the mid-block attention copies its strided head views once before slicing. At 46fba85:
+- 1024x1024 (latent 128), 28 Nov 2026, at 8cf726b on a quiet host, `--latent 128 --modes fast:pynative --no-fp64`:
+  one MindSpore decode 147 s against torch's 123 s (**1.20x**), whole process tree 7.09 GiB. The im2col
+  convolution's bands unfold their own rows plus the kernel's halo instead of padding the whole input first (the
+  largest conv, 128 x 1024^2: 7.3 -> 5.0 s, bitwise equal), the mid-block attention copies its strided head views
+  once before slicing (at c965143: 167 s against 126 s, 1.32x), and the bias goes on each band (8cf726b: our decode
+  alone at 1024^2 peaks at 6.62 GiB in MindSpore's pool, 8.61 before). At 46fba85:
   192 s against 126 s (1.52x), PYNATIVE ops launching synchronously (`layers.synchronous_launch`); at 3238c6a,
   asynchronous, 503 s against 148 s, 3.4x. The 64^2 and 512^2 rows are from before both changes. Rel L2 3.68e-6
   against torch fp32 (unchanged), the same as at 512^2, where the float64 decode puts our error at 3.41e-6 and
-  torch fp32's own at 1.45e-6. Whole process tree 9.12 GiB (was 10.1; torch's
+  torch fp32's own at 1.45e-6. Whole process tree 7.09 GiB (9.12 at c965143, 10.1 before; torch's
   fp32 decode in its child, then ours). torch's float64 decode at this size passed 14 GiB and was not run. The
   plain ops of the exported graphs (MindSpore's CPU Conv2D) took 62 s compiled and 101 s in PYNATIVE at 64^2 on a
   loaded host (torch 0.7 s): about 90-150x torch, so an exported VAE graph is checked on this CPU only at a
