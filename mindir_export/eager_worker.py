@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-UNKNOWN_VIEW = 4  # a view registered at run time (``registry.add_view``): run in the calling process instead
+from .torch_worker import UNKNOWN_VIEW  # a view registered at run time: run in the calling process instead
 
 
 def _jobs() -> dict:
