@@ -182,10 +182,14 @@ Measured beside the table (same host, 27 Nov 2026, branch issue8):
   ~2 GiB), 2.91 GiB at 01c4f00. The eager and the torch child take the CFG pair a sample at a time (one XL/2 block
   at 1024^2 in PYNATIVE: MindSpore's CPU pool kept 1.95 GiB over the start for the pair, 0.80 GiB for one sample;
   research/s18/block_mem.py; outputs bitwise equal).
+- XL/2 1024x1024 fp32 (2.28 GiB; rule 3.96 GiB), at ac672ff, 28 Nov 2026, quiet host: **2.28 GiB**, 376 s (the
+  table's row): trace + write 17 s at 1.19 GiB, torch reference streamed in its child 173 s, eager block by block
+  181 s at 2.06 GiB (attention copies strided head views once before its query slices: the eager forward 174 s, was
+  344; eager vs torch 9.26e-7, unchanged), proxy reload + run 2 s at 2.28 GiB (vs eager 3.0e-7). Before:
 - XL/2 1024x1024 fp32 (2.28 GiB; rule 3.96 GiB), at 1feac4d, 27 Nov 2026 (CI running beside it): **2.18 GiB**, 566 s:
   trace + write 16 s at 1.19 GiB, torch reference streamed in its child 192 s, eager block by block 351 s at 1.95 GiB
   (PYNATIVE launched synchronously; eager vs torch 9.26e-7), proxy reload + run 2 s at 2.18 GiB (vs eager 3.0e-7).
-  The torch child no longer imports MindSpore; the table's row. Before:
+  The torch child no longer imports MindSpore. Before:
 - XL/2 1024x1024 fp32 (2.28 GiB; rule 3.96 GiB), main at eb94364, 27 Nov 2026: trace + write 14 s at 1.20 GiB
   (below the weights: nothing materialised), torch reference streamed block by block in its child 203 s (the
   whole-process tree, child included, stays under 2.8 GiB), eager MindSpore block by block with 256-row attention
