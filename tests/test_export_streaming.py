@@ -289,7 +289,7 @@ def test_vae_golden_pair_skipped_when_its_eager_run_does_not_fit(tiny_pipeline, 
 
 def test_vae_golden_pair_from_fast_kernels_when_only_they_fit(tiny_pipeline, tmp_path, monkeypatch):
     """When the plain ops' eager decode at the real shape exceeds the budget but the fast CPU kernels' fits (the
-    SDXL decoder at 1024^2: 18.7 against about 8.6 GiB), the golden pair comes from the fast-kernel network, held to
+    SDXL decoder at 1024^2: 18.7 against about 7 GiB), the golden pair comes from the fast-kernel network, held to
     the fp32 parity tolerance, and the shipped graph matches it at the real shape. The decode runs in a child process
     (MindSpore's pool would keep its pages in the export's)."""
     import mindir_export.budget as budget
