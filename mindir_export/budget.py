@@ -70,15 +70,24 @@ def activation_bytes(view: str, config: dict, inputs) -> int:
                                                                               + 3 * config["d_ff"]))
         return config["num_layers"] * per_layer
     # the VAE: feature maps at every resolution (about six per layer per channel width) plus the mid attention
-    channels = sum(config.get("block_out_channels", (128, 256, 512, 512)))
-    n = shape[0]
-    if view == "vae_decoder":
-        latent = shape[2] * shape[3]
-        pixels = latent * (2 ** (len(config.get("block_out_channels", (0,) * 4)) - 1)) ** 2
-    else:
-        pixels = shape[2] * shape[3]
-        latent = pixels // (2 ** (len(config.get("block_out_channels", (0,) * 4)) - 1)) ** 2
-    return 4 * n * (6 * pixels * channels // 2 + 2 * latent * latent)
+    channels = sum(_vae_channels(config))
+    pixels = _vae_pixels(view, config, shape)
+    latent = pixels // (shape[0] * _vae_area_scale(config))
+    return 4 * (6 * pixels * channels // 2 + 2 * shape[0] * latent * latent)
+
+
+def _vae_channels(config: dict) -> tuple:
+    return tuple(config.get("block_out_channels", (128, 256, 512, 512)))
+
+
+def _vae_area_scale(config: dict) -> int:
+    """Image pixels per latent pixel (64 for the SDXL VAE's three downsamplings)."""
+    return (2 ** (len(_vae_channels(config)) - 1)) ** 2
+
+
+def _vae_pixels(view: str, config: dict, shape) -> int:
+    """Image pixels over the batch of a VAE view's input (a latent for the decoder, an image for the encoder)."""
+    return shape[0] * shape[2] * shape[3] * (_vae_area_scale(config) if view == "vae_decoder" else 1)
 
 
 def graph_run_bytes(view: str, config: dict, inputs, weights: int, largest_param: int, dtype: str) -> int:
@@ -108,11 +117,9 @@ def fast_eager_bytes(view: str, config: dict, inputs, weights: int) -> int | Non
     in a child process of its own; None for the other views."""
     if view not in ("vae_decoder", "vae_encoder"):
         return None
-    channels = config.get("block_out_channels", (128, 256, 512, 512))
-    shape = inputs[0].shape
-    pixels = shape[0] * shape[2] * shape[3] * ((2 ** (len(channels) - 1)) ** 2 if view == "vae_decoder" else 1)
+    pixels = _vae_pixels(view, config, inputs[0].shape)
     return MINDSPORE_BASE + int(EAGER_EXTRA["float32"] * weights) + FAST_VAE_BYTES_PER_PIXEL_CHANNEL * pixels * max(
-        channels)
+        _vae_channels(config))
 
 
 def torch_source_bytes(fp32_weights: int) -> int:
