@@ -24,7 +24,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from .config import VAEConfig
-from .layers import Conv2d, Linear, attention, fast_kernels_on, ones_param, zeros_param
+from .layers import Conv2d, Linear, attention, cast, fast_kernels_on, ones_param, zeros_param
 from .loading import PretrainedMixin
 
 RESNET_EPS = 1e-6  # diffusers' Encoder/Decoder pass resnet_eps=1e-6 to every resnet, attention and conv_norm_out
@@ -58,19 +58,35 @@ def group_norm_fast(x, weight, bias, groups: int, eps: float):
     shape = x.shape
     bsz, ch = shape[0], shape[1]
     per_group = ch // groups
-    x32 = x.astype(ms.float32)
+    x32 = cast(x, ms.float32)
     n = x32.size // (bsz * groups)
     inner = _inner_length(shape)
     mean = _row_sums(x32.reshape(bsz * groups, n), inner) * (1.0 / n)
     mean_c = ops.broadcast_to(mean, (bsz * groups, per_group)).reshape(-1)
     rows = x32.reshape(1, bsz * ch, n // per_group, 1)
-    centred = ops.bias_add(rows, -mean_c)
-    var = _row_sums((centred * centred).reshape(bsz * groups, n), inner) * (1.0 / n)
+    var = _centred_square_sums(rows, mean_c, per_group, n, inner) * (1.0 / n)
     var_c = ops.broadcast_to(var + eps, (bsz * groups, per_group)).reshape(-1)
-    scale = ops.tile(weight.astype(ms.float32), (bsz,))
-    shift = ops.tile(bias.astype(ms.float32), (bsz,))
+    scale = ops.tile(cast(weight, ms.float32), (bsz,))
+    shift = ops.tile(cast(bias, ms.float32), (bsz,))
     y = _batch_norm(rows, scale, shift, mean_c, var_c)[0]
-    return y.reshape(shape).astype(x.dtype)
+    return cast(y.reshape(shape), x.dtype)
+
+
+GROUP_NORM_STEP_BYTES = 128 * 2**20  # the centred copy and its square, a few groups at a time (fp32)
+
+
+def _centred_square_sums(rows, mean_c, per_group: int, n: int, inner: int):
+    """Per-group sums of squared deviations, ``GROUP_NORM_STEP_BYTES`` of groups at a time: the same row sums as
+    over the whole tensor at once (a group never straddles two steps), without a centred copy and its square of the
+    whole feature map (2 GiB at 256 channels and 1024^2)."""
+    total = rows.shape[1] // per_group
+    step = max(1, GROUP_NORM_STEP_BYTES // (4 * n))
+    parts = []
+    for g0 in range(0, total, step):
+        c0, c1 = g0 * per_group, min(total, g0 + step) * per_group
+        centred = ops.bias_add(rows[:, c0:c1], -mean_c[c0:c1])
+        parts.append(_row_sums((centred * centred).reshape(-1, n), inner))
+    return parts[0] if len(parts) == 1 else ops.concat(parts, axis=0)
 
 
 class GroupNorm(nn.Cell):

@@ -13,6 +13,7 @@ from pathlib import Path
 from mindspore_nets.metrics import TOLERANCES, compare
 from pixart_core import registry
 from pixart_core.errors import UsageError
+from pixart_core.heap import map_large_buffers, release_freed_memory
 from pixart_core.manifests import MANIFEST, read_manifest, stored_dtype
 
 QUERY_ROWS = 512  # attention query rows per step: the XL/2 4096-token score tensor (2 GiB fp32) in 8 slices
@@ -81,7 +82,7 @@ def run_component(component: str, folder: Path, source: Path, dtype: str, tolera
     from mindspore_nets.loading import load_network
 
     from .cases import build_cases, ms_forward
-    from .taps import mindspore_taps, tap_paths, tied_modules, torch_taps
+    from .taps import SpilledTaps, mindspore_taps, tap_paths, tied_modules, torch_taps
 
     started = time.time()
     manifest = read_manifest(folder, "converted")
@@ -94,29 +95,30 @@ def run_component(component: str, folder: Path, source: Path, dtype: str, tolera
     taps, seconds = [], {"torch": 0.0, "mindspore": 0.0}
     cases = build_cases(component, config, **case_options)
     for case in cases:
-        t0 = time.time()
-        with torch_taps(model, paths, tied) as t_rec:
-            t_rec.add("output", torch_forward(component, model, case.arrays))
-        reference = dict(t_rec.records)
-        del t_rec
-        order = list(reference)
-        found: dict[str, dict] = {}
+        with SpilledTaps() as reference:
+            t0 = time.time()
+            with torch_taps(model, paths, tied, consume=reference.add) as t_rec:
+                t_rec.add("output", torch_forward(component, model, case.arrays))
+            del t_rec
+            release_freed_memory()  # torch's activations go back to the OS before MindSpore's pool grows
+            order = list(reference.files)
+            found: dict[str, dict] = {}
 
-        def measure(key, ours):
-            ref = reference.pop(key, None)
-            found[key] = (compare(ours, ref) if ref is not None else
-                          {"error": "only on the MindSpore side", "shape": list(ours.shape), "rel_l2": float("inf"),
-                           "nan": 0, "inf": 0})
+            def measure(key, ours):
+                ref = reference.pop(key)
+                found[key] = (compare(ours, ref) if ref is not None else
+                              {"error": "only on the MindSpore side", "shape": list(ours.shape),
+                               "rel_l2": float("inf"), "nan": 0, "inf": 0})
 
-        t1 = time.time()
-        with mindspore_taps(net, paths, consume=measure) as m_rec:
-            m_rec.add("output", ms_forward(component, net, case.arrays))
-        t2 = time.time()
-        seconds["torch"] += t1 - t0
-        seconds["mindspore"] += t2 - t1
-        for key, ref in reference.items():  # taps the MindSpore side never produced
-            found[key] = {"error": "only on the torch side", "shape": list(ref.shape), "rel_l2": float("inf"),
-                          "nan": 0, "inf": 0}
+            t1 = time.time()
+            with mindspore_taps(net, paths, consume=measure) as m_rec:
+                m_rec.add("output", ms_forward(component, net, case.arrays))
+            t2 = time.time()
+            seconds["torch"] += t1 - t0
+            seconds["mindspore"] += t2 - t1
+            for key, (_, shape) in reference.files.items():  # taps the MindSpore side never produced
+                found[key] = {"error": "only on the torch side", "shape": list(shape), "rel_l2": float("inf"),
+                              "nan": 0, "inf": 0}
         for key in order + [k for k in found if k not in order]:
             taps.append({"tap": key, "case": case.name, **found[key]})
     summary = summarize(taps, tolerance)
@@ -152,6 +154,7 @@ def run_parity(src, out, components=None, dtype: str = "fp32", tolerance: float 
 
     ms.set_context(mode=ms.PYNATIVE_MODE)  # hooks see every cell call only in PYNATIVE mode
     synchronous_launch()
+    map_large_buffers()  # every large tensor back to the OS when freed: one side's forward, then the other's
     found = components_of(out, components)
     if tolerance is None:
         chosen, notes = tolerance_dtypes(found, dtype)

@@ -8,7 +8,9 @@ looked up in the torch module tree. A path missing on either side is an error, n
 from __future__ import annotations
 
 import re
+import tempfile
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
@@ -42,7 +44,9 @@ def _first_array(output):
         return output.detach().float().cpu().numpy()
     import mindspore as ms
 
-    return output.astype(ms.float32).asnumpy()
+    from mindspore_nets.layers import cast
+
+    return cast(output, ms.float32).asnumpy()
 
 
 class Recorder:
@@ -71,6 +75,36 @@ class Recorder:
             self.add(path, _first_array(output))
 
         return fn
+
+
+class SpilledTaps:
+    """One side's taps kept on disk until the other side's are measured against them, each read back once: in
+    whole-network mode the torch side's taps of the SDXL decoder at 1024^2 are 2.2 GiB, held beside MindSpore's
+    whole forward otherwise. A context manager; the folder goes when it closes."""
+
+    def __init__(self):
+        self._dir = tempfile.TemporaryDirectory(prefix="pixart-ms-taps-")
+        self.files: dict[str, tuple[Path, tuple]] = {}
+
+    def add(self, key: str, value) -> None:
+        path = Path(self._dir.name) / f"{len(self.files)}.npy"
+        np.save(path, np.asarray(value))
+        self.files[key] = (path, tuple(value.shape))
+
+    def pop(self, key: str):
+        """The tap's array, or None when the side never produced it; its file is removed."""
+        entry = self.files.pop(key, None)
+        if entry is None:
+            return None
+        value = np.load(entry[0])
+        entry[0].unlink()
+        return value
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._dir.cleanup()
 
 
 def tied_modules(spec) -> dict[str, list[str]]:
