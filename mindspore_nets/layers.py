@@ -225,6 +225,14 @@ def fast_kernels_on() -> bool:
     return _FAST_KERNELS
 
 
+def host_buffers(dtype) -> bool:
+    """Whether a Cell built now under ``fast_kernels`` writes its large outputs piece by piece into numpy arrays
+    (``from_numpy``: freed to the OS with the tensor) instead of MindSpore's CPU pool, which keeps the largest set of
+    blocks a run ever held. Eager (PYNATIVE) runs only: a compiled graph has no numpy; fp32 and fp16 (numpy has no
+    bf16)."""
+    return _FAST_KERNELS and ms.get_context("mode") == ms.PYNATIVE_MODE and dtype in (ms.float32, ms.float16)
+
+
 def synchronous_launch() -> None:
     """Launch PYNATIVE ops synchronously, for the rest of the process (``mindspore.runtime.launch_blocking``; it
     cannot be undone). On this 2-core CPU the asynchronous pipeline's queue threads spin beside the kernels and take
@@ -234,7 +242,8 @@ def synchronous_launch() -> None:
     ms.runtime.launch_blocking()
 
 
-def conv_unfold(x, weight, bias, stride: int, pad: tuple, band_bytes: int = CONV_BAND_BYTES):
+def conv_unfold(x, weight, bias, stride: int, pad: tuple, band_bytes: int | None = None,
+                host_output: bool = False, upsample: bool = False):
     """NCHW convolution (groups 1) as ``W (Cout, Cin*k*k) @ im2col(x)``, over bands of output rows so that one
     column buffer stays under ``band_bytes``. The matmul accumulates each output in one dot product (blocked), the
     same sums torch's CPU convolution makes.
@@ -242,34 +251,58 @@ def conv_unfold(x, weight, bias, stride: int, pad: tuple, band_bytes: int = CONV
     A band unfolds its own input rows plus the halo the kernel reaches, with ``ops.unfold``'s padding, and drops
     the output rows that padding invented at a band's inner edges: no padded copy of the whole input (the SDXL
     decoder's largest convolution, 128 x 1024^2: 4.97 s against 7.31 s with a separate ``ops.pad``, outputs
-    bitwise equal; research/s21/conv_band.py)."""
+    bitwise equal; research/s21/conv_band.py).
+
+    ``host_output`` (PYNATIVE only): the bands are written into one numpy array that becomes the output without a
+    copy (``from_numpy``), instead of being concatenated. MindSpore's CPU pool keeps the largest set of blocks a run
+    ever held: bands and their concatenation together were twice every large output there, for good.
+
+    ``upsample``: the convolution of ``x`` upsampled 2x (nearest), each band upsampling its own input rows: the
+    decoder's last upsampler never holds its 1 GiB input at 1024^2."""
     b, cin, h, w = x.shape
     cout, _, k, _ = weight.shape
     top, bottom, left, right = pad
+    if upsample:
+        h, w = 2 * h, 2 * w
     if top != bottom or left != right or top % stride:  # unfold pads symmetrically; bands start on a stride
+        if upsample:
+            x, upsample = upsample_nearest2x(x), False
         x = ops.pad(x, (left, right, top, bottom))
         h, w, top, left = h + top + bottom, w + left + right, 0, 0
     ho = (h + 2 * top - k) // stride + 1
     wo = (w + 2 * left - k) // stride + 1
     wmat = weight.reshape(cout, cin * k * k)
     if k == 1 and stride == 1 and top == left == 0:
+        if upsample:
+            x = upsample_nearest2x(x)
         y = ops.matmul(wmat, x.reshape(b, cin, h * w)).reshape(b, cout, ho, wo)
         return y if bias is None else ops.bias_add(y, bias)
     # the bias goes on each band, and nothing but the bands outlives a band's step: at 1024^2 one 256-channel output
     # is 1 GiB, and MindSpore's pool keeps whatever a convolution held at once (the SDXL decode at 1024^2 peaked at
     # 8.61 GiB with the bias added to the concatenated output; research/s21/vae_stage_mem.py)
-    rows = max(1, min(ho, band_bytes // (4 * cin * k * k * wo * b)))
-    outs = [_conv_band(x, wmat, bias, stride, top, left, k, wo, r0, min(ho, r0 + rows)) for r0 in range(0, ho, rows)]
+    rows = max(1, min(ho, (band_bytes or CONV_BAND_BYTES) // (4 * cin * k * k * wo * b)))
+    if host_output and rows < ho:
+        out = None
+        for r0 in range(0, ho, rows):
+            band = _conv_band(x, wmat, bias, stride, top, left, k, wo, r0, min(ho, r0 + rows), upsample).asnumpy()
+            if out is None:
+                out = np.empty((b, cout, ho, wo), band.dtype)
+            out[:, :, r0:r0 + band.shape[2]] = band
+            del band
+        return ms.from_numpy(out)
+    outs = [_conv_band(x, wmat, bias, stride, top, left, k, wo, r0, min(ho, r0 + rows), upsample) for r0 in range(0, ho, rows)]
     return outs[0] if len(outs) == 1 else ops.concat(outs, axis=2)
 
 
-def _conv_band(x, wmat, bias, stride: int, top: int, left: int, k: int, wo: int, r0: int, r1: int):
+def _conv_band(x, wmat, bias, stride: int, top: int, left: int, k: int, wo: int, r0: int, r1: int,
+               upsample: bool = False):
     """Output rows [r0, r1) of ``conv_unfold``: its own input rows plus the kernel's halo unfolded (a function of its
     own, so that the column buffer is freed on return: GRAPH mode cannot compile ``del``)."""
     b, cin, h, _ = x.shape
+    h = 2 * h if upsample else h
     cout = wmat.shape[0]
     lo, hi = max(0, r0 * stride - top), min(h, (r1 - 1) * stride - top + k)
-    cols = ops.unfold(x if (lo, hi) == (0, h) else x[:, :, lo:hi, :], k, padding=(top, left), stride=stride)
+    cols = ops.unfold(_input_rows(x, lo, hi, upsample), k, padding=(top, left), stride=stride)
     # a batch of one is a plain 2-D product (MindSpore's batched matmul is slower on this CPU)
     band = _MATMUL(wmat, cols.reshape(cin * k * k, -1)) if b == 1 else ops.matmul(wmat, cols)
     band = band.reshape(b, cout, -1, wo)
@@ -277,6 +310,23 @@ def _conv_band(x, wmat, bias, stride: int, top: int, left: int, k: int, wo: int,
     if first or band.shape[2] != r1 - r0:
         band = band[:, :, first:first + r1 - r0]
     return band if bias is None else ops.bias_add(band, bias)
+
+
+def _input_rows(x, lo: int, hi: int, upsample: bool):
+    """Rows [lo, hi) of a convolution's input: ``x``'s, or, with ``upsample``, those of ``x`` upsampled 2x (nearest),
+    made from the rows of ``x`` they repeat."""
+    if not upsample:
+        return x if (lo, hi) == (0, x.shape[2]) else x[:, :, lo:hi, :]
+    a, b = lo // 2, (hi + 1) // 2
+    up = upsample_nearest2x(x if (a, b) == (0, x.shape[2]) else x[:, :, a:b, :])
+    return up if (2 * a, 2 * b) == (lo, hi) else up[:, :, lo - 2 * a:hi - 2 * a, :]
+
+
+def upsample_nearest2x(x):
+    """``F.interpolate(x, scale_factor=2.0, mode="nearest")`` as a pure repetition (bit-exact)."""
+    b, c, h, w = x.shape
+    x = ops.broadcast_to(x.reshape(b, c, h, 1, w, 1), (b, c, h, 2, w, 2))
+    return x.reshape(b, c, h * 2, w * 2)
 
 
 class Conv2d(nn.Cell):
@@ -296,13 +346,22 @@ class Conv2d(nn.Cell):
         self.conv = ops.Conv2D(out_channels, kernel_size, mode=1, pad_mode="pad", pad=pad, stride=stride,
                                group=groups)
         self.unfold = _FAST_KERNELS and groups == 1
+        self.host_output = self.unfold and host_buffers(dtype)
         self.stride, self.pad = stride, pad
 
     def construct(self, x):
         if self.unfold:
             return conv_unfold(cast(x, self.weight.dtype), self.weight, self.bias if self.has_bias else None,
-                               self.stride, self.pad)
+                               self.stride, self.pad, host_output=self.host_output)
         y = self.conv(cast(x, self.weight.dtype), self.weight)
         if self.has_bias:
             y = ops.bias_add(y, self.bias)
         return y
+
+    def upsampled(self, x):
+        """The convolution of ``x`` upsampled 2x (nearest); built under ``fast_kernels``, without that input ever
+        whole (``conv_unfold``'s ``upsample``)."""
+        if self.unfold:
+            return conv_unfold(cast(x, self.weight.dtype), self.weight, self.bias if self.has_bias else None,
+                               self.stride, self.pad, host_output=self.host_output, upsample=True)
+        return self.construct(upsample_nearest2x(x))

@@ -21,10 +21,12 @@ from __future__ import annotations
 import math
 
 import mindspore as ms
+import numpy as np
 from mindspore import nn, ops
 
 from .config import VAEConfig
-from .layers import Conv2d, Linear, attention, cast, fast_kernels_on, ones_param, zeros_param
+from .layers import (Conv2d, Linear, attention, cast, fast_kernels_on, host_buffers, ones_param,
+                     upsample_nearest2x, zeros_param)
 from .loading import PretrainedMixin
 
 RESNET_EPS = 1e-6  # diffusers' Encoder/Decoder pass resnet_eps=1e-6 to every resnet, attention and conv_norm_out
@@ -51,10 +53,11 @@ def _row_sums(x2, inner: int):
     return part.reshape(r, 1) if k == 1 else _row_sum_kept(part.reshape(r, k), 1)
 
 
-def group_norm_fast(x, weight, bias, groups: int, eps: float):
+def group_norm_fast(x, weight, bias, groups: int, eps: float, silu_to_host: bool = False):
     """Group norm with fp32 statistics for MindSpore's CPU kernels: group means and centred variances from
     two-level row sums, centring by ``bias_add``, normalisation and affine in one BatchNorm-inference kernel over
-    (1, B*C, H*W/…, 1) with per-channel mean/variance (no broadcasting binary op: slow on CPU in PYNATIVE)."""
+    (1, B*C, H*W/…, 1) with per-channel mean/variance (no broadcasting binary op: slow on CPU in PYNATIVE).
+    ``silu_to_host`` (PYNATIVE): SiLU of the result, in a numpy-backed tensor."""
     shape = x.shape
     bsz, ch = shape[0], shape[1]
     per_group = ch // groups
@@ -68,8 +71,22 @@ def group_norm_fast(x, weight, bias, groups: int, eps: float):
     var_c = ops.broadcast_to(var + eps, (bsz * groups, per_group)).reshape(-1)
     scale = ops.tile(cast(weight, ms.float32), (bsz,))
     shift = ops.tile(cast(bias, ms.float32), (bsz,))
-    y = _batch_norm(rows, scale, shift, mean_c, var_c)[0]
-    return cast(y.reshape(shape), x.dtype)
+    if not silu_to_host:
+        y = _batch_norm(rows, scale, shift, mean_c, var_c)[0]
+        return cast(y.reshape(shape), x.dtype)
+    # SiLU of the normalised map, written into a host array a few channels at a time (``layers.host_buffers``):
+    # BatchNorm and SiLU act per channel and per element, so the numbers are the whole tensor's
+    out = None
+    step = max(1, GROUP_NORM_STEP_BYTES // (4 * rows.shape[2]))
+    for c0 in range(0, bsz * ch, step):
+        c1 = min(bsz * ch, c0 + step)
+        y = _batch_norm(rows[:, c0:c1], scale[c0:c1], shift[c0:c1], mean_c[c0:c1], var_c[c0:c1])[0]
+        part = ops.silu(cast(y, x.dtype)).asnumpy()
+        if out is None:
+            out = np.empty((bsz * ch, rows.shape[2]), part.dtype)
+        out[c0:c1] = part.reshape(c1 - c0, -1)
+        del y, part
+    return ms.from_numpy(out).reshape(shape)
 
 
 GROUP_NORM_STEP_BYTES = 128 * 2**20  # the centred copy and its square, a few groups at a time (fp32)
@@ -102,6 +119,13 @@ class GroupNorm(nn.Cell):
         self.weight = ones_param((num_channels,), dtype, "weight")
         self.bias = zeros_param((num_channels,), dtype, "bias")
         self.fast = fast_kernels_on()
+        self.host = host_buffers(dtype)
+
+    def silu(self, x):
+        """``ops.silu(self(x))``; built for host buffers (``layers.host_buffers``), never whole in MindSpore's pool."""
+        if self.host:
+            return group_norm_fast(x, self.weight, self.bias, self.num_groups, self.eps, silu_to_host=True)
+        return ops.silu(self(x))
 
     def construct(self, x):
         if self.fast:
@@ -130,8 +154,12 @@ class ResnetBlock2D(nn.Cell):
             self.conv_shortcut = None
 
     def construct(self, x):
-        h = self.conv1(ops.silu(self.norm1(x)))
-        h = self.conv2(ops.silu(self.norm2(h)))
+        if self.norm1.host:  # eager fast kernels: no whole normalised map before its SiLU
+            h = self.conv1(self.norm1.silu(x))
+            h = self.conv2(self.norm2.silu(h))
+        else:
+            h = self.conv1(ops.silu(self.norm1(x)))
+            h = self.conv2(ops.silu(self.norm2(h)))
         if self.use_shortcut:
             x = self.conv_shortcut(x)
         return x + h
@@ -148,19 +176,14 @@ class Downsample2D(nn.Cell):
         return self.conv(x)
 
 
-def upsample_nearest2x(x):
-    """``F.interpolate(x, scale_factor=2.0, mode="nearest")`` as a pure repetition (bit-exact)."""
-    b, c, h, w = x.shape
-    x = ops.broadcast_to(x.reshape(b, c, h, 1, w, 1), (b, c, h, 2, w, 2))
-    return x.reshape(b, c, h * 2, w * 2)
-
-
 class Upsample2D(nn.Cell):
     def __init__(self, channels: int, dtype=ms.float32):
         super().__init__()
         self.conv = Conv2d(channels, channels, 3, padding=1, dtype=dtype)
 
     def construct(self, x):
+        if self.conv.unfold:  # the fast kernels upsample band by band
+            return self.conv.upsampled(x)
         return self.conv(upsample_nearest2x(x))
 
 
@@ -295,6 +318,8 @@ class Decoder(nn.Cell):
         x = self.mid_block(x)
         for block in self.up_blocks:
             x = block(x)
+        if self.conv_norm_out.host:
+            return self.conv_out(self.conv_norm_out.silu(x))
         return self.conv_out(ops.silu(self.conv_norm_out(x)))
 
 

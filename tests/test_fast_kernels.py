@@ -57,6 +57,10 @@ def test_unfold_convolution_in_bands_equals_one_band(batch, k, stride, pad, rows
     banded = conv_unfold(ms.Tensor(x), ms.Tensor(w), None, stride, pads,
                          band_bytes=4 * batch * 4 * k * k * wo * rows).asnumpy()
     np.testing.assert_array_equal(whole, banded)
+    # the bands written into one host array instead of concatenated: the same numbers
+    host = conv_unfold(ms.Tensor(x), ms.Tensor(w), None, stride, pads, band_bytes=4 * batch * 4 * k * k * wo * rows,
+                       host_output=True)
+    np.testing.assert_array_equal(whole, host.asnumpy())
     ref = torch.nn.functional.conv2d(torch.from_numpy(x).double(), torch.from_numpy(w).double(), stride=stride,
                                      padding=pad).numpy()
     assert whole.shape == ref.shape
@@ -158,3 +162,49 @@ def test_fast_linear_matches_float64(shape, bias):
     # the same dot products; the bias is added after the product (Dense may fold it in): within an ulp
     assert rel_l2(ours, ref) < 1e-7 and rel_l2(ours, ref) <= 2 * rel_l2(plain(x).asnumpy(), ref) + 1e-8
     assert np.array_equal(ms.jit(fast.construct)(x).asnumpy(), ours)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_eager_convolution_writes_its_bands_to_host_memory(dtype):
+    """A fast Conv2d built in PYNATIVE mode fills one host array with its bands (bias included), the numbers of the
+    concatenated bands; built for GRAPH mode it concatenates (no numpy in a compiled graph)."""
+    from mindspore_nets import layers
+
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    kind = getattr(ms, dtype)
+    with fast_kernels():
+        eager = Conv2d(4, 6, 3, padding=1, dtype=kind)
+    assert eager.host_output
+    eager.weight.set_data(ms.Tensor(RNG.standard_normal((6, 4, 3, 3)).astype(dtype)))
+    eager.bias.set_data(ms.Tensor(RNG.standard_normal(6).astype(dtype)))
+    x = ms.Tensor(RNG.standard_normal((1, 4, 23, 11)).astype(dtype))
+    band = 4 * 4 * 9 * 11 * 5  # five output rows a band
+    concatenated = layers.conv_unfold(x, eager.weight, eager.bias, 1, (1,) * 4, band_bytes=band)
+    written = layers.conv_unfold(x, eager.weight, eager.bias, 1, (1,) * 4, band_bytes=band, host_output=True)
+    assert written.dtype == kind and written.shape == (1, 6, 23, 11)
+    np.testing.assert_array_equal(written.asnumpy(), concatenated.asnumpy())
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        with fast_kernels():
+            assert not Conv2d(4, 6, 3, padding=1).host_output
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+
+
+@pytest.mark.parametrize("batch, k, pad", [(1, 3, 1), (2, 3, 1), (1, 5, 2), (1, 1, 0)])
+@pytest.mark.parametrize("rows", [1, 2, 3, 7, 64])
+@pytest.mark.parametrize("host", [False, True])
+def test_upsampling_convolution_equals_convolving_the_upsampled_input(batch, k, pad, rows, host):
+    """Each band upsamples its own input rows (odd first rows included): the convolution of the whole upsampled
+    input, bit for bit."""
+    from mindspore_nets.layers import upsample_nearest2x
+
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    x = ms.Tensor(RNG.standard_normal((batch, 4, 9, 5)).astype(np.float32))
+    w = ms.Tensor(RNG.standard_normal((6, 4, k, k)).astype(np.float32))
+    bias = ms.Tensor(RNG.standard_normal(6).astype(np.float32))
+    band = 4 * batch * 4 * k * k * 10 * rows
+    whole = conv_unfold(upsample_nearest2x(x), w, bias, 1, (pad,) * 4).asnumpy()
+    fused = conv_unfold(x, w, bias, 1, (pad,) * 4, band_bytes=band, host_output=host, upsample=True).asnumpy()
+    assert fused.shape == (batch, 6, 18, 10)
+    np.testing.assert_array_equal(whole, fused)

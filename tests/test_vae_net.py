@@ -143,3 +143,27 @@ def test_from_pretrained_folder(tiny, tmp_path):
     net = AutoencoderKL.from_pretrained(tmp_path)
     assert net.scaling_factor == pytest.approx(0.13025)
     assert rel_l2(net.decode(ms.Tensor(tiny["z"])).asnumpy(), tiny["image"]) <= FP32_TOL
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_fast_decoder_with_host_buffers_gives_the_pool_only_numbers(tiny, dtype, monkeypatch):
+    """Built in PYNATIVE under ``fast_kernels``, the decoder writes its SiLU'd group norms, convolution bands and
+    upsampled convolutions into host arrays (``layers.host_buffers``); a few channels and rows at a time here
+    (small steps), against the same fast network kept in MindSpore's pool: the same numbers, bit for bit."""
+    from mindspore_nets import layers, vae as vae_module
+
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    monkeypatch.setattr(vae_module, "GROUP_NORM_STEP_BYTES", 4 * 16 * 3)  # three channels of a 4x4 map a step
+    monkeypatch.setattr(layers, "CONV_BAND_BYTES", 4 * 8 * 9 * 32 * 3)  # a few output rows a band
+    with layers.fast_kernels():
+        host = ms_network("vae", tiny["vae"], dtype)
+        with monkeypatch.context() as m:
+            m.setattr(layers, "host_buffers", lambda dtype: False)
+            m.setattr(vae_module, "host_buffers", lambda dtype: False)
+            pooled = ms_network("vae", tiny["vae"], dtype)
+    assert host.decoder.up_blocks[0].resnets[0].norm1.host and host.decoder.conv_in.host_output
+    assert not pooled.decoder.up_blocks[0].resnets[0].norm1.host and not pooled.decoder.conv_in.host_output
+    z = ms.Tensor(tiny["z"])
+    ours = host.decode(z).asnumpy()
+    np.testing.assert_array_equal(ours, pooled.decode(z).asnumpy())
+    assert rel_l2(ours.astype(np.float32), tiny["image"]) <= (FP32_TOL if dtype == "fp32" else 5e-3)
