@@ -225,6 +225,15 @@ def fast_kernels_on() -> bool:
     return _FAST_KERNELS
 
 
+def reshape(x, shape, host: bool = False):
+    """``x.reshape(shape)``; ``host`` (eager runs, ``host_buffers``): without a copy. MindSpore 2.10's PYNATIVE reshape
+    copies its input (1 GiB more for a 256-channel map at 1024^2; research/s22/reshape_probe.py), numpy's reshape of
+    the same memory does not (``asnumpy`` shares a CPU tensor's memory and keeps the tensor alive)."""
+    if host:
+        return ms.from_numpy(x.asnumpy().reshape(shape))
+    return x.reshape(shape)
+
+
 def host_buffers(dtype) -> bool:
     """Whether a Cell built now under ``fast_kernels`` writes its large outputs piece by piece into numpy arrays
     (``from_numpy``: freed to the OS with the tensor) instead of MindSpore's CPU pool, which keeps the largest set of
@@ -272,7 +281,7 @@ def conv_unfold(x, weight, bias, stride: int, pad: tuple, band_bytes: int | None
     ho = (h + 2 * top - k) // stride + 1
     wo = (w + 2 * left - k) // stride + 1
     wmat = weight.reshape(cout, cin * k * k)
-    if k == 1 and stride == 1 and top == left == 0:
+    if k == 1 and stride == 1 and top == left == 0 and not host_output:
         if upsample:
             x = upsample_nearest2x(x)
         y = ops.matmul(wmat, x.reshape(b, cin, h * w)).reshape(b, cout, ho, wo)
@@ -281,21 +290,21 @@ def conv_unfold(x, weight, bias, stride: int, pad: tuple, band_bytes: int | None
     # is 1 GiB, and MindSpore's pool keeps whatever a convolution held at once (the SDXL decode at 1024^2 peaked at
     # 8.61 GiB with the bias added to the concatenated output; research/s21/vae_stage_mem.py)
     rows = max(1, min(ho, (band_bytes or CONV_BAND_BYTES) // (4 * cin * k * k * wo * b)))
-    if host_output and rows < ho:
+    if host_output:
         out = None
         for r0 in range(0, ho, rows):
-            band = _conv_band(x, wmat, bias, stride, top, left, k, wo, r0, min(ho, r0 + rows), upsample).asnumpy()
+            band = _conv_band(x, wmat, bias, stride, top, left, k, wo, r0, min(ho, r0 + rows), upsample, host_output).asnumpy()
             if out is None:
                 out = np.empty((b, cout, ho, wo), band.dtype)
             out[:, :, r0:r0 + band.shape[2]] = band
             del band
         return ms.from_numpy(out)
-    outs = [_conv_band(x, wmat, bias, stride, top, left, k, wo, r0, min(ho, r0 + rows), upsample) for r0 in range(0, ho, rows)]
+    outs = [_conv_band(x, wmat, bias, stride, top, left, k, wo, r0, min(ho, r0 + rows), upsample, host_output) for r0 in range(0, ho, rows)]
     return outs[0] if len(outs) == 1 else ops.concat(outs, axis=2)
 
 
 def _conv_band(x, wmat, bias, stride: int, top: int, left: int, k: int, wo: int, r0: int, r1: int,
-               upsample: bool = False):
+               upsample: bool = False, host: bool = False):
     """Output rows [r0, r1) of ``conv_unfold``: its own input rows plus the kernel's halo unfolded (a function of its
     own, so that the column buffer is freed on return: GRAPH mode cannot compile ``del``)."""
     b, cin, h, _ = x.shape
@@ -304,8 +313,8 @@ def _conv_band(x, wmat, bias, stride: int, top: int, left: int, k: int, wo: int,
     lo, hi = max(0, r0 * stride - top), min(h, (r1 - 1) * stride - top + k)
     cols = ops.unfold(_input_rows(x, lo, hi, upsample), k, padding=(top, left), stride=stride)
     # a batch of one is a plain 2-D product (MindSpore's batched matmul is slower on this CPU)
-    band = _MATMUL(wmat, cols.reshape(cin * k * k, -1)) if b == 1 else ops.matmul(wmat, cols)
-    band = band.reshape(b, cout, -1, wo)
+    band = _MATMUL(wmat, reshape(cols, (cin * k * k, -1), host)) if b == 1 else ops.matmul(wmat, cols)
+    band = reshape(band, (b, cout, -1, wo), host)
     first = (r0 * stride - lo) // stride  # rows made from padding above an inner band's first input row
     if first or band.shape[2] != r1 - r0:
         band = band[:, :, first:first + r1 - r0]

@@ -25,7 +25,7 @@ import numpy as np
 from mindspore import nn, ops
 
 from .config import VAEConfig
-from .layers import (Conv2d, Linear, attention, cast, fast_kernels_on, host_buffers, ones_param,
+from .layers import (Conv2d, Linear, attention, cast, fast_kernels_on, host_buffers, ones_param, reshape,
                      upsample_nearest2x, zeros_param)
 from .loading import PretrainedMixin
 
@@ -43,13 +43,13 @@ def _inner_length(shape) -> int:
     return hw if hw <= 4096 else shape[-1]
 
 
-def _row_sums(x2, inner: int):
+def _row_sums(x2, inner: int, host: bool = False):
     """Row sums of a (R, N) fp32 tensor, N = k * inner, in two levels: (R*k, inner) rows, then k partial sums.
     MindSpore's CPU ReduceSum is fast on 2-D last-axis rows and sums them sequentially; two short levels keep
-    the fp32 rounding of a 4-million-element group near torch's."""
+    the fp32 rounding of a 4-million-element group near torch's. ``host``: reshapes without copies."""
     r, n = x2.shape
     k = n // inner
-    part = _row_sum(x2.reshape(r * k, inner), 1)
+    part = _row_sum(reshape(x2, (r * k, inner), host), 1)
     return part.reshape(r, 1) if k == 1 else _row_sum_kept(part.reshape(r, k), 1)
 
 
@@ -57,25 +57,25 @@ def group_norm_fast(x, weight, bias, groups: int, eps: float, silu_to_host: bool
     """Group norm with fp32 statistics for MindSpore's CPU kernels: group means and centred variances from
     two-level row sums, centring by ``bias_add``, normalisation and affine in one BatchNorm-inference kernel over
     (1, B*C, H*W/…, 1) with per-channel mean/variance (no broadcasting binary op: slow on CPU in PYNATIVE).
-    ``silu_to_host`` (PYNATIVE): SiLU of the result, in a numpy-backed tensor."""
+    ``silu_to_host`` (eager, ``layers.host_buffers``): SiLU of the result, written into a numpy-backed tensor a few
+    channels at a time, every reshape a view (BatchNorm and SiLU act per channel and element: the same numbers)."""
+    host = silu_to_host
     shape = x.shape
     bsz, ch = shape[0], shape[1]
     per_group = ch // groups
     x32 = cast(x, ms.float32)
     n = x32.size // (bsz * groups)
     inner = _inner_length(shape)
-    mean = _row_sums(x32.reshape(bsz * groups, n), inner) * (1.0 / n)
+    mean = _row_sums(reshape(x32, (bsz * groups, n), host), inner, host) * (1.0 / n)
     mean_c = ops.broadcast_to(mean, (bsz * groups, per_group)).reshape(-1)
-    rows = x32.reshape(1, bsz * ch, n // per_group, 1)
-    var = _centred_square_sums(rows, mean_c, per_group, n, inner) * (1.0 / n)
+    rows = reshape(x32, (1, bsz * ch, n // per_group, 1), host)
+    var = _centred_square_sums(rows, mean_c, per_group, n, inner, host) * (1.0 / n)
     var_c = ops.broadcast_to(var + eps, (bsz * groups, per_group)).reshape(-1)
     scale = ops.tile(cast(weight, ms.float32), (bsz,))
     shift = ops.tile(cast(bias, ms.float32), (bsz,))
-    if not silu_to_host:
+    if not host:
         y = _batch_norm(rows, scale, shift, mean_c, var_c)[0]
         return cast(y.reshape(shape), x.dtype)
-    # SiLU of the normalised map, written into a host array a few channels at a time (``layers.host_buffers``):
-    # BatchNorm and SiLU act per channel and per element, so the numbers are the whole tensor's
     out = None
     step = max(1, GROUP_NORM_STEP_BYTES // (4 * rows.shape[2]))
     for c0 in range(0, bsz * ch, step):
@@ -86,13 +86,13 @@ def group_norm_fast(x, weight, bias, groups: int, eps: float, silu_to_host: bool
             out = np.empty((bsz * ch, rows.shape[2]), part.dtype)
         out[c0:c1] = part.reshape(c1 - c0, -1)
         del y, part
-    return ms.from_numpy(out).reshape(shape)
+    return ms.from_numpy(out.reshape(shape))
 
 
 GROUP_NORM_STEP_BYTES = 128 * 2**20  # the centred copy and its square, a few groups at a time (fp32)
 
 
-def _centred_square_sums(rows, mean_c, per_group: int, n: int, inner: int):
+def _centred_square_sums(rows, mean_c, per_group: int, n: int, inner: int, host: bool = False):
     """Per-group sums of squared deviations, ``GROUP_NORM_STEP_BYTES`` of groups at a time: the same row sums as
     over the whole tensor at once (a group never straddles two steps), without a centred copy and its square of the
     whole feature map (2 GiB at 256 channels and 1024^2)."""
@@ -102,7 +102,7 @@ def _centred_square_sums(rows, mean_c, per_group: int, n: int, inner: int):
     for g0 in range(0, total, step):
         c0, c1 = g0 * per_group, min(total, g0 + step) * per_group
         centred = ops.bias_add(rows[:, c0:c1], -mean_c[c0:c1])
-        parts.append(_row_sums((centred * centred).reshape(-1, n), inner))
+        parts.append(_row_sums(reshape(centred * centred, (-1, n), host), inner, host))
     return parts[0] if len(parts) == 1 else ops.concat(parts, axis=0)
 
 
