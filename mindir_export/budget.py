@@ -71,7 +71,7 @@ def activation_bytes(view: str, config: dict, inputs) -> int:
         return config["num_layers"] * per_layer
     # the VAE: feature maps at every resolution (about six per layer per channel width) plus the mid attention
     channels = sum(_vae_channels(config))
-    pixels = _vae_pixels(view, config, shape)
+    pixels = vae_pixels(view, config, shape)
     latent = pixels // (shape[0] * _vae_area_scale(config))
     return 4 * (6 * pixels * channels // 2 + 2 * shape[0] * latent * latent)
 
@@ -85,7 +85,7 @@ def _vae_area_scale(config: dict) -> int:
     return (2 ** (len(_vae_channels(config)) - 1)) ** 2
 
 
-def _vae_pixels(view: str, config: dict, shape) -> int:
+def vae_pixels(view: str, config: dict, shape) -> int:
     """Image pixels over the batch of a VAE view's input (a latent for the decoder, an image for the encoder)."""
     return shape[0] * shape[2] * shape[3] * (_vae_area_scale(config) if view == "vae_decoder" else 1)
 
@@ -117,7 +117,7 @@ def fast_eager_bytes(view: str, config: dict, inputs, weights: int) -> int | Non
     in a child process of its own; None for the other views."""
     if view not in ("vae_decoder", "vae_encoder"):
         return None
-    pixels = _vae_pixels(view, config, inputs[0].shape)
+    pixels = vae_pixels(view, config, inputs[0].shape)
     return MINDSPORE_BASE + int(EAGER_EXTRA["float32"] * weights) + FAST_VAE_BYTES_PER_PIXEL_CHANNEL * pixels * max(
         _vae_channels(config))
 

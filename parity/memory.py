@@ -61,15 +61,17 @@ def activation_bytes(view: str, config: dict, shapes: dict, query_rows) -> int:
     if stages is not None:
         cls = registry.component(registry.view(view).component).config_type()
         return stages.activation_bytes(cls.from_dict(config), shapes, query_rows)
-    # VAE, both sides in this process: full-resolution feature maps at the widest level. Measured on the SDXL decoder
-    # at 1024^2: our PYNATIVE decode about 8.5 GiB over the imports (MindSpore's pool keeps every touched page), torch's
-    # over 4 GiB, plus the taps; 12 bytes per pixel and channel let parity start there and get killed at 14 GiB.
-    first = next(iter(shapes.values()))
-    pixels = first[-1] * first[-2] * 64 if view == "vae_decoder" else first[-1] * first[-2]
+    # VAE, compared whole: first the torch forward, its taps spilled to disk (``taps.SpilledTaps``), then ours with
+    # the fast kernels' host buffers, one tap read back at a time. The SDXL decoder at 1024^2 peaked at 5.68 GiB in
+    # all (bf72be4; torch's phase about 4.8 GiB): 6.5 bytes per image pixel and widest channel over the
+    # weights and the baseline. 8 keeps a margin: 6.5 GiB there, and 2048^2 (about 18.5 GiB) is refused on 24 GiB.
+    from mindir_export.budget import vae_pixels
+
+    pixels = vae_pixels(view, config, next(iter(shapes.values())))
     return VAE_BYTES_PER_PIXEL_CHANNEL * pixels * max(config.get("block_out_channels", [128]))
 
 
-VAE_BYTES_PER_PIXEL_CHANNEL = 28  # MindSpore ~16, torch ~8, taps ~4 (see activation_bytes)
+VAE_BYTES_PER_PIXEL_CHANNEL = 8
 
 
 def estimate(view: str, folder, shapes: dict, whole: bool, query_rows, cases: int = 1) -> dict:

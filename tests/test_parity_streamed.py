@@ -187,14 +187,15 @@ def test_blocks_give_the_same_numbers_compiled_and_eager(t5_four_blocks):
         assert abs(a["rel_l2"] - b["rel_l2"]) <= 1e-9, (a["tap"], a["rel_l2"], b["rel_l2"])
 
 
-def test_vae_estimate_refuses_the_full_size_decoder_at_1024_on_a_24_gib_host():
-    """The full-size SDXL decoder compared whole at 1024^2 passed a 14 GiB watchdog (ours about 8.5 GiB in PYNATIVE,
-    torch's over 4 GiB, the taps): its estimate must exceed the default share of a 24 GiB host, so that parity
-    refuses with exit 2 instead of starting; at 512^2 it fits."""
+def test_vae_estimate_admits_the_full_size_decoder_at_1024_and_refuses_2048_on_a_24_gib_host():
+    """The full-size SDXL decoder compared whole at 1024^2 peaked at 5.68 GiB (torch's taps spilled to disk, our fast
+    kernels' large outputs in host buffers; BENCHMARKS.md): its estimate must cover that and fit the default share of
+    a 24 GiB host; at 2048^2 (four times the feature maps) parity refuses with exit 2 instead of starting."""
     from parity.memory import BASELINE, DEFAULT_SHARE, GIB, activation_bytes
 
     sdxl = {"block_out_channels": [128, 256, 512, 512]}
     weights = 3 * 335 * 2**20  # the full VAE's fp32 weights, three copies while the reference is built
-    for side, fits in ((128, False), (64, True)):
-        need = activation_bytes("vae_decoder", sdxl, {"latent": (1, 4, side, side)}, None) + weights + BASELINE
-        assert (need <= DEFAULT_SHARE * 24 * GIB) == fits, (side, need / GIB)
+    need = {side: activation_bytes("vae_decoder", sdxl, {"latent": (1, 4, side, side)}, None) + weights + BASELINE
+            for side in (128, 256)}
+    assert 5.68 * GIB < need[128] <= DEFAULT_SHARE * 24 * GIB, need[128] / GIB
+    assert need[256] > DEFAULT_SHARE * 24 * GIB, need[256] / GIB
