@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from mindspore_nets.metrics import rel_l2  # noqa: E402
+from pixart_core.children import child_environment  # noqa: E402
 from support import machine_summary  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,8 +70,9 @@ def torch_references(latent: int, fp64: bool) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="pixart-ms-vae-") as tmp:
         path = f"{tmp}/ref.npz"
+        # the user's environment, not MindSpore's OMP_NUM_THREADS=1 (pixart_core.children): torch on every core
         subprocess.run([sys.executable, __file__, "--reference", str(latent), path, *([] if fp64 else ["--no-fp64"])],
-                       check=True)
+                       check=True, env=child_environment())
         with np.load(path) as data:
             return {k: data[k] for k in data.files}
 
@@ -136,8 +138,14 @@ def bench(latent: int, modes: list[str], fp64: bool = True) -> dict:
 
 
 NOTES = """
-- 1024x1024 (latent 128), 28 Nov 2026, at 8cf726b on a quiet host, `--latent 128 --modes fast:pynative --no-fp64`:
-  one MindSpore decode 147 s against torch's 123 s (**1.20x**), whole process tree 7.09 GiB. The im2col
+- 1024x1024 (latent 128), 28 Nov 2026, at bf72be4 on a quiet host, `--latent 128 --modes fast:pynative --no-fp64`:
+  one MindSpore decode 164 s against torch's 122 s (**1.35x**), whole process tree **5.45 GiB** (7.09 at 8cf726b,
+  147 s against 123 s, 1.20x). The fast VAE Cells built in PYNATIVE mode now keep their large outputs in host
+  buffers (`layers.host_buffers`: convolution bands and SiLU'd group norms written into numpy-backed tensors, the
+  upsampler convolving band by band, reshapes as numpy views since MindSpore 2.10's PYNATIVE reshape copies), and
+  MindSpore's pool no longer grows to the largest set of feature maps a decode held: the decode alone peaks at 5.03
+  GiB (research/s21/vae_stage_mem.py; 6.62 before). The numbers are bit for bit the pooled path's; the extra numpy
+  copies cost about 17 s. Earlier, at 8cf726b: the im2col
   convolution's bands unfold their own rows plus the kernel's halo instead of padding the whole input first (the
   largest conv, 128 x 1024^2: 7.3 -> 5.0 s, bitwise equal), the mid-block attention copies its strided head views
   once before slicing (at c965143: 167 s against 126 s, 1.32x), and the bias goes on each band (8cf726b: our decode

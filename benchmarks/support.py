@@ -20,6 +20,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from pixart_core.children import child_environment  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 REPORT = REPO / "BENCHMARKS.md"
 TIME = "/usr/bin/time"
@@ -135,7 +138,7 @@ def measure(cmd: list[str], logs: Path, label: str, limit_gib: float | None = No
         started = time.perf_counter()
         peak, samples = 0, 0
         with open(stem.with_suffix(".out"), "w") as out, open(stem.with_suffix(".err"), "w") as err:
-            proc = subprocess.Popen(outer, stdout=out, stderr=err)
+            proc = subprocess.Popen(outer, stdout=out, stderr=err, env=child_environment())
             parent = psutil.Process(proc.pid)
             while proc.poll() is None:
                 try:

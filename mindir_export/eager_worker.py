@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pixart_core.children import child_environment
+
 from .torch_worker import UNKNOWN_VIEW  # a view registered at run time: run in the calling process instead
 
 
@@ -35,7 +37,7 @@ def in_child(job: str, component: str, *args):
         src.write_bytes(pickle.dumps((component, *args)))
         # stderr passes through: the job's progress lines show as it runs (minutes at a real shape)
         proc = subprocess.run([sys.executable, "-m", "mindir_export.eager_worker", job, str(src), str(dst)],
-                              stdout=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, env=child_environment())
         if proc.returncode == UNKNOWN_VIEW:
             return _jobs()[job](component, *args)
         if proc.returncode != 0:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pixart_core.children import child_environment
+
 UNAVAILABLE = 3
 UNKNOWN_VIEW = 4  # a view registered at run time (``registry.add_view``): computed in the calling process instead
 
@@ -29,7 +31,7 @@ def run_reference(folder: Path, view: str, how: str, inputs: dict[str, list[np.n
         src, dst = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
         np.savez(src, **{f"{key}/{name}": a for key, arrays in inputs.items() for name, a in zip(names, arrays)})
         proc = subprocess.run([sys.executable, "-m", "mindir_export.torch_worker", str(folder), view, how, str(src),
-                               str(dst)], capture_output=True, text=True)
+                               str(dst)], capture_output=True, text=True, env=child_environment())
         if proc.returncode == UNAVAILABLE:
             return {}, {}, proc.stderr.strip().splitlines()[-1]
         if proc.returncode == UNKNOWN_VIEW:
@@ -81,9 +83,6 @@ def main(folder: str, view: str, how: str, src: str, dst: str) -> int:
             raise
         print(str(exc).replace("\n", " "), file=sys.stderr)
         return UNAVAILABLE
-    import torch
-
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     results = {}
     with np.load(src) as data:
         keys = sorted({k.split("/", 1)[0] for k in data.files})
