@@ -138,9 +138,18 @@ def bench(latent: int, modes: list[str], fp64: bool = True) -> dict:
 
 
 NOTES = """
-- 1024x1024 (latent 128), 28 Nov 2026, at bf72be4 on a quiet host, `--latent 128 --modes fast:pynative --no-fp64`:
-  one MindSpore decode 164 s against torch's 122 s (**1.35x**), whole process tree **5.45 GiB** (7.09 at 8cf726b,
-  147 s against 123 s, 1.20x). The fast VAE Cells built in PYNATIVE mode now keep their large outputs in host
+- 1024x1024 (latent 128), 28 Nov 2026, at 9c73cea on a quiet host, `--latent 128 --modes fast:pynative --no-fp64`:
+  one MindSpore decode 160 s against torch's 89 s (**1.80x**), whole process tree **5.44 GiB**. **The earlier
+  ratios of this row were wrong**: MindSpore's runtime sets `OMP_NUM_THREADS=1` with `setenv` (invisible to
+  `os.environ`), and the torch child this script starts after importing MindSpore inherited it and decoded on one
+  thread: 122-123 s, where the same child code takes 66-67 s on its own (three runs; research/s22/bench_prefix.py
+  reproduces both). Children now get Python's view of the environment (`pixart_core.children`); this run's torch
+  child took 89 s, and against the 66 s of a standalone torch decode ours is 2.4x. So the VAE decoder does **not**
+  meet the 1.5x goal at 1024x1024: a 512x512 profile (research/s22/vae_profile.py) puts half of our 35 s in
+  MindSpore's MatMul (which runs at 150-178 GFLOPS on these shapes, faster than torch's or numpy's matmul;
+  research/s22/matmul_rate.py) and most of the rest in the im2col `ops.unfold` and the per-band launches; torch's
+  oneDNN convolution needs no im2col. At bf72be4, before the fix, the same script measured 164 s against 122 s
+  (whole process tree 5.45 GiB; 7.09 at 8cf726b). The fast VAE Cells built in PYNATIVE mode now keep their large outputs in host
   buffers (`layers.host_buffers`: convolution bands and SiLU'd group norms written into numpy-backed tensors, the
   upsampler convolving band by band, reshapes as numpy views since MindSpore 2.10's PYNATIVE reshape copies), and
   MindSpore's pool no longer grows to the largest set of feature maps a decode held: the decode alone peaks at 5.03
@@ -151,7 +160,7 @@ NOTES = """
   once before slicing (at c965143: 167 s against 126 s, 1.32x), and the bias goes on each band (8cf726b: our decode
   alone at 1024^2 peaks at 6.62 GiB in MindSpore's pool, 8.61 before). At 46fba85:
   192 s against 126 s (1.52x), PYNATIVE ops launching synchronously (`layers.synchronous_launch`); at 3238c6a,
-  asynchronous, 503 s against 148 s, 3.4x. The 64^2 and 512^2 rows are from before both changes. Rel L2 3.68e-6
+  asynchronous, 503 s against 148 s, 3.4x. The 64^2 and 512^2 rows are from before both changes, and their torch children ran on one thread. Rel L2 3.68e-6
   against torch fp32 (unchanged), the same as at 512^2, where the float64 decode puts our error at 3.41e-6 and
   torch fp32's own at 1.45e-6. Whole process tree 7.09 GiB (9.12 at c965143, 10.1 before; torch's
   fp32 decode in its child, then ours). torch's float64 decode at this size passed 14 GiB and was not run. The
