@@ -290,17 +290,26 @@ def conv_unfold(x, weight, bias, stride: int, pad: tuple, band_bytes: int | None
     # is 1 GiB, and MindSpore's pool keeps whatever a convolution held at once (the SDXL decode at 1024^2 peaked at
     # 8.61 GiB with the bias added to the concatenated output; research/s21/vae_stage_mem.py)
     rows = max(1, min(ho, (band_bytes or CONV_BAND_BYTES) // (4 * cin * k * k * wo * b)))
-    if host_output:
-        out = None
-        for r0 in range(0, ho, rows):
-            band = _conv_band(x, wmat, bias, stride, top, left, k, wo, r0, min(ho, r0 + rows), upsample, host_output).asnumpy()
-            if out is None:
-                out = np.empty((b, cout, ho, wo), band.dtype)
-            out[:, :, r0:r0 + band.shape[2]] = band
-            del band
-        return ms.from_numpy(out)
-    outs = [_conv_band(x, wmat, bias, stride, top, left, k, wo, r0, min(ho, r0 + rows), upsample, host_output) for r0 in range(0, ho, rows)]
+    bands = [(x, wmat, bias, stride, top, left, k, wo, r0, min(ho, r0 + rows), upsample, host_output)
+             for r0 in range(0, ho, rows)]
+    if host_output:  # 1x1 convolutions too: their one matmul over the whole map would sit in the pool
+        return _bands_to_host(bands, (b, cout, ho, wo))
+    outs = [_conv_band(*args) for args in bands]
     return outs[0] if len(outs) == 1 else ops.concat(outs, axis=2)
+
+
+def _bands_to_host(bands, shape):
+    """``conv_unfold``'s bands written into one numpy array, the output without a copy (eager only; a function of its
+    own: GRAPH mode parses every statement of the function it compiles, and has no ``del``)."""
+    out = None
+    for args in bands:
+        part = _conv_band(*args).asnumpy()
+        if out is None:
+            out = np.empty(shape, part.dtype)
+        r0 = args[8]
+        out[:, :, r0:r0 + part.shape[2]] = part
+        del part
+    return ms.from_numpy(out)
 
 
 def _conv_band(x, wmat, bias, stride: int, top: int, left: int, k: int, wo: int, r0: int, r1: int,

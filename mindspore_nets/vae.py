@@ -76,14 +76,21 @@ def group_norm_fast(x, weight, bias, groups: int, eps: float, silu_to_host: bool
     if not host:
         y = _batch_norm(rows, scale, shift, mean_c, var_c)[0]
         return cast(y.reshape(shape), x.dtype)
+    return _silu_to_host(rows, (scale, shift, mean_c, var_c), shape, x.dtype)
+
+
+def _silu_to_host(rows, channel_params, shape, dtype):
+    """SiLU of ``group_norm_fast``'s BatchNorm, a few channels at a time into one numpy array (eager only; a function
+    of its own: GRAPH mode parses every statement of the function it compiles, and has no ``del``)."""
     out = None
+    total = rows.shape[1]
     step = max(1, GROUP_NORM_STEP_BYTES // (4 * rows.shape[2]))
-    for c0 in range(0, bsz * ch, step):
-        c1 = min(bsz * ch, c0 + step)
-        y = _batch_norm(rows[:, c0:c1], scale[c0:c1], shift[c0:c1], mean_c[c0:c1], var_c[c0:c1])[0]
-        part = ops.silu(cast(y, x.dtype)).asnumpy()
+    for c0 in range(0, total, step):
+        c1 = min(total, c0 + step)
+        y = _batch_norm(rows[:, c0:c1], *(p[c0:c1] for p in channel_params))[0]
+        part = ops.silu(cast(y, dtype)).asnumpy()
         if out is None:
-            out = np.empty((bsz * ch, rows.shape[2]), part.dtype)
+            out = np.empty((total, rows.shape[2]), part.dtype)
         out[c0:c1] = part.reshape(c1 - c0, -1)
         del y, part
     return ms.from_numpy(out.reshape(shape))
