@@ -95,7 +95,6 @@ def fp16_finite(component: str, folder: Path, spec, mode: str = "auto") -> tuple
     inputs (a 4x4 latent) are checked instead, and the reason says so."""
     import numpy as np
 
-    from mindspore_nets.layers import query_blocks
     from mindspore_nets.loading import run_cell
 
     from .plan import component_weight_bytes
@@ -149,9 +148,10 @@ def all_runs(result: GraphResult) -> list[CaseRun]:
 
 
 def query_blocks(rows):
+    """Fixed-size query slices for the export's eager runs (``layers.query_blocks``: one block size in the pool)."""
     from mindspore_nets.layers import query_blocks as blocks
 
-    return blocks(rows)
+    return blocks(rows, fixed=True)
 
 
 def run_cell(cell, arrays):

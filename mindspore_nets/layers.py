@@ -134,19 +134,24 @@ GELU_C3 = GELU_C * 0.044715
 # Query rows per attention step when set (``query_blocks``): at 1024^2 one fp32 score tensor of the XL/2 is 2 GiB,
 # so validation and parity runs compute it in slices. Read when the forward runs (PYNATIVE) or is compiled (GRAPH).
 _QUERY_BLOCK: int | None = None
+_QUERY_FIXED = False
 
 
 @contextlib.contextmanager
-def query_blocks(rows: int | None):
+def query_blocks(rows: int | None, fixed: bool = False):
     """Within the block, ``attention`` computes its scores in query slices no larger than ``rows`` rows of a square
     attention over the same queries: ``rows`` query rows at a time against as many keys as queries, more rows when
-    the keys are fewer (a cross-attention to 300 caption tokens), never more scores (None: all at once)."""
-    global _QUERY_BLOCK
-    before, _QUERY_BLOCK = _QUERY_BLOCK, rows
+    the keys are fewer (a cross-attention to 300 caption tokens), never more scores (None: all at once).
+
+    ``fixed``: ``rows`` query rows whatever the keys. Slices of one size throughout: MindSpore's pool keeps blocks of
+    every size a run used side by side (the XL/2's fp16 export at 1024^2: 2.45-2.50 GiB with the larger
+    cross-attention slices, 2.28 GiB with fixed ones, against its 2.48 GiB rule)."""
+    global _QUERY_BLOCK, _QUERY_FIXED
+    before, _QUERY_BLOCK, _QUERY_FIXED = (_QUERY_BLOCK, _QUERY_FIXED), rows, fixed
     try:
         yield
     finally:
-        _QUERY_BLOCK = before
+        _QUERY_BLOCK, _QUERY_FIXED = before
 
 
 def attention(q, k, v, bias=None, scale: float = 1.0):
@@ -157,7 +162,9 @@ def attention(q, k, v, bias=None, scale: float = 1.0):
     is independent, so slicing the rows (``query_blocks``) gives the same numbers with a smaller peak.
     """
     rows, keys = q.shape[-2], k.shape[-2]
-    block = None if _QUERY_BLOCK is None else max(_QUERY_BLOCK, _QUERY_BLOCK * rows // max(keys, 1))
+    block = _QUERY_BLOCK
+    if block is not None and not _QUERY_FIXED:
+        block = max(block, block * rows // max(keys, 1))
     if block is not None and rows > block:
         # heads split by reshape + swapaxes are strided views in PYNATIVE mode, and every slice's matmul would copy
         # the whole k and v again: one copy up front (the XL/2's self-attention at 1024^2, 256-row slices: 1.9 s

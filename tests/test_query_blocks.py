@@ -44,6 +44,19 @@ def test_slices_hold_no_more_scores_than_square_slices(monkeypatch, keys, slice_
         sliced = layers.attention(q, k, v, None, 0.5).asnumpy()
     assert seen == [slice_rows] * (64 // slice_rows)
     assert _rel(sliced, whole) < 1e-6
+    seen.clear()
+    with layers.query_blocks(8, fixed=True):  # the export's eager runs: 8 rows whatever the keys
+        fixed = layers.attention(q, k, v, None, 0.5).asnumpy()
+    assert seen == [8] * 8 and not layers._QUERY_FIXED
+    assert _rel(fixed, whole) < 1e-6
+
+
+def test_the_exports_eager_runs_take_fixed_slices():
+    from mindir_export import mindir
+
+    with mindir.query_blocks(mindir.QUERY_ROWS):
+        assert layers._QUERY_BLOCK == mindir.QUERY_ROWS and layers._QUERY_FIXED
+    assert layers._QUERY_BLOCK is None and not layers._QUERY_FIXED
 
 
 def test_head_views_are_sliced_like_contiguous_heads():
