@@ -172,8 +172,14 @@ Measured beside the table (same host, 27 Nov 2026, branch issue8):
   Decoding in the export process instead (e09f185) left 8.6 GiB in MindSpore's pool, and the encoder's pair then
   did not fit. Exported alone, the VAE's rule is 1.24 GiB and one 1024x1024 feature map of the decoder is 1 GiB:
   no pair there, and the manifest says why.
-- XL/2 1024x1024 fp16 (1.14 GiB; rule 2.48 GiB), at f3634f8, 28 Nov 2026, quiet host: **2.45 GiB**, within the rule
-  by 0.03 GiB (the table's row; was 2.28), 572 s (was 1409): trace + write 12 s at 0.99 GiB, torch child 183 s, eager
+- XL/2 1024x1024 fp16 (1.14 GiB; rule 2.48 GiB), at 02b6fb6, 28 Nov 2026, quiet host: **2.40 GiB**, within the rule
+  (the table's row), 468 s. The export's eager runs take fixed 256-row query slices again
+  (`layers.query_blocks(fixed=True)`); parity keeps the slices scaled to the keys. At 93293d8, before that, a re-run
+  gave **2.50 GiB, over the rule**, in its eager phase (2.48 GiB) and the proxy reload (2.50), in 456 s: the torch
+  child took 102 s, where it took 183 s, now that it runs on every core (`pixart_core.children`: MindSpore's
+  `OMP_NUM_THREADS=1` no longer reaches it).
+- XL/2 1024x1024 fp16, at f3634f8, 28 Nov 2026, quiet host: 2.45 GiB, within the rule
+  by 0.03 GiB (was 2.28), 572 s (was 1409): trace + write 12 s at 0.99 GiB, torch child 183 s, eager
   block by block 370 s at 2.44 GiB (forward 360 s, was 1199: attention's one copy of strided head views; eager vs
   torch 2.8e-3), proxy 3 s at 2.45 GiB (vs eager 0.0). The +0.17 GiB is the eager phase's: since c965143 a
   cross-attention to 300 caption tokens runs in slices of 3495 and 601 query rows (the score bytes of a 256-row
