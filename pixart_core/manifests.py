@@ -49,11 +49,34 @@ def read_manifest(folder, kind: str | None = None) -> dict:
 
 
 def is_ours(folder) -> bool:
-    """True when ``folder`` holds a manifest this tool wrote (of either kind)."""
+    """True when ``folder`` holds a manifest this tool wrote (of either kind), or is a pipeline folder it converted:
+    ``model_index.json``, components holding our manifests, the copied tokenizer and scheduler, and nothing else (a
+    user's diffusers pipeline, or ours with a file of the user's beside it, is never ours)."""
+    folder = Path(folder)
+    return _has_our_manifest(folder) or _is_our_pipeline(folder)
+
+
+def _has_our_manifest(folder: Path) -> bool:
     try:
-        return kind_of(json.loads((Path(folder) / MANIFEST).read_text())) is not None
+        return kind_of(json.loads((folder / MANIFEST).read_text())) is not None
     except (OSError, ValueError):
         return False
+
+
+def _is_our_pipeline(folder: Path) -> bool:
+    from .components import PIPELINE_COPIED
+
+    if not (folder / "model_index.json").is_file():
+        return False
+    converted = 0
+    for entry in folder.iterdir():
+        if entry.name == "model_index.json" or (entry.name in PIPELINE_COPIED and entry.is_dir()
+                                                and not entry.is_symlink()):
+            continue
+        if entry.is_symlink() or not entry.is_dir() or not _has_our_manifest(entry):
+            return False
+        converted += 1
+    return converted > 0
 
 
 def file_sha256(path: Path, chunk: int = 16 * 2**20) -> str:

@@ -129,6 +129,30 @@ def test_existing_output_is_left_alone(tmp_path, pixart_diffusers_dir):
     assert run_cli("convert", pixart_diffusers_dir, "-o", pixart_diffusers_dir, "--overwrite").exit_code == 2
 
 
+def test_a_converted_pipeline_is_replaced_and_a_users_is_not(tmp_path, tiny_pipeline):
+    """A pipeline folder pixart-ms converted has no manifest of its own (its components do): ``--overwrite`` replaces
+    it (``pixart-ms demo`` run twice); a user's diffusers pipeline, or ours with a file of the user's beside its
+    components, stays as it is."""
+    src, _, _ = tiny_pipeline
+    out = tmp_path / "pipeline"
+    assert run_cli("convert", src, "-o", out).exit_code == 0
+    (out / "vae" / "stale.txt").write_text("replaced with the folder")
+    result = run_cli("convert", src, "-o", out, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert (out / "vae" / "manifest.json").is_file() and not (out / "vae" / "stale.txt").exists()
+    users = tmp_path / "users-pipeline"
+    shutil.copytree(src, users)
+    before = sorted(p.relative_to(users) for p in users.rglob("*"))
+    result = run_cli("convert", src, "-o", users, "--overwrite")
+    assert result.exit_code == 2 and "not a folder pixart-ms wrote" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert sorted(p.relative_to(users) for p in users.rglob("*")) == before
+    (out / "notes.txt").write_text("mine")
+    result = run_cli("convert", src, "-o", out, "--overwrite")
+    assert result.exit_code == 2 and "not a folder pixart-ms wrote" in result.stderr
+    assert (out / "notes.txt").read_text() == "mine" and (out / "vae" / "manifest.json").is_file()
+
+
 def test_nan_and_fp16_overflow_are_named(tmp_path, state_dict, pixart_diffusers_dir):
     state_dict["blocks.0.mlp.fc1.bias"][3] = float("nan")
     state_dict["t_block.1.weight"][0, 0] = 1e6
