@@ -117,7 +117,10 @@ Notes (28 Nov 2026):
   6.62 -> 5.03 GiB). Its ratio is not the 1.5x goal's: torch 72 s, ours 172 s including the measuring of every tap
   (`bench_vae_speed.py`: 1.8x for the forward alone, 2.4x against a standalone torch decode).
 
-- The XL/2 1024x1024 row was measured at c965143 on a quiet host: MindSpore/torch **1.34** (152 / 113 s), 568 s wall,
+- The XL/2 1024x1024 row was re-measured at 736ec93 on a quiet host after this stop's changes to the parity path
+  (stepwise metrics, skipped same-dtype casts): MindSpore/torch **1.26** (136 / 108 s), 481 s wall, peak 3.18 GiB;
+  the T5-XXL row too: 0.86 (39 / 46 s), 241 s wall, peak 3.28 GiB (its budget 3.39 GiB), the same peak as at b7ca858.
+- Before, at c965143 on a quiet host: MindSpore/torch **1.34** (152 / 113 s), 568 s wall,
   peak 3.19 GiB. Attention copies strided head views once before its query slices (each slice's matmul had copied
   the whole k and v again: 3.6 -> 1.9 s of self-attention a block, bitwise equal), and a cross-attention to 300
   caption tokens takes as many query rows at a time as hold the score bytes of a square slice (no slicing at 512
