@@ -212,3 +212,20 @@ def test_bf16_through_a_mindspore_ckpt(pixart_diffusers_dir, workdir):
     source, got = torch_tensors(pixart_diffusers_dir), torch_tensors(back)
     assert set(got) == set(source)
     assert_bit_exact({k: v.to(torch.bfloat16) for k, v in source.items()}, got, "bf16")
+
+
+def test_backward_pipeline_rerun_with_overwrite(tiny_pipeline, pipeline_back, tmp_path):
+    """``--to diffusers`` run again into a pipeline folder it wrote: refused without ``--overwrite`` (the folder left
+    as it was), replaced with it (the same tensors, a stale file of the old one gone)."""
+    _, ms_out, _ = tiny_pipeline
+    out = tmp_path / "back"
+    shutil.copytree(pipeline_back, out)
+    (out / "vae" / "stale.safetensors").write_bytes(b"x")
+    refused = run_cli("convert", ms_out, "-o", out, "--to", "diffusers")
+    assert refused.exit_code == 2 and "already exists (--overwrite" in refused.stderr, refused.output
+    assert (out / "vae" / "stale.safetensors").exists()
+    convert_back(ms_out, out, "diffusers", "--overwrite")
+    assert not (out / "vae" / "stale.safetensors").exists()
+    for name in COMPONENTS:
+        assert_bit_exact(torch_tensors(pipeline_back / name), torch_tensors(out / name), name)
+    assert run_cli("verify", out).exit_code == 0
