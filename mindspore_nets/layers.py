@@ -307,15 +307,25 @@ def conv_unfold(x, weight, bias, stride: int, pad: tuple, band_bytes: int | None
 
 def _bands_to_host(bands, shape):
     """``conv_unfold``'s bands written into one numpy array, the output without a copy (eager only; a function of its
-    own: GRAPH mode parses every statement of the function it compiles, and has no ``del``)."""
+    own: GRAPH mode parses every statement of the function it compiles, and has no ``del``). The bias is added as
+    each band is written (fp32: the same rounding as ``bias_add``), not in a pass of its own: MindSpore's
+    ``bias_add`` over the bands took 10.6 of the 160 s of an SDXL decode at 1024^2 (benchmarks/vae_conv_floor.py)."""
     out = None
+    bias = bands[0][2]
+    numpy_bias = bias is not None and bias.dtype == ms.float32
+    if numpy_bias:
+        bias = bias.asnumpy().reshape(1, -1, 1, 1)
     for args in bands:
-        part = _conv_band(*args).asnumpy()
+        part = _conv_band(*args[:2], None if numpy_bias else args[2], *args[3:]).asnumpy()
         if out is None:
             out = np.empty(shape, part.dtype)
         r0 = args[8]
-        out[:, :, r0:r0 + part.shape[2]] = part
-        del part
+        rows = out[:, :, r0:r0 + part.shape[2]]
+        if numpy_bias:
+            np.add(part, bias, out=rows)
+        else:
+            rows[...] = part
+        del part, rows
     return ms.from_numpy(out)
 
 
@@ -328,8 +338,9 @@ def _conv_band(x, wmat, bias, stride: int, top: int, left: int, k: int, wo: int,
     cout = wmat.shape[0]
     lo, hi = max(0, r0 * stride - top), min(h, (r1 - 1) * stride - top + k)
     cols = ops.unfold(_input_rows(x, lo, hi, upsample), k, padding=(top, left), stride=stride)
-    # a batch of one is a plain 2-D product (MindSpore's batched matmul is slower on this CPU)
-    band = _MATMUL(wmat, reshape(cols, (cin * k * k, -1), host)) if b == 1 else ops.matmul(wmat, cols)
+    # a batch of one is a plain 2-D product (MindSpore's batched matmul is slower on this CPU). MindSpore's own
+    # reshape, a view here: ``asnumpy`` copies an unfold output (8 s of an SDXL decode at 1024^2 went to it)
+    band = _MATMUL(wmat, cols.reshape(cin * k * k, -1)) if b == 1 else ops.matmul(wmat, cols)
     band = reshape(band, (b, cout, -1, wo), host)
     first = (r0 * stride - lo) // stride  # rows made from padding above an inner band's first input row
     if first or band.shape[2] != r1 - r0:
