@@ -138,17 +138,29 @@ def bench(latent: int, modes: list[str], fp64: bool = True) -> dict:
 
 
 NOTES = """
-- 1024x1024 (latent 128), 28 Nov 2026, at 9c73cea on a quiet host, `--latent 128 --modes fast:pynative --no-fp64`:
-  one MindSpore decode 160 s against torch's 89 s (**1.80x**), whole process tree **5.44 GiB**. **The earlier
-  ratios of this row were wrong**: MindSpore's runtime sets `OMP_NUM_THREADS=1` with `setenv` (invisible to
-  `os.environ`), and the torch child this script starts after importing MindSpore inherited it and decoded on one
-  thread: 122-123 s, where the same child code takes 66-67 s on its own (three runs; research/s22/bench_prefix.py
-  reproduces both). Children now get Python's view of the environment (`pixart_core.children`); this run's torch
-  child took 89 s, and against the 66 s of a standalone torch decode ours is 2.4x. So the VAE decoder does **not**
-  meet the 1.5x goal at 1024x1024: a 512x512 profile (research/s22/vae_profile.py) puts half of our 35 s in
-  MindSpore's MatMul (which runs at 150-178 GFLOPS on these shapes, faster than torch's or numpy's matmul;
-  research/s22/matmul_rate.py) and most of the rest in the im2col `ops.unfold` and the per-band launches; torch's
-  oneDNN convolution needs no im2col. At bf72be4, before the fix, the same script measured 164 s against 122 s
+- 1024x1024 (latent 128), 28 Nov 2026, at c89d0c9 on a quiet host, `--latent 128 --modes fast:pynative --no-fp64`:
+  one MindSpore decode 155 s against this run's torch child, 69 s (**2.26x**), whole process tree **5.45 GiB**;
+  rel L2 against torch fp32 3.68e-6, unchanged. The VAE decoder does **not** meet the 1.5x goal, and with
+  MindSpore's CPU kernels it cannot: `python benchmarks/vae_conv_floor.py` (benchmarks/results/vae_conv_floor.md)
+  times every 3x3 convolution of this decode by shape. MindSpore's MatMul **alone**, on the im2col products with
+  the columns built beforehand, takes 81 s: 1.54x torch's convolutions (52.6 s; oneDNN at 155-208 GFLOPS, no
+  im2col, where the MatMul reaches 97-164), and more than torch's whole decode (69 s). 1.5x of that decode would
+  leave 22 s for the im2col, group norms, SiLU and every copy, where `ops.unfold` alone takes 20 s on the same
+  bands (31 s inside the decode). MindSpore's own CPU convolutions
+  (Conv2D, Conv2DTranspose, Conv3D) run at about 1 GFLOPS (research/s23/ms_conv_forms.py, ms_conv_alt.py).
+  The same script's cProfile of the whole decode (160 s): MatMul 80.4 s (50%), the im2col `ops.unfold` 31.2 s (19.5%),
+  `bias_add` on the bands 10.6 s, the copies into host buffers 10.5 s (page faults of fresh memory: 0.5-1.9 GiB/s
+  here against 10 GiB/s into touched memory, research/s23/first_touch.py), `asnumpy` 8.0 s (it copies an unfold
+  output; research/s23/asnumpy_wait.py). At c89d0c9 the bias is added as each band is copied into its host buffer
+  (bitwise equal) and the columns are reshaped by MindSpore: 160 -> 155 s. Compiled, the decode is not much faster: `ms.jit` of
+  the GRAPH-built decoder took 29.9 s at 512x512 against 35 s eager and 16.4 s for torch (research/s23/
+  jit_decode.py), and at 1024x1024 it cannot use host buffers. At 9c73cea this script measured 160 s against a
+  torch child of 89 s (1.80x): slower than this run's (69 s) and than a standalone decode (66-67 s), for no cause
+  found (at 512x512 a torch child took 16.4 s with and without MindSpore in its parent; research/s23/
+  bench_prefix.py). Before that the ratios were wrong: MindSpore's runtime set `OMP_NUM_THREADS=1` with `setenv` (invisible to `os.environ`), and the torch child this
+  script starts after importing MindSpore inherited it and decoded on one thread: 122-123 s (research/s22/
+  bench_prefix.py reproduces both). Children now get Python's view of the environment (`pixart_core.children`).
+  At bf72be4, before the fix, the same script measured 164 s against 122 s
   (whole process tree 5.45 GiB; 7.09 at 8cf726b). The fast VAE Cells built in PYNATIVE mode now keep their large outputs in host
   buffers (`layers.host_buffers`: convolution bands and SiLU'd group norms written into numpy-backed tensors, the
   upsampler convolving band by band, reshapes as numpy views since MindSpore 2.10's PYNATIVE reshape copies), and
