@@ -113,11 +113,6 @@ def plain_conv_gflops() -> tuple[float, float]:
     return gflop / ms_s, gflop / torch_s
 
 
-SDXL_DECODER = dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32,
-                    latent_channels=4, down_block_types=["DownEncoderBlock2D"] * 4,
-                    up_block_types=["UpDecoderBlock2D"] * 4, sample_size=1024)
-
-
 def profile_decode(latent: int) -> tuple[float, list[tuple[str, float]]]:
     """The eager fast decode of one latent under cProfile: wall seconds and (entry, exclusive seconds), the
     MindSpore kernel calls by op and the legacy launches by the function that made them."""
@@ -126,13 +121,14 @@ def profile_decode(latent: int) -> tuple[float, list[tuple[str, float]]]:
 
     import mindspore as ms
 
+    from bench_vae_speed import SDXL
     from mindspore_nets import layers
     from mindspore_nets.config import VAEConfig
     from mindspore_nets.vae import AutoencoderKL
     from parity.harness import QUERY_ROWS
 
     with layers.fast_kernels():
-        net = AutoencoderKL(VAEConfig.from_dict(SDXL_DECODER))
+        net = AutoencoderKL(VAEConfig.from_dict(SDXL))
     rng = np.random.default_rng(2)
     for p in net.decoder.get_parameters():
         p.set_data(ms.Tensor((rng.standard_normal(p.shape) * 0.02).astype(np.float32)))
