@@ -75,7 +75,8 @@ def measure(latent: int) -> list[dict]:
         cols = ops.unfold(band_in, 3, padding=(0, 1)).reshape(cin * 9, rows * side)
         matmul(wmat, cols).asnumpy()
         per_band = best(lambda: matmul(wmat, cols).asnumpy(), 3)
-        unfold_band = best(lambda: ops.unfold(band_in, 3, padding=(0, 1)).asnumpy(), 3)
+        # not asnumpy: it copies an unfold output (a MatMul's it shares); the op is done when it returns
+        unfold_band = best(lambda: ops.unfold(band_in, 3, padding=(0, 1))[0, 0, :1].asnumpy(), 3)
         del cols, band_in
         x = rng.standard_normal((1, cin, side, side), dtype=np.float32)
         xm, wm, bias = ms.from_numpy(x), ms.Tensor(weight), ms.Tensor(np.zeros(cout, np.float32))

@@ -337,7 +337,8 @@ def _conv_band(x, wmat, bias, stride: int, top: int, left: int, k: int, wo: int,
     h = 2 * h if upsample else h
     cout = wmat.shape[0]
     lo, hi = max(0, r0 * stride - top), min(h, (r1 - 1) * stride - top + k)
-    cols = ops.unfold(_input_rows(x, lo, hi, upsample), k, padding=(top, left), stride=stride)
+    rows = _host_rows(x, lo, hi) if host and not upsample else _input_rows(x, lo, hi, upsample)
+    cols = ops.unfold(rows, k, padding=(top, left), stride=stride)
     # a batch of one is a plain 2-D product (MindSpore's batched matmul is slower on this CPU). MindSpore's own
     # reshape, a view here: ``asnumpy`` copies an unfold output (8 s of an SDXL decode at 1024^2 went to it)
     band = _MATMUL(wmat, cols.reshape(cin * k * k, -1)) if b == 1 else ops.matmul(wmat, cols)
@@ -346,6 +347,15 @@ def _conv_band(x, wmat, bias, stride: int, top: int, left: int, k: int, wo: int,
     if first or band.shape[2] != r1 - r0:
         band = band[:, :, first:first + r1 - r0]
     return band if bias is None else ops.bias_add(band, bias)
+
+
+def _host_rows(x, lo: int, hi: int):
+    """Rows [lo, hi) of an eager convolution's input, contiguous: ``ops.unfold`` of a sliced view took 85-103 ms a
+    56-row band of the SDXL decoder, of the same rows copied out by numpy 44-70 ms (research/s23/unfold_input.py).
+    ``asnumpy`` shares the memory of an op's output or of a host buffer (it copies a view, which no caller passes)."""
+    if (lo, hi) == (0, x.shape[2]):
+        return x
+    return ms.from_numpy(np.ascontiguousarray(x.asnumpy()[:, :, lo:hi]))
 
 
 def _input_rows(x, lo: int, hi: int, upsample: bool):
