@@ -311,12 +311,13 @@ def _bands_to_host(bands, shape):
     each band is written (fp32: the same rounding as ``bias_add``), not in a pass of its own: MindSpore's
     ``bias_add`` over the bands took 10.6 of the 160 s of an SDXL decode at 1024^2 (benchmarks/vae_conv_floor.py)."""
     out = None
-    bias = bands[0][2]
+    x, bias, upsample = bands[0][0], bands[0][2], bands[0][10]
     numpy_bias = bias is not None and bias.dtype == ms.float32
     if numpy_bias:
         bias = bias.asnumpy().reshape(1, -1, 1, 1)
+    source = None if upsample else x.asnumpy()  # once a convolution: shares an op output's memory (copies a view)
     for args in bands:
-        part = _conv_band(*args[:2], None if numpy_bias else args[2], *args[3:]).asnumpy()
+        part = _conv_band(*args[:2], None if numpy_bias else args[2], *args[3:], source=source).asnumpy()
         if out is None:
             out = np.empty(shape, part.dtype)
         r0 = args[8]
@@ -330,14 +331,14 @@ def _bands_to_host(bands, shape):
 
 
 def _conv_band(x, wmat, bias, stride: int, top: int, left: int, k: int, wo: int, r0: int, r1: int,
-               upsample: bool = False, host: bool = False):
+               upsample: bool = False, host: bool = False, source=None):
     """Output rows [r0, r1) of ``conv_unfold``: its own input rows plus the kernel's halo unfolded (a function of its
     own, so that the column buffer is freed on return: GRAPH mode cannot compile ``del``)."""
     b, cin, h, _ = x.shape
     h = 2 * h if upsample else h
     cout = wmat.shape[0]
     lo, hi = max(0, r0 * stride - top), min(h, (r1 - 1) * stride - top + k)
-    rows = _host_rows(x, lo, hi) if host and not upsample else _input_rows(x, lo, hi, upsample)
+    rows = _input_rows(x, lo, hi, upsample) if source is None else _host_rows(x, source, lo, hi)
     cols = ops.unfold(rows, k, padding=(top, left), stride=stride)
     # a batch of one is a plain 2-D product (MindSpore's batched matmul is slower on this CPU). MindSpore's own
     # reshape, a view here: ``asnumpy`` copies an unfold output (8 s of an SDXL decode at 1024^2 went to it)
@@ -349,13 +350,13 @@ def _conv_band(x, wmat, bias, stride: int, top: int, left: int, k: int, wo: int,
     return band if bias is None else ops.bias_add(band, bias)
 
 
-def _host_rows(x, lo: int, hi: int):
-    """Rows [lo, hi) of an eager convolution's input, contiguous: ``ops.unfold`` of a sliced view took 85-103 ms a
-    56-row band of the SDXL decoder, of the same rows copied out by numpy 44-70 ms (research/s23/unfold_input.py).
-    ``asnumpy`` shares the memory of an op's output or of a host buffer (it copies a view, which no caller passes)."""
+def _host_rows(x, source, lo: int, hi: int):
+    """Rows [lo, hi) of an eager convolution's input ``x``, copied out contiguous from ``source`` (its memory as
+    numpy): ``ops.unfold`` of a sliced view took 85-103 ms a 56-row band of the SDXL decoder, of the same rows
+    copied out by numpy 44-70 ms (research/s23/unfold_input.py; the decode's unfold time 31 -> 20 s at 1024^2)."""
     if (lo, hi) == (0, x.shape[2]):
         return x
-    return ms.from_numpy(np.ascontiguousarray(x.asnumpy()[:, :, lo:hi]))
+    return ms.from_numpy(np.ascontiguousarray(source[:, :, lo:hi]))
 
 
 def _input_rows(x, lo: int, hi: int, upsample: bool):
