@@ -138,21 +138,27 @@ def bench(latent: int, modes: list[str], fp64: bool = True) -> dict:
 
 
 NOTES = """
-- 1024x1024 (latent 128), 28 Nov 2026, at c89d0c9 on a quiet host, `--latent 128 --modes fast:pynative --no-fp64`:
-  one MindSpore decode 155 s against this run's torch child, 69 s (**2.26x**), whole process tree **5.45 GiB**;
-  rel L2 against torch fp32 3.68e-6, unchanged. The VAE decoder does **not** meet the 1.5x goal, and with
-  MindSpore's CPU kernels it cannot: `python benchmarks/vae_conv_floor.py` (benchmarks/results/vae_conv_floor.md)
-  times every 3x3 convolution of this decode by shape. MindSpore's MatMul **alone**, on the im2col products with
-  the columns built beforehand, takes 81 s: 1.54x torch's convolutions (52.6 s; oneDNN at 155-208 GFLOPS, no
-  im2col, where the MatMul reaches 97-164), and more than torch's whole decode (69 s). 1.5x of that decode would
-  leave 22 s for the im2col, group norms, SiLU and every copy, where `ops.unfold` alone takes 20 s on the same
-  bands (31 s inside the decode). MindSpore's own CPU convolutions
-  (Conv2D, Conv2DTranspose, Conv3D) run at about 1 GFLOPS (research/s23/ms_conv_forms.py, ms_conv_alt.py).
-  The same script's cProfile of the whole decode (160 s): MatMul 80.4 s (50%), the im2col `ops.unfold` 31.2 s (19.5%),
-  `bias_add` on the bands 10.6 s, the copies into host buffers 10.5 s (page faults of fresh memory: 0.5-1.9 GiB/s
-  here against 10 GiB/s into touched memory, research/s23/first_touch.py), `asnumpy` 8.0 s (it copies an unfold
-  output; research/s23/asnumpy_wait.py). At c89d0c9 the bias is added as each band is copied into its host buffer
-  (bitwise equal) and the columns are reshaped by MindSpore: 160 -> 155 s. Compiled, the decode is not much faster: `ms.jit` of
+- 1024x1024 (latent 128), 28 Nov 2026, at 2cd4b63 on a quiet host, `--latent 128 --modes fast:pynative --no-fp64`:
+  one MindSpore decode 155 s against this run's torch child, 76 s (**2.03x**), whole process tree **5.49 GiB**;
+  rel L2 against torch fp32 3.68e-6, unchanged. At c89d0c9 also 155 s, against 69 s (2.26x): torch's decode varies
+  between runs more than ours (66-67 s standalone, 89 s at 9c73cea). The VAE decoder does **not** meet the 1.5x
+  goal, and with MindSpore's CPU kernels it cannot: `python benchmarks/vae_conv_floor.py`
+  (benchmarks/results/vae_conv_floor.md, at 2cd4b63) times every 3x3 convolution of this decode by shape.
+  MindSpore's MatMul **alone**, on the im2col products with the columns built beforehand, takes 84.9 s (81.1 s in
+  a run at 7c84e3a): 1.58x torch's convolutions (53.6 s; oneDNN at 156-204 GFLOPS on the large shapes, no im2col,
+  where the MatMul reaches 100-146), and more than torch's whole decode. `ops.unfold` alone takes 13.8 s on the
+  same bands. Even with no copy, no launch cost and every other op (group norms, SiLU, upsampling, attention) as
+  fast as torch's own (the 16-22 s of its decode outside the convolutions), MatMul + unfold + that come to
+  111-121 s, over 1.5x torch's decode (103-114 s). MindSpore's own CPU convolutions (Conv2D, Conv2DTranspose,
+  Conv3D) run at about 1 GFLOPS (research/s23/ms_conv_forms.py, ms_conv_alt.py). The same script's cProfile of
+  the whole decode: at 7c84e3a (160 s) MatMul 80.4 s (50%), the im2col `ops.unfold` 31.2 s (19.5%), `bias_add` on
+  the bands 10.6 s, the copies into host buffers 10.5 s (page faults of fresh memory: 0.5-1.9 GiB/s here against
+  10 GiB/s into touched memory, research/s23/first_touch.py), `asnumpy` 8.0 s (it copies a view, such as an
+  unfold output; research/s23/asnumpy_wait.py). Since, the bias is added as each band is copied into its host
+  buffer, and a band's input rows are copied out by numpy before `ops.unfold` (85-103 ms a band on a sliced view,
+  44-70 ms on contiguous rows; research/s23/unfold_input.py), both bitwise equal: at 2cd4b63 (145 s under the
+  profiler) MatMul 85.9 s (59%), unfold 19.6 s, `asnumpy` 9.5 s, host copies 9.3 s. The whole decode outside the
+  profiler stayed at 155 s in both runs. Compiled, the decode is not much faster: `ms.jit` of
   the GRAPH-built decoder took 29.9 s at 512x512 against 35 s eager and 16.4 s for torch (research/s23/
   jit_decode.py), and at 1024x1024 it cannot use host buffers. At 9c73cea this script measured 160 s against a
   torch child of 89 s (1.80x): slower than this run's (69 s) and than a standalone decode (66-67 s), for no cause
