@@ -311,16 +311,16 @@ def _bands_to_host(bands, shape):
     each band is written (fp32: the same rounding as ``bias_add``), not in a pass of its own: MindSpore's
     ``bias_add`` over the bands took 10.6 of the 160 s of an SDXL decode at 1024^2 (benchmarks/vae_conv_floor.py)."""
     out = None
-    x, bias, upsample = bands[0][0], bands[0][2], bands[0][10]
+    x, wmat, bias, stride, top, left, k, wo, _, _, upsample, host = bands[0]  # the same in every band
     numpy_bias = bias is not None and bias.dtype == ms.float32
+    band_bias = None if numpy_bias else bias
     if numpy_bias:
         bias = bias.asnumpy().reshape(1, -1, 1, 1)
     source = None if upsample else x.asnumpy()  # once a convolution: shares an op output's memory (copies a view)
-    for args in bands:
-        part = _conv_band(*args[:2], None if numpy_bias else args[2], *args[3:], source=source).asnumpy()
+    for *_, r0, r1, _, _ in bands:
+        part = _conv_band(x, wmat, band_bias, stride, top, left, k, wo, r0, r1, upsample, host, source).asnumpy()
         if out is None:
             out = np.empty(shape, part.dtype)
-        r0 = args[8]
         rows = out[:, :, r0:r0 + part.shape[2]]
         if numpy_bias:
             np.add(part, bias, out=rows)
